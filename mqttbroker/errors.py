@@ -1,0 +1,74 @@
+"""One root error for the project, and the two kinds every layer raises.
+
+A :class:`ProtocolError` carries the MQTT 5 reason code that describes it; the one place that
+turns it into bytes (a CONNACK return code or a DISCONNECT) is ``client.py``. A
+:class:`ConfigError` names the key path and the YAML line so an operator can fix the file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol.constants import ReasonCode
+
+
+class MQTTBrokerError(Exception):
+    """Root of every error raised by mqttbroker."""
+
+
+class ProtocolError(MQTTBrokerError):
+    """The peer broke the MQTT specification; the connection must be closed.
+
+    ``code`` is the MQTT 5 reason code (0x81 malformed packet, 0x82 protocol error, ...).
+    """
+
+    def __init__(self, code: ReasonCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} (reason 0x{int(self.code):02X} {self.code.name})"
+
+
+class ConfigIssue:
+    """One problem in a config file: where it is and what is wrong."""
+
+    __slots__ = ("key", "line", "problem")
+
+    def __init__(self, key: str, line: int | None, problem: str) -> None:
+        self.key = key
+        self.line = line
+        self.problem = problem
+
+    def format(self, filename: str | None = None) -> str:
+        """Render as ``FILE:LINE: key.path: problem`` (parts that are unknown are left out)."""
+        where = ""
+        if filename is not None:
+            where = f"{filename}:{self.line}: " if self.line is not None else f"{filename}: "
+        elif self.line is not None:
+            where = f"line {self.line}: "
+        return f"{where}{self.key or '<root>'}: {self.problem}"
+
+    def __repr__(self) -> str:
+        return f"ConfigIssue({self.key!r}, {self.line!r}, {self.problem!r})"
+
+
+class ConfigError(MQTTBrokerError):
+    """A config file or dict is invalid; ``issues`` lists every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue], filename: str | None = None) -> None:
+        self.issues = issues
+        self.filename = filename
+        super().__init__("\n".join(i.format(filename) for i in issues))
+
+    @property
+    def key(self) -> str:
+        """The key path of the first problem."""
+        return self.issues[0].key if self.issues else ""
+
+    @property
+    def line(self) -> int | None:
+        """The line of the first problem (1-based), when it came from a file."""
+        return self.issues[0].line if self.issues else None

@@ -1,0 +1,31 @@
+"""Broker counters, read by ``$SYS`` (and later by ``/metrics``)."""
+
+from __future__ import annotations
+
+
+class Metrics:
+    """Plain counters, incremented on the hot path (no locks: one event loop)."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent",
+                 "publish_received", "publish_sent", "publish_dropped", "clients_connected",
+                 "clients_maximum", "connections_total", "connections_refused",
+                 "protocol_errors", "sys_publish_refused")
+
+    def __init__(self) -> None:
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.messages_received = 0  # every control packet received
+        self.messages_sent = 0  # every control packet sent
+        self.publish_received = 0  # PUBLISH packets received
+        self.publish_sent = 0  # PUBLISH packets sent
+        self.publish_dropped = 0  # messages a bound or a slow reader made the broker drop
+        self.clients_connected = 0
+        self.clients_maximum = 0
+        self.connections_total = 0
+        self.connections_refused = 0
+        self.protocol_errors = 0
+        self.sys_publish_refused = 0
+
+    def snapshot(self) -> dict[str, int]:
+        """Every counter by name."""
+        return {name: getattr(self, name) for name in self.__slots__}

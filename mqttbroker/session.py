@@ -1,0 +1,157 @@
+"""Session state [MQTT 4.1]: subscriptions, outbound QoS 1/2 in flight, the queue of messages
+waiting for a slot or for the client to come back, and inbound QoS 2 identifiers.
+
+Pure and synchronous: methods return what must be sent, the connection sends it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple
+
+from .message import Message
+from .metrics import Metrics
+from .protocol.constants import PacketType
+from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_state
+
+
+class Outbound:
+    """One outbound QoS 1/2 PUBLISH in flight."""
+
+    __slots__ = ("message", "qos", "retain", "packet_id", "state")
+
+    def __init__(self, message: Message, qos: int, retain: bool, packet_id: int) -> None:
+        self.message = message
+        self.qos = qos
+        self.retain = retain
+        self.packet_id = packet_id
+        self.state = initial_state(qos)
+
+
+class Queued(NamedTuple):
+    """A message waiting for an in-flight slot or for the client to reconnect."""
+
+    message: Message
+    qos: int
+    retain: bool
+
+
+class AckResult(NamedTuple):
+    """What an acknowledgement did to an outbound flow."""
+
+    known: bool  # the packet id was in flight in a state that expects this packet
+    send_pubrel: bool  # answer with PUBREL (after PUBREC)
+    freed: bool  # the flow is complete and its slot is free
+
+
+class Session:
+    """The server side of one client's session.
+
+    ``max_inflight`` bounds outbound QoS 1/2 messages awaiting acknowledgement;
+    ``max_queued`` bounds the messages waiting behind them (``drop_oldest`` chooses which one
+    goes when full). ``dropped`` counts what the bound threw away.
+    """
+
+    __slots__ = ("client_id", "persistent", "subscriptions", "inflight", "queue",
+                 "inbound_qos2", "ids", "max_inflight", "max_queued", "drop_oldest",
+                 "queue_qos0", "dropped", "metrics")
+
+    def __init__(self, client_id: str, persistent: bool, *, max_inflight: int = 20,
+                 max_queued: int = 1000, drop_oldest: bool = False,
+                 queue_qos0: bool = False, metrics: Metrics | None = None) -> None:
+        self.client_id = client_id
+        self.persistent = persistent
+        self.subscriptions: dict[str, int] = {}
+        self.inflight: dict[int, Outbound] = {}
+        self.queue: deque[Queued] = deque()
+        self.inbound_qos2: set[int] = set()
+        self.ids = PacketIdAllocator()
+        self.max_inflight = max_inflight
+        self.max_queued = max_queued
+        self.drop_oldest = drop_oldest
+        self.queue_qos0 = queue_qos0
+        self.dropped = 0
+        self.metrics = metrics
+
+    # -- outbound ------------------------------------------------------------------------------
+
+    def offer(self, message: Message, qos: int, retain: bool, online: bool) -> Outbound | None:
+        """Take a message for this session.
+
+        Returns the :class:`Outbound` to send now (QoS 1/2 with a free slot), or None when the
+        message was queued, dropped, or (QoS 0 online) is for the caller to send directly.
+        """
+        if online:
+            if qos == 0:
+                return None
+            if not self.queue and len(self.inflight) < self.max_inflight:
+                return self._start(message, qos, retain)
+        elif qos == 0 and not self.queue_qos0:
+            return None
+        self._enqueue(Queued(message, qos, retain))
+        return None
+
+    def _start(self, message: Message, qos: int, retain: bool) -> Outbound:
+        pid = self.ids.allocate(self.inflight)
+        out = Outbound(message, qos, retain, pid)
+        self.inflight[pid] = out
+        return out
+
+    def _enqueue(self, item: Queued) -> None:
+        if len(self.queue) >= self.max_queued:
+            self.dropped += 1
+            if self.metrics is not None:
+                self.metrics.publish_dropped += 1
+            if not self.drop_oldest or not self.queue:
+                return
+            self.queue.popleft()
+        self.queue.append(item)
+
+    def pump(self) -> list[Outbound | Queued]:
+        """Move queued messages into free in-flight slots; QoS 0 ones come back as Queued
+        (to be sent once, with no state)."""
+        out: list[Outbound | Queued] = []
+        q = self.queue
+        while q and len(self.inflight) < self.max_inflight:
+            item = q.popleft()
+            if item.qos == 0:
+                out.append(item)
+            else:
+                out.append(self._start(item.message, item.qos, item.retain))
+        return out
+
+    def ack(self, packet_id: int, packet: PacketType) -> AckResult:
+        """Apply PUBACK / PUBREC / PUBCOMP for ``packet_id``."""
+        out = self.inflight.get(packet_id)
+        if out is None:
+            return AckResult(False, False, False)
+        state = next_state(out.state, packet)
+        if state is None:
+            return AckResult(False, False, False)
+        if state is OutState.DONE:
+            del self.inflight[packet_id]
+            return AckResult(True, False, True)
+        out.state = state
+        return AckResult(True, state is OutState.AWAIT_PUBCOMP, False)
+
+    def resend(self) -> list[Outbound]:
+        """In-flight flows to resend on reconnect [MQTT-4.4.0-1], in their original order."""
+        return list(self.inflight.values())
+
+    # -- inbound QoS 2 ---------------------------------------------------------------------------
+
+    def receive_qos2(self, packet_id: int) -> bool:
+        """Record an inbound QoS 2 PUBLISH; False when it is a resend of one already
+        delivered (exactly once: deliver only when True)."""
+        if packet_id in self.inbound_qos2:
+            return False
+        self.inbound_qos2.add(packet_id)
+        return True
+
+    def release_qos2(self, packet_id: int) -> bool:
+        """PUBREL arrived: forget the identifier; False when it was not known."""
+        try:
+            self.inbound_qos2.remove(packet_id)
+        except KeyError:
+            return False
+        return True
