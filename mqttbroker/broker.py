@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from . import __version__
 from .auth import Authorizer
@@ -19,7 +20,7 @@ from .config import Config, load_config
 from .errors import ConfigError, ConfigIssue, ProtocolError
 from .message import Message
 from .metrics import Metrics
-from .protocol.constants import ProtocolLevel, ReasonCode, SUBACK_FAILURE
+from .protocol.constants import SUBACK_FAILURE, ProtocolLevel, ReasonCode
 from .protocol.packets import Connect, Suback, Subscribe, Unsuback, Unsubscribe
 from .protocol.topics import topic_filter_problem, validate_topic_name
 from .retained import RetainedStore
@@ -116,7 +117,7 @@ class Broker:
             server.close()
             try:
                 await asyncio.wait_for(server.wait_closed(), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         self._servers.clear()
 
@@ -246,7 +247,7 @@ class Broker:
         connections = self.connections
         sessions = self.sessions
         for cid, sub_qos in targets.items():
-            qos = sub_qos if sub_qos < mqos else mqos
+            qos = min(mqos, sub_qos)
             conn = connections.get(cid)
             if conn is not None:
                 # [MQTT-3.3.1-9] RETAIN is 0 on messages forwarded to existing subscriptions

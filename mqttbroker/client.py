@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .errors import ProtocolError
 from .message import Message
@@ -144,8 +145,8 @@ class ClientConnection(asyncio.Protocol):
         self.metrics.bytes_received += len(data)
         try:
             for first, body in self.reader.feed(data):
-                if self.state is ConnState.CLOSED:
-                    return
+                if self.state is ConnState.CLOSED:  # type: ignore[comparison-overlap]
+                    return  # a previous packet in this read closed the connection
                 self.metrics.messages_received += 1
                 ptype = first >> 4
                 if ptype not in ALLOWED[self.state]:

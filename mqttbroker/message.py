@@ -10,7 +10,7 @@ from .protocol.codec import encode_publish_parts
 class Message:
     """One published message: routed to many sessions, encoded once per (level, qos, retain)."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "properties", "sender", "_wire")
+    __slots__ = ("_wire", "payload", "properties", "qos", "retain", "sender", "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  properties: dict[int, Any] | None = None, sender: str | None = None) -> None:

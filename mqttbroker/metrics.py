@@ -6,10 +6,21 @@ from __future__ import annotations
 class Metrics:
     """Plain counters, incremented on the hot path (no locks: one event loop)."""
 
-    __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent",
-                 "publish_received", "publish_sent", "publish_dropped", "clients_connected",
-                 "clients_maximum", "connections_total", "connections_refused",
-                 "protocol_errors", "sys_publish_refused")
+    __slots__ = (
+        "bytes_received",
+        "bytes_sent",
+        "clients_connected",
+        "clients_maximum",
+        "connections_refused",
+        "connections_total",
+        "messages_received",
+        "messages_sent",
+        "protocol_errors",
+        "publish_dropped",
+        "publish_received",
+        "publish_sent",
+        "sys_publish_refused",
+    )
 
     def __init__(self) -> None:
         self.bytes_received = 0

@@ -18,7 +18,7 @@ from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_sta
 class Outbound:
     """One outbound QoS 1/2 PUBLISH in flight."""
 
-    __slots__ = ("message", "qos", "retain", "packet_id", "state")
+    __slots__ = ("message", "packet_id", "qos", "retain", "state")
 
     def __init__(self, message: Message, qos: int, retain: bool, packet_id: int) -> None:
         self.message = message
@@ -52,9 +52,21 @@ class Session:
     goes when full). ``dropped`` counts what the bound threw away.
     """
 
-    __slots__ = ("client_id", "persistent", "subscriptions", "inflight", "queue",
-                 "inbound_qos2", "ids", "max_inflight", "max_queued", "drop_oldest",
-                 "queue_qos0", "dropped", "metrics")
+    __slots__ = (
+        "client_id",
+        "drop_oldest",
+        "dropped",
+        "ids",
+        "inbound_qos2",
+        "inflight",
+        "max_inflight",
+        "max_queued",
+        "metrics",
+        "persistent",
+        "queue",
+        "queue_qos0",
+        "subscriptions",
+    )
 
     def __init__(self, client_id: str, persistent: bool, *, max_inflight: int = 20,
                  max_queued: int = 1000, drop_oldest: bool = False,

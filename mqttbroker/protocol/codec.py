@@ -7,7 +7,7 @@ returns the bytes to send.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import ProtocolError
 from .constants import PROTOCOL_NAMES, PacketType, ProtocolLevel, ReasonCode
@@ -145,7 +145,7 @@ def _decode_publish(flags: int, body: bytes, level: int) -> Publish:
     return Publish(topic, bytes(body[pos:]), qos, bool(flags & 0x01), dup, pid, props)
 
 
-def _ack_decoder(cls: type[Puback] | type[Pubrec] | type[Pubrel] | type[Pubcomp],
+def _ack_decoder(cls: type[Puback | Pubrec | Pubrel | Pubcomp],
                  ptype: PacketType) -> Callable[[int, bytes, int], Packet]:
     def decode(flags: int, body: bytes, level: int) -> Packet:
         buf = Buffer(body)
@@ -200,7 +200,7 @@ def _decode_unsubscribe(flags: int, body: bytes, level: int) -> Unsubscribe:
     return Unsubscribe(pid, filters, props)
 
 
-def _decode_empty(cls: type[Pingreq] | type[Pingresp]) -> Callable[[int, bytes, int], Packet]:
+def _decode_empty(cls: type[Pingreq | Pingresp]) -> Callable[[int, bytes, int], Packet]:
     def decode(flags: int, body: bytes, level: int) -> Packet:
         if body:
             raise _malformed(f"{cls.__name__.upper()} with a body")
@@ -275,7 +275,7 @@ _DECODERS: dict[int, Callable[[int, bytes, int], Packet]] = {
 }
 
 # [MQTT-2.2.2-1] fixed-header flags that every packet but PUBLISH must carry
-_REQUIRED_FLAGS = {t: (0x02 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE,
+_REQUIRED_FLAGS: dict[int, int] = {t: (0x02 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE,
                                      PacketType.UNSUBSCRIBE) else 0x00)
                    for t in PacketType if t != PacketType.PUBLISH}
 
@@ -372,22 +372,22 @@ def encode(p: Packet, level: int) -> bytes:
     if isinstance(p, Connect):
         return _encode_connect(p)
     if isinstance(p, Subscribe):
-        body = bytearray(p.packet_id.to_bytes(2, "big"))
+        sbody = bytearray(p.packet_id.to_bytes(2, "big"))
         if level == V5:
-            body += encode_properties(p.properties)
+            sbody += encode_properties(p.properties)
         for s in p.subscriptions:
             opts = s.qos
             if level == V5:
                 opts |= (s.no_local << 2) | (s.retain_as_published << 3) | (s.retain_handling << 4)
-            body += encode_string(s.topic_filter) + bytes((opts,))
-        return _frame(0x82, bytes(body))
+            sbody += encode_string(s.topic_filter) + bytes((opts,))
+        return _frame(0x82, bytes(sbody))
     if isinstance(p, Unsubscribe):
-        body = bytearray(p.packet_id.to_bytes(2, "big"))
+        ubody = bytearray(p.packet_id.to_bytes(2, "big"))
         if level == V5:
-            body += encode_properties(p.properties)
+            ubody += encode_properties(p.properties)
         for f in p.topic_filters:
-            body += encode_string(f)
-        return _frame(0xA2, bytes(body))
+            ubody += encode_string(f)
+        return _frame(0xA2, bytes(ubody))
     if isinstance(p, Auth):
         body = bytes((p.reason_code,))
         if p.properties:

@@ -6,6 +6,7 @@ saved, restored and resumed on another connection.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import IntEnum
 
 from .constants import PacketType
@@ -49,7 +50,7 @@ class PacketIdAllocator:
     def __init__(self, next_id: int = 1) -> None:
         self.next_id = next_id
 
-    def allocate(self, in_use: "dict[int, object] | set[int]") -> int:
+    def allocate(self, in_use: Collection[int]) -> int:
         """The next free identifier after the last one; raises when all 65535 are used."""
         if len(in_use) >= 65535:
             raise RuntimeError("all packet identifiers in use")

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .constants import PacketType
 
@@ -187,5 +187,5 @@ class Auth:
     type: PacketType = field(default=PacketType.AUTH, init=False, repr=False)
 
 
-Packet = Union[Connect, Connack, Publish, Puback, Pubrec, Pubrel, Pubcomp, Subscribe, Suback,
-               Unsubscribe, Unsuback, Pingreq, Pingresp, Disconnect, Auth]
+Packet = (Connect | Connack | Publish | Puback | Pubrec | Pubrel | Pubcomp | Subscribe | Suback
+          | Unsubscribe | Unsuback | Pingreq | Pingresp | Disconnect | Auth)

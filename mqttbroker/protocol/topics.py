@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 from ..errors import ProtocolError
 from .constants import ReasonCode
@@ -261,14 +262,14 @@ class RetainedTree(Generic[V]):
                     if not (i == 0 and k.startswith("$")):
                         stack.append((c, i + 1))
             else:
-                c = node.children.get(level)
-                if c is not None:
-                    stack.append((c, i + 1))
+                exact = node.children.get(level)
+                if exact is not None:
+                    stack.append((exact, i + 1))
         return out
 
     def values(self) -> Iterator[V]:
         """Every stored value."""
-        stack = [self._root]
+        stack: list[_RetNode[V]] = [self._root]
         while stack:
             n = stack.pop()
             if n.value is not None:
