@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .errors import ProtocolError
 from .message import Message
@@ -124,15 +124,15 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods
+        self.transport = cast(asyncio.Transport, transport)
+        peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
         self.last_received = self._loop.time()
         if not self.broker.admit(self):
             self.state = ConnState.CLOSED
-            transport.abort()
+            self.transport.abort()
             return
         # A socket that never sends CONNECT is closed after connect_timeout.
         self._timer = self._loop.call_later(self.broker.config.mqtt.connect_timeout,

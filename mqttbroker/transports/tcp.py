@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
-from typing import Callable
+from collections.abc import Callable
 
 
 async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,

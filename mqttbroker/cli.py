@@ -1,0 +1,162 @@
+"""Command line: ``mqttbroker serve`` and ``mqttbroker check-config``.
+
+Exit codes: 0 success (and clean shutdown on SIGINT/SIGTERM), 1 a runtime failure such as a
+port already in use (or an invalid file for ``check-config``), 2 an invalid config for ``serve``
+(click also uses 2 for usage errors). Nothing imports this module; it is the process edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import LOG_LEVELS, Config, load_config
+from .errors import ConfigError, MQTTBrokerError
+
+log = logging.getLogger("mqttbroker")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _print_config_error(exc: ConfigError, *, err: bool) -> None:
+    for issue in exc.issues:
+        click.echo(issue.format(exc.filename), err=err)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="mqttbroker",
+                      message="%(prog)s %(version)s")
+def cli() -> None:
+    """An MQTT 3.1 / 3.1.1 broker for fleets of small sensors and mobile devices."""
+
+
+@cli.command()
+@click.option("-c", "--config", "config_file", metavar="FILE",
+              help="YAML config file (default: built-in defaults, 127.0.0.1:1883).")
+@click.option("--host", help="Listen on this address (applies to every listener).")
+@click.option("--port", type=click.IntRange(0, 65535),
+              help="Listen on this port (applies to every listener; 0 = any free port).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+              help="Override log_level from the config.")
+def serve(config_file: str | None, host: str | None, port: int | None,
+          log_level: str | None) -> None:
+    """Run the broker until SIGINT or SIGTERM."""
+    try:
+        config = load_config(config_file).with_overrides(host, port, log_level)
+    except ConfigError as exc:
+        _print_config_error(exc, err=True)
+        sys.exit(2)
+    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    if port is not None and len(config.listeners) > 1:
+        log.warning("--port %d applies to all %d listeners", port, len(config.listeners))
+    log.info("mqttbroker %s starting (config: %s)", __version__,
+             config_file or "built-in defaults")
+    try:
+        code = _run(_serve(config))
+    except KeyboardInterrupt:  # a second Ctrl-C while shutting down
+        code = 130
+    sys.exit(code)
+
+
+@cli.command("check-config")
+@click.argument("file", metavar="FILE")
+def check_config(file: str) -> None:
+    """Validate FILE; print every problem as FILE:LINE: key.path: problem."""
+    try:
+        load_config(file)
+    except ConfigError as exc:
+        _print_config_error(exc, err=False)
+        sys.exit(1)
+    click.echo(f"{file}: OK")
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on uvloop when it is installed, else on the default asyncio loop."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main)
+
+
+async def _serve(config: Config) -> int:
+    """Start the broker, wait for SIGINT/SIGTERM, shut down; return the exit code."""
+    from .broker import Broker  # imported late: config errors are reported without it
+
+    try:
+        broker = Broker(config)
+    except ConfigError as exc:  # the config is valid but asks for what the broker lacks
+        _print_config_error(exc, err=True)
+        return 2
+    try:
+        await broker.start()
+    except OSError as exc:
+        await _quiet_shutdown(broker)
+        click.echo(f"mqttbroker: error: {_describe_os_error(exc, config)}", err=True)
+        return 1
+    except ConfigError as exc:
+        await _quiet_shutdown(broker)
+        _print_config_error(exc, err=True)
+        return 2
+    except MQTTBrokerError as exc:
+        await _quiet_shutdown(broker)
+        click.echo(f"mqttbroker: error: {exc}", err=True)
+        return 1
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop.wait()
+        log.info("received %s, shutting down", received[0])
+    finally:
+        for sig in signals:  # a second Ctrl-C now interrupts a stuck shutdown
+            loop.remove_signal_handler(sig)
+        await broker.shutdown()
+    return 0
+
+
+async def _quiet_shutdown(broker: Any) -> None:
+    """Release whatever a failed start opened; the start error is the one to report."""
+    try:
+        await broker.shutdown()
+    except Exception:  # best effort after a failed start
+        log.debug("shutdown after failed start raised", exc_info=True)
+
+
+def _describe_os_error(exc: OSError, config: Config) -> str:
+    """One line for a listener that cannot bind, naming the address when we can tell."""
+    addresses = ", ".join(f"{lst.host}:{lst.port}" for lst in config.listeners)
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {addresses}: address already in use "
+                f"(is another broker running? try --port)")
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {addresses}: permission denied (ports below 1024 need root)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {addresses}: address not available on this machine"
+    return f"cannot start listeners ({addresses}): {exc.strerror or exc}"
+
+
+def main() -> None:
+    """Console-script entry point (``mqttbroker``) and ``python -m mqttbroker``."""
+    cli(prog_name="mqttbroker")
