@@ -314,22 +314,26 @@ class ClientConnection(asyncio.Protocol):
     # -- PUBLISH out --------------------------------------------------------------------------
 
     def deliver(self, message: Message, qos: int, retain: bool) -> None:
-        """Send ``message`` to this client at ``qos`` (QoS 1/2 through the session's window)."""
-        if qos == 0:
-            t = self.transport
-            if t is None or t.get_write_buffer_size() > self.write_limit:
-                # a reader that does not keep up loses QoS 0, never the broker's memory
-                self.metrics.publish_dropped += 1
-                return
-            head, tail = message.wire(self.level, 0, retain)
-            self.metrics.publish_sent += 1
-            self.send(head + tail)
-            return
+        """Send ``message`` to this client at ``qos`` (QoS 1/2 through the session's window;
+        anything behind queued messages waits its turn [MQTT-4.6.0-5])."""
         session = self.session
         assert session is not None
+        if qos == 0 and not session.queue:
+            self._send_qos0(message, retain)
+            return
         out = session.offer(message, qos, retain, online=True)
         if out is not None:
             self._send_outbound(out, dup=False)
+
+    def _send_qos0(self, message: Message, retain: bool) -> None:
+        t = self.transport
+        if t is None or t.get_write_buffer_size() > self.write_limit:
+            # a reader that does not keep up loses QoS 0, never the broker's memory
+            self.metrics.publish_dropped += 1
+            return
+        head, tail = message.wire(self.level, 0, retain)
+        self.metrics.publish_sent += 1
+        self.send(head + tail)
 
     def _send_outbound(self, out: Outbound, dup: bool) -> None:
         pid = out.packet_id
@@ -346,7 +350,7 @@ class ClientConnection(asyncio.Protocol):
         assert self.session is not None
         for item in self.session.pump():
             if isinstance(item, Queued):
-                self.deliver(item.message, 0, item.retain)
+                self._send_qos0(item.message, item.retain)
             else:
                 self._send_outbound(item, dup=False)
 
@@ -362,7 +366,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if result.send_pubrel:
             self.send(_PUBREL_HEAD + p.packet_id.to_bytes(2, "big"))
-        elif result.freed and self.session.queue:
+        elif result.freed and self.session.queue:  # a slot opened: the next one may go
             self._pump()
 
     # -- SUBSCRIBE / UNSUBSCRIBE / PING / DISCONNECT --------------------------------------------

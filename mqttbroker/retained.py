@@ -31,7 +31,8 @@ class RetainedStore:
         return self._tree.get(topic)
 
     def match(self, topic_filter: str) -> list[Message]:
-        """Retained messages whose topic matches ``topic_filter``, oldest topic first."""
+        """Retained messages whose topic matches ``topic_filter``, depth first, each level in
+        the order its topics were first retained."""
         return self._tree.match(topic_filter)
 
     def all(self) -> list[Message]:

@@ -94,10 +94,12 @@ class Session:
         message was queued, dropped, or (QoS 0 online) is for the caller to send directly.
         """
         if online:
-            if qos == 0:
-                return None
-            if not self.queue and len(self.inflight) < self.max_inflight:
-                return self._start(message, qos, retain)
+            if not self.queue:
+                if qos == 0:
+                    return None
+                if len(self.inflight) < self.max_inflight:
+                    return self._start(message, qos, retain)
+            # else: behind queued messages, to keep order [MQTT-4.6.0-5]
         elif qos == 0 and not self.queue_qos0:
             return None
         self._enqueue(Queued(message, qos, retain))
@@ -120,16 +122,19 @@ class Session:
         self.queue.append(item)
 
     def pump(self) -> list[Outbound | Queued]:
-        """Move queued messages into free in-flight slots; QoS 0 ones come back as Queued
-        (to be sent once, with no state)."""
+        """Move queued messages, in order, into free in-flight slots; QoS 0 ones need no slot
+        and come back as Queued (to be sent once, with no state)."""
         out: list[Outbound | Queued] = []
         q = self.queue
-        while q and len(self.inflight) < self.max_inflight:
-            item = q.popleft()
+        while q:
+            item = q[0]
             if item.qos == 0:
-                out.append(item)
-            else:
+                out.append(q.popleft())
+            elif len(self.inflight) < self.max_inflight:
+                q.popleft()
                 out.append(self._start(item.message, item.qos, item.retain))
+            else:
+                break
         return out
 
     def ack(self, packet_id: int, packet: PacketType) -> AckResult:

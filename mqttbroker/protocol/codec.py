@@ -170,14 +170,16 @@ def _decode_subscribe(flags: int, body: bytes, level: int) -> Subscribe:
         topic_filter = read_string(buf)
         opts = buf.read_byte()
         qos = opts & 0x03
-        if qos == 3:
-            raise _malformed("SUBSCRIBE requested QoS 3 [MQTT-3.8.3-4]")
         if level == V5:
             rh = (opts >> 4) & 0x03
-            if rh == 3 or opts & 0xC0:
+            if opts & 0xC0:
                 raise _malformed("SUBSCRIBE options reserved bits set [MQTT-3.8.3-5]")
+            if qos == 3 or rh == 3:
+                raise _protocol("SUBSCRIBE with QoS 3 or retain handling 3 [MQTT 3.8.3.1]")
             subs.append(Subscription(topic_filter, qos, bool(opts & 0x04), bool(opts & 0x08), rh))
         else:
+            if qos == 3:
+                raise _malformed("SUBSCRIBE requested QoS 3 [MQTT-3.8.3-4]")
             if opts & 0xFC:
                 raise _malformed("SUBSCRIBE reserved bits set [MQTT-3-8.3-4]")
             subs.append(Subscription(topic_filter, qos))

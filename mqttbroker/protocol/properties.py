@@ -89,8 +89,25 @@ _TABLE: dict[int, tuple[str, frozenset[int]]] = {
     0x2A: ("byte", frozenset({_P.CONNACK})),
 }
 
-# Properties that may appear more than once; they decode to a list.
+# Properties that decode to a list. User Property may repeat anywhere [MQTT-2.2.2-2];
+# Subscription Identifier only in PUBLISH (one per matching subscription) [MQTT-3.3.4-4] and at
+# most once in SUBSCRIBE [MQTT 3.8.2.1.2].
 _REPEATABLE = frozenset({PropertyId.USER_PROPERTY, PropertyId.SUBSCRIPTION_IDENTIFIER})
+
+# Values the specification forbids: each is a protocol error [MQTT 3.1.2.11, 3.2.2.3, 3.8.2.1].
+_VALUE_RULES: dict[int, tuple[int, int]] = {
+    PropertyId.PAYLOAD_FORMAT_INDICATOR: (0, 1),
+    PropertyId.SUBSCRIPTION_IDENTIFIER: (1, 268_435_455),
+    PropertyId.REQUEST_PROBLEM_INFORMATION: (0, 1),
+    PropertyId.REQUEST_RESPONSE_INFORMATION: (0, 1),
+    PropertyId.RECEIVE_MAXIMUM: (1, 65535),
+    PropertyId.MAXIMUM_PACKET_SIZE: (1, 0xFFFFFFFF),
+    PropertyId.MAXIMUM_QOS: (0, 1),
+    PropertyId.RETAIN_AVAILABLE: (0, 1),
+    PropertyId.WILDCARD_SUBSCRIPTION_AVAILABLE: (0, 1),
+    PropertyId.SUBSCRIPTION_IDENTIFIER_AVAILABLE: (0, 1),
+    PropertyId.SHARED_SUBSCRIPTION_AVAILABLE: (0, 1),
+}
 
 
 def read_properties(buf: Buffer, packet: int) -> dict[int, Any]:
@@ -124,7 +141,12 @@ def read_properties(buf: Buffer, packet: int) -> dict[int, Any]:
             value = read_binary(buf)
         else:
             value = (read_string(buf), read_string(buf))
-        if pid in _REPEATABLE:
+        rule = _VALUE_RULES.get(pid)
+        if rule is not None and not rule[0] <= value <= rule[1]:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                f"property 0x{pid:02X} has forbidden value {value}")
+        if pid in _REPEATABLE and (pid == PropertyId.USER_PROPERTY or packet == PacketType.PUBLISH
+                                   or pid not in props):
             props.setdefault(pid, []).append(value)
         elif pid in props:
             # [MQTT-2.2.2-2] a property other than these two appears at most once

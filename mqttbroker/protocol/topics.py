@@ -251,14 +251,16 @@ class RetainedTree(Generic[V]):
                 # the parent level itself ("a/#" matches "a"), then every descendant
                 if i > 0 and node.value is not None:
                     out.append(node.value)
-                sub = [c for k, c in node.children.items() if not (i == 0 and k.startswith("$"))]
+                # depth first, in insertion order (hence the reversed pushes)
+                sub = [c for k, c in reversed(node.children.items())
+                       if not (i == 0 and k.startswith("$"))]
                 while sub:
                     n = sub.pop()
                     if n.value is not None:
                         out.append(n.value)
-                    sub.extend(n.children.values())
+                    sub.extend(reversed(n.children.values()))
             elif level == "+":
-                for k, c in node.children.items():
+                for k, c in reversed(node.children.items()):
                     if not (i == 0 and k.startswith("$")):
                         stack.append((c, i + 1))
             else:
