@@ -1,7 +1,7 @@
 """The broker: listeners, the session registry, takeover, wills, routing, ``$SYS``, shutdown.
 
-It composes the pure parts (router, sessions, retained store, authorizer) and holds no protocol
-logic: packets are handled by :class:`~mqttbroker.client.ClientConnection`.
+It composes the pure parts (router, sessions, retained store, authorizer) and holds no packet
+handling: that is :class:`~mqttbroker.client.ClientConnection`'s.
 """
 
 from __future__ import annotations
@@ -17,18 +17,23 @@ from . import __version__
 from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
+from .enhanced_auth import EnhancedAuth
 from .errors import ConfigError, ConfigIssue, ProtocolError
 from .message import Message
 from .metrics import Metrics
-from .protocol.constants import SUBACK_FAILURE, ProtocolLevel, ReasonCode
-from .protocol.packets import Connect, Suback, Subscribe, Unsuback, Unsubscribe
+from .protocol.constants import MAX_PACKET_SIZE, SUBACK_FAILURE, ProtocolLevel, ReasonCode
+from .protocol.packets import Connect, Suback, Subscribe, Unsuback, Unsubscribe, Will
+from .protocol.properties import PropertyId as Prop
 from .protocol.topics import topic_filter_problem, validate_topic_name
 from .retained import RetainedStore
-from .router import Router
-from .session import Session
+from .router import Router, parse_share
+from .session import Queued, Session
 from .transports.tcp import serve_tcp
 
 log = logging.getLogger("mqttbroker")
+
+V5 = ProtocolLevel.MQTT_5
+_WILL_ONLY = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
 class Broker:
@@ -49,6 +54,7 @@ class Broker:
         self.router = Router()
         self.retained = RetainedStore()
         self.authorizer = Authorizer(self.config.auth, self.config.topic_check)
+        self.enhanced_auth = EnhancedAuth.from_config(self.config.auth.scram_users)
         self.sessions: dict[str, Session] = {}
         self.connections: dict[str, ClientConnection] = {}
         self.addresses: list[tuple[str, str, int]] = []
@@ -57,7 +63,11 @@ class Broker:
         self._per_listener: dict[str, int] = {}
         self._limits: dict[str, int] = {}
         self._sys_timer: asyncio.TimerHandle | None = None
+        # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2]: timers by client id
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._wills: dict[str, tuple[asyncio.TimerHandle, Message]] = {}
         self._started = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.running = False
 
     @property
@@ -65,11 +75,17 @@ class Broker:
         """The bound port of the first listener (handy when it was configured as 0)."""
         return self.addresses[0][2]
 
+    def now(self) -> float:
+        """The event loop's clock, which every expiry in the broker is measured on."""
+        assert self._loop is not None
+        return self._loop.time()
+
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open every listener and start publishing ``$SYS``."""
         self._started = time.monotonic()
+        self._loop = asyncio.get_running_loop()
         try:
             for lc in self.config.listeners:
                 if lc.type != "tcp":
@@ -100,7 +116,7 @@ class Broker:
             self._publish_sys()
 
     async def shutdown(self) -> None:
-        """Stop listening, close every client, stop timers."""
+        """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
         if self._sys_timer is not None:
             self._sys_timer.cancel()
             self._sys_timer = None
@@ -108,7 +124,14 @@ class Broker:
         for server in self._servers:
             server.close()
         for conn in list(self._open):
-            conn.close(publish_will=False)
+            conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down",
+                            publish_will=False)
+        for handle in self._expiry.values():
+            handle.cancel()
+        for handle, _ in self._wills.values():
+            handle.cancel()
+        self._expiry.clear()
+        self._wills.clear()
         await self._close_servers()
         log.info("broker stopped")
 
@@ -137,64 +160,132 @@ class Broker:
         self.metrics.connections_total += 1
         return True
 
-    def connect(self, conn: ClientConnection, p: Connect) -> None:
+    def cap_session_expiry(self, requested: int) -> int:
+        """The Session Expiry Interval granted for ``requested`` (max_session_expiry_interval
+        caps it when set)."""
+        cap = self.config.mqtt.max_session_expiry_interval
+        return min(requested, cap) if cap else requested
+
+    def connect(self, conn: ClientConnection, p: Connect,
+                auth_props: dict[int, Any] | None = None) -> None:
         """Handle a valid CONNECT: identify, authenticate, take over, attach a session."""
         cfg = self.config.mqtt
         client_id = p.client_id
         level = p.protocol_level
+        v5 = level == V5
+        props: dict[int, Any] = {}
         if not client_id:
             # [MQTT-3.1.3-8] empty id without clean session: 0x02; 3.1 needs an id
-            if (not p.clean_session or level == ProtocolLevel.MQTT_3_1
-                    or not cfg.allow_zero_length_clientid):
+            if (not p.clean_session and not v5) or level == ProtocolLevel.MQTT_3_1 \
+                    or not cfg.allow_zero_length_clientid:
                 conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client identifier")
                 return
             client_id = "auto-" + uuid.uuid4().hex  # [MQTT-3.1.3-6]
+            props[Prop.ASSIGNED_CLIENT_IDENTIFIER] = client_id
         elif len(client_id) > cfg.max_client_id_length:
             conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                         f"client identifier longer than {cfg.max_client_id_length}")
             return
-        if cfg.max_keepalive and (p.keep_alive > cfg.max_keepalive or p.keep_alive == 0):
-            # 3.1/3.1.1 cannot be told a shorter keep-alive: refuse, as Mosquitto does
-            conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                        f"keep-alive {p.keep_alive}s outside max_keepalive {cfg.max_keepalive}s")
-            return
+        keep_alive = p.keep_alive
+        if cfg.max_keepalive and (keep_alive > cfg.max_keepalive or keep_alive == 0):
+            if not v5:
+                # 3.1/3.1.1 cannot be told a shorter keep-alive: refuse, as Mosquitto does
+                conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                            f"keep-alive {keep_alive}s outside max_keepalive "
+                            f"{cfg.max_keepalive}s")
+                return
+            keep_alive = cfg.max_keepalive  # [MQTT-3.2.2-21] Server Keep Alive
+            props[Prop.SERVER_KEEP_ALIVE] = keep_alive
         if p.will is not None:
             validate_topic_name(p.will.topic)  # [MQTT-3.1.3-11] raises: the connection closes
-        code = self.authorizer.authenticate(client_id, p.username, p.password)
-        if code != ReasonCode.SUCCESS:
-            conn.refuse(code, "not authorised" if code == ReasonCode.NOT_AUTHORIZED
-                        else "bad user name or password")
-            return
+            if v5 and p.will.qos > cfg.max_qos:
+                conn.refuse(ReasonCode.QOS_NOT_SUPPORTED, "will QoS over Maximum QoS")
+                return
+            if v5 and p.will.retain and not cfg.retain_available:
+                conn.refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will RETAIN not available")
+                return
+        if auth_props is None:
+            code = self.authorizer.authenticate(client_id, p.username, p.password)
+            if code != ReasonCode.SUCCESS:
+                conn.refuse(code, "not authorised" if code == ReasonCode.NOT_AUTHORIZED
+                            else "bad user name or password")
+                return
+        else:
+            props.update(auth_props)
+        # session expiry: 3.1.1 clean session 0 never expires (unless capped)
+        if v5:
+            requested = p.properties.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
+        else:
+            requested = 0 if p.clean_session else Session.NEVER
+        expiry = self.cap_session_expiry(requested)
+        if v5 and expiry != requested:
+            props[Prop.SESSION_EXPIRY_INTERVAL] = expiry  # [MQTT-3.2.2-?] the server's value
         old = self.connections.get(client_id)
         if old is not None:
-            # [MQTT-3.1.4-2] the existing connection is closed; its will is published
-            log.info("client %r: taken over by a new connection from %s", client_id, conn.peer)
-            old.close(publish_will=True)
+            # [MQTT-3.1.4-3] the existing connection is closed (v5: DISCONNECT 0x8E)
+            old.disconnect(ReasonCode.SESSION_TAKEN_OVER,
+                           f"session taken over by a new connection from {conn.peer}",
+                           publish_will=True)
+        self._cancel_expiry(client_id)
         session = self.sessions.get(client_id)
         present = False
         if session is not None and (p.clean_session or not session.persistent):
-            self._discard_session(session)  # [MQTT-3.1.2-6]
+            self._end_session(session)  # [MQTT-3.1.2-4] clean start discards it
             session = None
+        pending = self._wills.pop(client_id, None)
+        if pending is not None:
+            pending[0].cancel()
+            if session is None:  # the old session ended: its delayed will goes now
+                self.publish(pending[1])
+            # else resumed within the Will Delay Interval: no will [MQTT-3.1.3-9]
         if session is None:
-            session = Session(client_id, not p.clean_session,
-                              max_inflight=cfg.max_inflight_messages,
+            session = Session(client_id, expiry, max_inflight=cfg.max_inflight_messages,
                               max_queued=cfg.max_queued_messages,
                               drop_oldest=cfg.queue_full_policy == "drop_oldest",
                               queue_qos0=cfg.queue_qos0_messages, metrics=self.metrics)
             self.sessions[client_id] = session
         else:
             present = True  # [MQTT-3.2.2-2]
+            session.expiry_interval = expiry
+        session.max_inflight = cfg.max_inflight_messages
+        if v5:
+            # the client's Receive Maximum bounds what we send unacknowledged [MQTT-3.3.4-7]
+            session.max_inflight = min(cfg.max_inflight_messages,
+                                       p.properties.get(Prop.RECEIVE_MAXIMUM, 65535))
+            props.update(self._connack_properties(client_id, p))
         self.connections[client_id] = conn
+        conn.keep_alive = keep_alive
         m = self.metrics
         m.clients_connected += 1
         m.clients_maximum = max(m.clients_maximum, m.clients_connected)
         log.info("client %r connected from %s (MQTT %s, clean=%d, keep-alive=%ds%s)", client_id,
                  conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
-                 p.keep_alive, ", session resumed" if present else "")
-        conn.accept(client_id, session, present, p)
+                 keep_alive, ", session resumed" if present else "")
+        conn.accept(client_id, session, present, p, props)
+
+    def _connack_properties(self, client_id: str, p: Connect) -> dict[int, Any]:
+        """What the broker enforces, advertised to an MQTT 5 client [MQTT 3.2.2.3]."""
+        cfg = self.config.mqtt
+        props: dict[int, Any] = {
+            Prop.RECEIVE_MAXIMUM: cfg.receive_maximum,
+            Prop.RETAIN_AVAILABLE: int(cfg.retain_available),
+            Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
+            Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 1,
+            Prop.SHARED_SUBSCRIPTION_AVAILABLE: 1,
+        }
+        if cfg.max_qos < 2:
+            props[Prop.MAXIMUM_QOS] = cfg.max_qos
+        if cfg.max_packet_size < MAX_PACKET_SIZE:
+            props[Prop.MAXIMUM_PACKET_SIZE] = cfg.max_packet_size
+        if cfg.topic_alias_maximum:
+            props[Prop.TOPIC_ALIAS_MAXIMUM] = cfg.topic_alias_maximum
+        if p.properties.get(Prop.REQUEST_RESPONSE_INFORMATION) == 1 and cfg.response_information:
+            props[Prop.RESPONSE_INFORMATION] = cfg.response_information + client_id
+        return props
 
     def on_connection_closed(self, conn: ClientConnection, publish_will: bool) -> None:
-        """A connection ended, for whatever reason: release it, then publish its will."""
+        """A connection ended, for whatever reason: release it, hand shared messages to other
+        members, start the session's expiry, publish (or schedule) its will."""
         if conn in self._open:
             self._open.discard(conn)
             self._per_listener[conn.listener] -= 1
@@ -204,94 +295,224 @@ class Broker:
         del self.connections[cid]
         self.metrics.clients_connected -= 1
         session = conn.session
-        if session is not None and not session.persistent:
-            self._discard_session(session)
+        assert session is not None
+        if self.running:
+            self._redistribute(session)
         will = conn.will
         conn.will = None
+        message = None
+        delay = 0
         if publish_will and will is not None and self.running:
-            log.info("client %r: publishing its will to %r", cid, will.topic)
-            self.publish(Message(will.topic, will.payload, will.qos, will.retain,
-                                 will.properties or None, cid))
+            message = self._will_message(will, cid)
+            delay = will.properties.get(Prop.WILL_DELAY_INTERVAL, 0) if will.properties else 0
+        if not session.persistent:
+            self._end_session(session)
+        elif self.running and session.expiry_interval != Session.NEVER:
+            assert self._loop is not None
+            self._expiry[cid] = self._loop.call_later(session.expiry_interval,
+                                                      self._expire_session, cid)
+        if message is None:
+            return
+        if delay and session.persistent and self._loop is not None:
+            # [MQTT-3.1.3-9] published after the delay, or when the session ends if sooner
+            handle = self._loop.call_later(delay, self._publish_delayed_will, cid)
+            self._wills[cid] = (handle, message)
+            log.info("client %r: will to %r delayed %ds", cid, will.topic if will else "", delay)
+        else:
+            log.info("client %r: publishing its will to %r", cid, message.topic)
+            self.publish(message)
 
-    def _discard_session(self, session: Session) -> None:
+    def _will_message(self, will: Will, cid: str) -> Message:
+        props = will.properties
+        expires_at = None
+        if props:
+            mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
+            if mei is not None:
+                expires_at = self.now() + mei
+            props = {k: v for k, v in props.items() if k not in _WILL_ONLY}
+        return Message(will.topic, will.payload, will.qos, will.retain, props or None, cid,
+                       expires_at)
+
+    def _publish_delayed_will(self, cid: str) -> None:
+        pending = self._wills.pop(cid, None)
+        if pending is not None:
+            log.info("client %r: publishing its delayed will to %r", cid, pending[1].topic)
+            self.publish(pending[1])
+
+    def _expire_session(self, cid: str) -> None:
+        self._expiry.pop(cid, None)
+        session = self.sessions.get(cid)
+        if session is not None and cid not in self.connections:
+            log.info("session %r expired", cid)
+            self._end_session(session)
+
+    def _cancel_expiry(self, cid: str) -> None:
+        handle = self._expiry.pop(cid, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _end_session(self, session: Session) -> None:
+        """The session is over: its subscriptions go, and a will still waiting goes out."""
+        cid = session.client_id
         for topic_filter in session.subscriptions:
-            self.router.unsubscribe(session.client_id, topic_filter)
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
+            self.router.unsubscribe(cid, topic_filter)
+        if self.sessions.get(cid) is session:
+            del self.sessions[cid]
+        self._cancel_expiry(cid)
+        self._publish_delayed_will(cid)
+
+    def _redistribute(self, session: Session) -> None:
+        """Messages a leaving shared-subscription member had not acknowledged go to another
+        member of the same group [MQTT 4.8.2]."""
+        if not session.inflight and not session.queue:
+            return
+        taken = session.take_shared()
+        keep: list[Queued] = []
+        for item in taken:
+            assert item.share is not None
+            group = self.router.group(item.share)
+            picked = group.pick(self._available, exclude=session.client_id) if group else None
+            if picked is None:
+                keep.append(item)
+                continue
+            cid, sub = picked
+            self._deliver_to(cid, item.message, min(item.qos, sub.qos), item.retain,
+                             (sub.identifier,) if sub.identifier else (), item.share)
+        if keep:
+            session.requeue(keep)
 
     # -- routing ----------------------------------------------------------------------------------
 
-    def publish_from(self, conn: ClientConnection, message: Message) -> None:
-        """A client published: check it may, then route."""
+    def _available(self, cid: str) -> bool:
+        """Can this client take another message now (online, window not full)?"""
+        conn = self.connections.get(cid)
+        if conn is None:
+            return False
+        s = conn.session
+        return s is not None and len(s.inflight) < s.max_inflight
+
+    def publish_from(self, conn: ClientConnection, message: Message) -> int:
+        """A client published: check it may, then route. Returns the MQTT 5 reason code for
+        its PUBACK/PUBREC (0x00, 0x10 no matching subscribers, 0x87 not authorised)."""
         if message.topic.startswith("$"):
             # clients do not publish to $ topics ($SYS belongs to the broker)
             self.metrics.sys_publish_refused += 1
             log.debug("client %s: PUBLISH to %r refused ($ topics are the broker's)",
                       conn.name, message.topic)
-            return
+            return ReasonCode.NOT_AUTHORIZED
         if not self.authorizer.may_publish(conn.username, message.topic):
             self.metrics.publish_dropped += 1
             log.info("client %s: PUBLISH to %r not authorised", conn.name, message.topic)
-            return
-        self.publish(message)
+            return ReasonCode.NOT_AUTHORIZED
+        if not self.publish(message):
+            return ReasonCode.NO_MATCHING_SUBSCRIBERS
+        return ReasonCode.SUCCESS
 
-    def publish(self, message: Message) -> None:
+    def publish(self, message: Message) -> int:
         """Retain if asked, then hand ``message`` to every matching session, once each, at
-        min(publish QoS, granted QoS) [MQTT-3.8.4-6]."""
+        min(publish QoS, granted QoS) [MQTT-3.8.4-6]. Returns how many sessions it went to."""
         if message.retain and self.config.mqtt.retain_available:
             self.retained.store(message)
-        targets = self.router.route(message.topic)
-        if not targets:
-            return
+        direct, shared = self.router.route(message.topic, message.sender, self._available)
         mqos = message.qos
-        connections = self.connections
-        sessions = self.sessions
-        for cid, sub_qos in targets.items():
-            qos = min(mqos, sub_qos)
-            conn = connections.get(cid)
-            if conn is not None:
-                # [MQTT-3.3.1-9] RETAIN is 0 on messages forwarded to existing subscriptions
-                conn.deliver(message, qos, False)
-            else:
-                session = sessions.get(cid)
-                if session is not None:
-                    session.offer(message, qos, False, online=False)
+        for cid, d in direct.items():
+            # [MQTT-3.3.1-9] RETAIN is 0 on forwarding, unless Retain As Published [MQTT-3.3.1-13]
+            self._deliver_to(cid, message, min(mqos, d.qos),
+                             message.retain and d.retain_as_published, d.identifiers)
+        for cid, d in shared:
+            self._deliver_to(cid, message, min(mqos, d.qos),
+                             message.retain and d.retain_as_published, d.identifiers, d.share)
+        return len(direct) + len(shared)
+
+    def _deliver_to(self, cid: str, message: Message, qos: int, retain: bool,
+                    identifiers: tuple[int, ...], share: str | None = None) -> None:
+        conn = self.connections.get(cid)
+        if conn is not None:
+            conn.deliver(message, qos, retain, identifiers, share)
+        else:
+            session = self.sessions.get(cid)
+            if session is not None:
+                session.offer(message, qos, retain, False, identifiers, share)
 
     def subscribe(self, conn: ClientConnection, p: Subscribe) -> None:
         """SUBSCRIBE: grant, SUBACK, then the matching retained messages [MQTT-3.8.4-3]."""
         session = conn.session
         assert session is not None and conn.client_id is not None
-        max_qos = self.config.mqtt.max_qos
+        cfg = self.config.mqtt
+        v5 = conn.level == V5
+        identifier = 0
+        if v5:
+            ids = p.properties.get(Prop.SUBSCRIPTION_IDENTIFIER)
+            identifier = ids[0] if ids else 0
         codes: list[int] = []
-        retained: list[tuple[Message, int]] = []
+        retained: list[tuple[Message, int, bool, tuple[int, ...]]] = []
+        now = self.now()
         for sub in p.subscriptions:
             f = sub.topic_filter
-            problem = topic_filter_problem(f)
-            if problem is None and not self.authorizer.may_subscribe(conn.username, f):
-                problem = "not authorised"
-            if problem is not None:
-                log.info("client %s: SUBSCRIBE %r refused: %s", conn.name, f, problem)
-                codes.append(SUBACK_FAILURE)
+            code = self._refusal(conn, session, sub.topic_filter, v5)
+            if code is None and sub.no_local and f.startswith("$share/"):
+                raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                    "No Local on a shared subscription [MQTT-3.8.3-4]")
+            if code is not None:
+                codes.append(code if v5 else SUBACK_FAILURE)
                 continue
-            granted = min(sub.qos, max_qos)
+            granted = min(sub.qos, cfg.max_qos)
             sub.qos = granted
-            session.subscriptions[f] = granted  # a repeat replaces [MQTT-3.8.4-3]
+            sub.identifier = identifier
+            new = f not in session.subscriptions
+            session.subscriptions[f] = sub  # a repeat replaces [MQTT-3.8.4-3]
             self.router.subscribe(conn.client_id, sub)
             codes.append(granted)
-            for m in self.retained.match(f):
-                retained.append((m, min(m.qos, granted)))
+            if f.startswith("$share/"):
+                continue  # no retained messages on a shared subscription [MQTT-3.8.4-?]
+            # Retain Handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9/10]
+            if sub.retain_handling == 0 or (sub.retain_handling == 1 and new):
+                ident: tuple[int, ...] = (identifier,) if identifier else ()
+                for m in self.retained.match(f, now):
+                    retained.append((m, min(m.qos, granted), True, ident))
         conn.send_packet(Suback(p.packet_id, codes))
-        for m, q in retained:
-            conn.deliver(m, q, True)  # [MQTT-3.3.1-8] RETAIN=1 for retained on subscribe
+        for m, q, r, ident in retained:
+            conn.deliver(m, q, r, ident)  # [MQTT-3.3.1-8] RETAIN=1 for retained on subscribe
+
+    def _refusal(self, conn: ClientConnection, session: Session, f: str,
+                 v5: bool) -> int | None:
+        """Why a filter cannot be subscribed to (a SUBACK reason code), or None."""
+        problem = topic_filter_problem(f)
+        code = ReasonCode.TOPIC_FILTER_INVALID
+        if problem is None:
+            try:
+                share = parse_share(f)
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                if share is not None:
+                    problem = topic_filter_problem(share[1])
+        if problem is None and not self.authorizer.may_subscribe(conn.username, f):
+            problem, code = "not authorised", ReasonCode.NOT_AUTHORIZED
+        limit = self.config.mqtt.max_subscriptions_per_client
+        if problem is None and limit and f not in session.subscriptions \
+                and len(session.subscriptions) >= limit:
+            problem, code = f"over max_subscriptions_per_client {limit}", \
+                ReasonCode.QUOTA_EXCEEDED
+        if problem is None:
+            return None
+        log.info("client %s: SUBSCRIBE %r refused: %s", conn.name, f, problem)
+        return int(code)
 
     def unsubscribe(self, conn: ClientConnection, p: Unsubscribe) -> None:
         """UNSUBSCRIBE: always answered with UNSUBACK [MQTT-3.10.4-5]."""
         session = conn.session
         assert session is not None and conn.client_id is not None
+        codes: list[int] = []
         for f in p.topic_filters:
             if session.subscriptions.pop(f, None) is not None:
                 self.router.unsubscribe(conn.client_id, f)
-        conn.send_packet(Unsuback(p.packet_id))
+                codes.append(ReasonCode.SUCCESS)
+            elif topic_filter_problem(f) is not None:
+                codes.append(ReasonCode.TOPIC_FILTER_INVALID)
+            else:
+                codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
+        conn.send_packet(Unsuback(p.packet_id, codes if conn.level == V5 else []))
 
     # -- $SYS --------------------------------------------------------------------------------------
 
@@ -325,8 +546,8 @@ class Broker:
     def _publish_sys(self) -> None:
         for topic, value in self.sys_values().items():
             self.publish(Message(topic, value.encode(), 0, True))
-        self._sys_timer = asyncio.get_running_loop().call_later(self.config.sys_interval,
-                                                                self._publish_sys)
+        assert self._loop is not None
+        self._sys_timer = self._loop.call_later(self.config.sys_interval, self._publish_sys)
 
 
 __all__ = ["Broker", "ConnState", "ProtocolError"]

@@ -157,6 +157,36 @@ def _describe_os_error(exc: OSError, config: Config) -> str:
     return f"cannot start listeners ({addresses}): {exc.strerror or exc}"
 
 
+@cli.command("scram-credential")
+@click.argument("user")
+@click.option("--password", help="The password (default: prompt twice without echo; a "
+              "password on the command line can end up in shell history and ps).")
+@click.option("--iterations", type=click.IntRange(4096, 10_000_000), default=4096,
+              show_default=True, help="PBKDF2 iterations (RFC 7677: at least 4096).")
+def scram_credential(user: str, password: str | None, iterations: int) -> None:
+    """Print USER's SCRAM-SHA-256 credential as a line for ``auth: scram-users:``.
+
+    The line holds a salted verifier (PostgreSQL's format), never the password.
+    """
+    import json
+    import re
+
+    from .enhanced_auth import make_scram_credential
+
+    if not user:
+        raise click.BadParameter("must not be empty", param_hint="USER")
+    if password is None:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.BadParameter("must not be empty", param_hint="--password")
+    credential = make_scram_credential(password, iterations=iterations)
+    # A plain YAML key only when YAML cannot read it as anything but this string.
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", user) and user.lower() not in {
+        "y", "n", "yes", "no", "on", "off", "true", "false", "null"}
+    key = user if plain else json.dumps(user, ensure_ascii=False)
+    click.echo(f'  {key}: "{credential}"')
+
+
 def main() -> None:
     """Console-script entry point (``mqttbroker``) and ``python -m mqttbroker``."""
     cli(prog_name="mqttbroker")

@@ -2,7 +2,8 @@
 
 One task-free ``asyncio.Protocol`` per socket. Everything that can go wrong with a peer's bytes
 ends in :meth:`ClientConnection.fail`, the one place a :class:`ProtocolError` becomes a CONNACK
-return code or a closed socket and a log line.
+(before the session exists), a DISCONNECT with its reason code (MQTT 5), or a closed socket, with
+one log line naming the client and the rule.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from enum import IntEnum
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+from .enhanced_auth import AuthExchange, AuthStatus
 from .errors import ProtocolError
 from .message import Message
-from .protocol.codec import decode, encode
+from .protocol.codec import decode, encode, encode_publish_parts, peek_protocol_level
 from .protocol.constants import (
     V3_CONNACK_FOR_REASON,
     ConnackCode,
@@ -25,8 +27,10 @@ from .protocol.constants import (
 )
 from .protocol.flows import OutState
 from .protocol.packets import (
+    Auth,
     Connack,
     Connect,
+    Disconnect,
     Packet,
     Puback,
     Pubcomp,
@@ -37,6 +41,7 @@ from .protocol.packets import (
     Unsubscribe,
     Will,
 )
+from .protocol.properties import PropertyId as Prop
 from .protocol.reader import FrameReader
 from .protocol.topics import validate_topic_name
 from .session import Outbound, Queued, Session
@@ -46,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mqttbroker.client")
 
+V5 = ProtocolLevel.MQTT_5
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
 
@@ -54,8 +60,9 @@ class ConnState(IntEnum):
     """Where a connection stands."""
 
     AWAIT_CONNECT = 0
-    CONNECTED = 1
-    CLOSED = 2
+    AUTHENTICATING = 1  # MQTT 5 enhanced authentication before CONNACK [MQTT 4.12]
+    CONNECTED = 2
+    CLOSED = 3
 
 
 _P = PacketType
@@ -64,11 +71,15 @@ _P = PacketType
 # only a server sends (CONNACK, SUBACK, ...) are never accepted from a client.
 ALLOWED: dict[ConnState, frozenset[int]] = {
     ConnState.AWAIT_CONNECT: frozenset({_P.CONNECT}),
+    ConnState.AUTHENTICATING: frozenset({_P.AUTH, _P.DISCONNECT}),
     ConnState.CONNECTED: frozenset({_P.PUBLISH, _P.PUBACK, _P.PUBREC, _P.PUBREL, _P.PUBCOMP,
                                     _P.SUBSCRIBE, _P.UNSUBSCRIBE, _P.PINGREQ, _P.DISCONNECT,
                                     _P.AUTH}),
     ConnState.CLOSED: frozenset(),
 }
+
+# Properties of an incoming PUBLISH that are per hop, not forwarded [MQTT-3.3.2-*]
+_HOP_PROPS = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
 def keepalive_expired(now: float, last_received: float, keep_alive: int) -> bool:
@@ -96,18 +107,30 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.last_received = 0.0
+        # MQTT 5, per connection
+        self.connect_expiry = 0  # Session Expiry Interval given at CONNECT
+        self.max_out_packet = 0  # the client's Maximum Packet Size, 0 = none
+        self.problem_info = True  # Request Problem Information
+        self.alias_in: dict[int, str] = {}
+        self.alias_in_max = cfg.topic_alias_maximum
+        self.alias_out: dict[str, int] = {}
+        self.alias_out_max = 0
+        self.receive_maximum = cfg.receive_maximum
+        self.auth_method: str | None = None
+        self._auth: AuthExchange | None = None
+        self._pending_connect: Connect | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._wbuf: list[bytes] | None = None
-        self._handlers: dict[int, Callable[[Packet], None]] = {
-            _P.CONNECT: self._on_connect,  # type: ignore[dict-item]
-            _P.PUBLISH: self._on_publish,  # type: ignore[dict-item]
+        self._handlers: dict[int, Callable[[Any], None]] = {
+            _P.CONNECT: self._on_connect,
+            _P.PUBLISH: self._on_publish,
             _P.PUBACK: self._on_ack,
             _P.PUBREC: self._on_ack,
             _P.PUBCOMP: self._on_ack,
-            _P.PUBREL: self._on_pubrel,  # type: ignore[dict-item]
-            _P.SUBSCRIBE: self._on_subscribe,  # type: ignore[dict-item]
-            _P.UNSUBSCRIBE: self._on_unsubscribe,  # type: ignore[dict-item]
+            _P.PUBREL: self._on_pubrel,
+            _P.SUBSCRIBE: self._on_subscribe,
+            _P.UNSUBSCRIBE: self._on_unsubscribe,
             _P.PINGREQ: self._on_pingreq,
             _P.DISCONNECT: self._on_disconnect,
             _P.AUTH: self._on_auth,
@@ -134,7 +157,7 @@ class ClientConnection(asyncio.Protocol):
             self.state = ConnState.CLOSED
             self.transport.abort()
             return
-        # A socket that never sends CONNECT is closed after connect_timeout.
+        # A socket that never completes CONNECT is closed after connect_timeout.
         self._timer = self._loop.call_later(self.broker.config.mqtt.connect_timeout,
                                             self._connect_timeout)
 
@@ -145,25 +168,33 @@ class ClientConnection(asyncio.Protocol):
         self.metrics.bytes_received += len(data)
         try:
             for first, body in self.reader.feed(data):
-                if self.state is ConnState.CLOSED:  # type: ignore[comparison-overlap]
+                state = self.state
+                if state is ConnState.CLOSED:  # type: ignore[comparison-overlap]
                     return  # a previous packet in this read closed the connection
                 self.metrics.messages_received += 1
                 ptype = first >> 4
-                if ptype not in ALLOWED[self.state]:
-                    if ptype == _P.CONNECT:
-                        raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
-                                            "second CONNECT [MQTT-3.1.0-2]")
-                    if self.state is ConnState.AWAIT_CONNECT:
-                        raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
-                                            "first packet is not CONNECT [MQTT-3.1.0-1]")
-                    raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
-                                        f"packet type {ptype} may not be sent by a client")
+                if ptype not in ALLOWED[state]:
+                    self._unexpected(ptype)
+                if ptype == _P.CONNECT:
+                    # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
+                    self.level = peek_protocol_level(body) or self.level
                 self._handlers[ptype](decode(first, body, self.level))
         except ProtocolError as exc:
             self.fail(exc)
         except Exception:  # a bug must cost one connection, never the broker
             log.exception("internal error handling client %s; closing it", self.name)
-            self.close(publish_will=True)
+            self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
+
+    def _unexpected(self, ptype: int) -> None:
+        if ptype == _P.CONNECT:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "second CONNECT [MQTT-3.1.0-2]")
+        if self.state is ConnState.AWAIT_CONNECT:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                "first packet is not CONNECT [MQTT-3.1.0-1]")
+        if ptype == 0:
+            raise ProtocolError(ReasonCode.MALFORMED_PACKET, "reserved packet type 0")
+        raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                            f"{PacketType(ptype).name} may not be sent by a client now")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not ConnState.CLOSED:
@@ -188,33 +219,63 @@ class ClientConnection(asyncio.Protocol):
     def _flush(self) -> None:
         buf = self._wbuf
         self._wbuf = None
-        if buf and self.transport is not None and not self.transport.is_closing():
+        t = self.transport
+        if buf and t is not None and not t.is_closing():
             data = b"".join(buf) if len(buf) > 1 else buf[0]
             self.metrics.bytes_sent += len(data)
             self.metrics.messages_sent += len(buf)
-            self.transport.write(data)
+            t.write(data)
+            if t.get_write_buffer_size() > self.broker.config.mqtt.max_write_buffer \
+                    and self.state is ConnState.CONNECTED:
+                # a client that does not read takes more than its share of memory
+                self.fail(ProtocolError(ReasonCode.QUOTA_EXCEEDED,
+                                        "client is not reading: write buffer over "
+                                        "max_write_buffer"))
 
     def send_packet(self, packet: Packet) -> None:
         """Encode and send one packet."""
         self.send(encode(packet, self.level))
 
+    def _reason(self, text: str) -> dict[int, Any]:
+        """A Reason String property, when the client did not opt out [MQTT-3.1.2-29]."""
+        return {Prop.REASON_STRING: text} if self.problem_info and text else {}
+
     # -- closing ----------------------------------------------------------------------------
 
     def fail(self, exc: ProtocolError) -> None:
-        """The peer broke the protocol: say so where the spec lets us, log it, close."""
+        """The peer broke the protocol (or a limit): say why where the spec lets us, log it,
+        close. Before CONNACK the answer is a refusing CONNACK; after it, MQTT 5 clients get
+        DISCONNECT with the reason code [MQTT-4.13.1-1]; 3.1.1 clients just see the close."""
+        if self.state is ConnState.CLOSED:
+            return
         self.metrics.protocol_errors += 1
         log.warning("closing client %s: %s", self.name, exc)
-        if self.state is ConnState.AWAIT_CONNECT:
-            code = V3_CONNACK_FOR_REASON.get(exc.code)
-            if code is not None and exc.code != ReasonCode.SUCCESS:
-                # e.g. [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01, then close
-                self.send(bytes((0x20, 2, 0, code)))
+        if self.state in (ConnState.AWAIT_CONNECT, ConnState.AUTHENTICATING):
+            if self.level == V5:
+                self.send_packet(Connack(False, int(exc.code), self._reason(exc.message)))
+            else:
+                code = V3_CONNACK_FOR_REASON.get(exc.code)
+                if code is not None and exc.code != ReasonCode.SUCCESS:
+                    # e.g. [MQTT-3.1.2-2] unsupported protocol level: CONNACK 0x01, then close
+                    self.send(bytes((0x20, 2, 0, code)))
+        elif self.level == V5:
+            self.send_packet(Disconnect(int(exc.code), self._reason(exc.message)))
         self.close(publish_will=True)
+
+    def disconnect(self, code: ReasonCode, why: str, publish_will: bool) -> None:
+        """Close on the broker's initiative (takeover, shutdown), telling a v5 client why."""
+        if self.state is ConnState.CLOSED:
+            return
+        log.info("closing client %s: %s", self.name, why)
+        if self.level == V5 and self.state is ConnState.CONNECTED:
+            self.send_packet(Disconnect(int(code), self._reason(why)))
+        self.close(publish_will)
 
     def close(self, publish_will: bool) -> None:
         """Close the connection (pending writes are flushed first)."""
         if self.state is ConnState.CLOSED:
             return
+        self.state = ConnState.CLOSED
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -229,8 +290,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _connect_timeout(self) -> None:
         self._timer = None
-        if self.state is ConnState.AWAIT_CONNECT:
-            log.warning("closing client %s: no CONNECT within %ss", self.name,
+        if self.state in (ConnState.AWAIT_CONNECT, ConnState.AUTHENTICATING):
+            log.warning("closing client %s: no CONNECT completed within %ss", self.name,
                         self.broker.config.mqtt.connect_timeout)
             self.close(publish_will=False)
 
@@ -240,41 +301,121 @@ class ClientConnection(asyncio.Protocol):
             return
         now = self._loop.time()
         if keepalive_expired(now, self.last_received, self.keep_alive):
-            log.warning("closing client %s: keep-alive timeout (%ss x 1.5) [MQTT-3.1.2-24]",
-                        self.name, self.keep_alive)
-            self.close(publish_will=True)
+            self.fail(ProtocolError(ReasonCode.KEEP_ALIVE_TIMEOUT,
+                                    f"keep-alive timeout ({self.keep_alive}s x 1.5) "
+                                    "[MQTT-3.1.2-24]"))
         else:
             self._arm_keepalive(self.last_received + 1.5 * self.keep_alive - now)
 
     def _arm_keepalive(self, delay: float) -> None:
         self._timer = self._loop.call_later(max(delay, 0.01), self._keepalive_check)
 
-    # -- CONNECT ----------------------------------------------------------------------------
+    # -- CONNECT and enhanced authentication ----------------------------------------------------
 
     def _on_connect(self, p: Connect) -> None:
         self.level = p.protocol_level
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if p.protocol_level == V5:
+            props = p.properties
+            self.connect_expiry = props.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
+            self.max_out_packet = props.get(Prop.MAXIMUM_PACKET_SIZE, 0)
+            self.problem_info = props.get(Prop.REQUEST_PROBLEM_INFORMATION, 1) == 1
+            self.alias_out_max = props.get(Prop.TOPIC_ALIAS_MAXIMUM, 0)
+            method = props.get(Prop.AUTHENTICATION_METHOD)
+            if method is None and Prop.AUTHENTICATION_DATA in props:
+                raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                    "Authentication Data without a method [MQTT-3.1.2-?]")
+            if method is not None:
+                exchange = self.broker.enhanced_auth.begin(method, p.client_id, p.username)
+                if exchange is None:
+                    self.refuse(ReasonCode.BAD_AUTHENTICATION_METHOD,
+                                f"unknown authentication method {method!r}")
+                    return
+                self.auth_method = method
+                self._auth = exchange
+                self._pending_connect = p
+                self._auth_step(props.get(Prop.AUTHENTICATION_DATA))
+                return
         self.broker.connect(self, p)
+
+    def _auth_step(self, data: bytes | None) -> None:
+        assert self._auth is not None and self.auth_method is not None
+        result = self._auth.step(data)
+        if result.status is AuthStatus.CONTINUE:
+            self.state = ConnState.AUTHENTICATING if self.state is ConnState.AWAIT_CONNECT \
+                else self.state
+            props: dict[int, Any] = {Prop.AUTHENTICATION_METHOD: self.auth_method}
+            if result.data is not None:
+                props[Prop.AUTHENTICATION_DATA] = result.data
+            self.send_packet(Auth(int(ReasonCode.CONTINUE_AUTHENTICATION), props))
+            return
+        self._auth = None
+        if result.status is AuthStatus.FAILURE:
+            if self.state is ConnState.CONNECTED:  # re-authentication failed
+                self.fail(ProtocolError(ReasonCode.NOT_AUTHORIZED,
+                                        f"re-authentication failed: {result.reason}"))
+            else:
+                self.refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+                            f"{self.auth_method} authentication failed: {result.reason}")
+            return
+        props = {Prop.AUTHENTICATION_METHOD: self.auth_method}
+        if result.data is not None:
+            props[Prop.AUTHENTICATION_DATA] = result.data
+        if self.state is ConnState.CONNECTED:  # re-authentication succeeded [MQTT 4.12.1]
+            self.send_packet(Auth(int(ReasonCode.SUCCESS), props))
+            return
+        p = self._pending_connect
+        assert p is not None
+        self._pending_connect = None
+        if result.username is not None:
+            p.username = result.username
+        self.broker.connect(self, p, auth_props=props)
+
+    def _on_auth(self, p: Auth) -> None:
+        method = p.properties.get(Prop.AUTHENTICATION_METHOD)
+        if self.auth_method is None or method != self.auth_method:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                "AUTH with a different or no authentication method "
+                                "[MQTT-4.12.0-5]")
+        data = p.properties.get(Prop.AUTHENTICATION_DATA)
+        if p.reason_code == ReasonCode.REAUTHENTICATE and self.state is ConnState.CONNECTED \
+                and self._auth is None:
+            exchange = self.broker.enhanced_auth.begin(method, self.client_id or "",
+                                                       self.username)
+            if exchange is None:
+                raise ProtocolError(ReasonCode.BAD_AUTHENTICATION_METHOD, "method gone")
+            self._auth = exchange
+            self._auth_step(data)
+            return
+        if p.reason_code != ReasonCode.CONTINUE_AUTHENTICATION or self._auth is None:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                f"unexpected AUTH reason 0x{p.reason_code:02X}")
+        self._auth_step(data)
 
     def refuse(self, code: ReasonCode, why: str) -> None:
         """Answer CONNECT with a refusal and close [MQTT-3.2.2-5]."""
-        v3 = V3_CONNACK_FOR_REASON.get(code, ConnackCode.SERVER_UNAVAILABLE)
-        log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, v3)
+        if self.level == V5:
+            log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, code)
+            self.send_packet(Connack(False, int(code), self._reason(why)))
+        else:
+            v3 = V3_CONNACK_FOR_REASON.get(code, ConnackCode.SERVER_UNAVAILABLE)
+            log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, v3)
+            self.send_packet(Connack(False, int(v3)))
         self.metrics.connections_refused += 1
-        self.send_packet(Connack(False, int(v3)))
         self.close(publish_will=False)
 
-    def accept(self, client_id: str, session: Session, present: bool, p: Connect) -> None:
-        """CONNACK 0, then resend what was in flight and what queued while away."""
+    def accept(self, client_id: str, session: Session, present: bool, p: Connect,
+               props: dict[int, Any]) -> None:
+        """CONNACK 0 (with ``props`` for MQTT 5), then resend what was in flight and what
+        queued while away."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.client_id = client_id
         self.session = session
         self.username = p.username
         self.will = p.will
-        self.keep_alive = p.keep_alive
         self.state = ConnState.CONNECTED
-        self.send_packet(Connack(present, 0))
+        self.send_packet(Connack(present, 0, props))
         if self.keep_alive:
             self._arm_keepalive(1.5 * self.keep_alive)
         # [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL are resent, in order
@@ -286,83 +427,201 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_publish(self, p: Publish) -> None:
         self.metrics.publish_received += 1
-        validate_topic_name(p.topic)
         session = self.session
         assert session is not None
         qos = p.qos
-        if qos == 2 and not session.receive_qos2(p.packet_id):  # type: ignore[arg-type]
-            # a resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-2]
-            self.send(bytes((0x50, 2, p.packet_id >> 8, p.packet_id & 0xFF)))  # type: ignore
-            return
-        self.broker.publish_from(self, Message(p.topic, p.payload, qos, p.retain,
-                                               p.properties or None, self.client_id))
+        props = p.properties
+        expires_at = None
+        if self.level == V5:
+            cfg = self.broker.config.mqtt
+            if qos > cfg.max_qos:
+                raise ProtocolError(ReasonCode.QOS_NOT_SUPPORTED,
+                                    f"PUBLISH QoS {qos} over Maximum QoS {cfg.max_qos} "
+                                    "[MQTT-3.2.2-11]")
+            if p.retain and not cfg.retain_available:
+                raise ProtocolError(ReasonCode.RETAIN_NOT_SUPPORTED,
+                                    "PUBLISH with RETAIN, Retain Available is 0 [MQTT-3.2.2-14]")
+            if props:
+                if Prop.SUBSCRIPTION_IDENTIFIER in props:
+                    raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                        "PUBLISH from a client with a Subscription Identifier "
+                                        "[MQTT-3.3.4-6]")
+                alias = props.get(Prop.TOPIC_ALIAS)
+                if alias is not None:
+                    p.topic = self._inbound_alias(alias, p.topic)
+                mei = props.get(Prop.MESSAGE_EXPIRY_INTERVAL)
+                if mei is not None:
+                    expires_at = self._loop.time() + mei
+                if alias is not None or mei is not None:
+                    props = {k: v for k, v in props.items() if k not in _HOP_PROPS}
+        validate_topic_name(p.topic)
+        pid = p.packet_id
+        if qos == 2:
+            assert pid is not None
+            if not session.receive_qos2(pid):
+                # a resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-2]
+                self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
+                return
+            if len(session.inbound_qos2) > self.receive_maximum and self.level == V5:
+                raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                                    f"more than Receive Maximum {self.receive_maximum} QoS 2 "
+                                    "PUBLISH unacknowledged [MQTT-3.3.4-9]")
+        code = self.broker.publish_from(self, Message(p.topic, p.payload, qos, p.retain,
+                                                      props or None, self.client_id,
+                                                      expires_at))
         if qos == 1:
-            pid = p.packet_id
             assert pid is not None
-            self.send(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.2-2] PUBACK
+            if code and self.level == V5:  # [MQTT-3.4.2] PUBACK with a reason code
+                self.send_packet(Puback(pid, code))
+            else:
+                self.send(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.2-2] PUBACK
         elif qos == 2:
-            pid = p.packet_id
             assert pid is not None
-            self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.3-2] PUBREC
+            if code and self.level == V5:
+                if code >= 0x80:  # a refused QoS 2 ends its flow here [MQTT-4.3.3]
+                    session.release_qos2(pid)
+                self.send_packet(Pubrec(pid, code))
+            else:
+                self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.3-2] PUBREC
+
+    def _inbound_alias(self, alias: int, topic: str) -> str:
+        """Resolve or set an inbound Topic Alias [MQTT 3.3.2.3.4]."""
+        if alias == 0 or alias > self.alias_in_max:
+            raise ProtocolError(ReasonCode.TOPIC_ALIAS_INVALID,
+                                f"Topic Alias {alias} outside 1..{self.alias_in_max} "
+                                "[MQTT-3.3.2-8/9]")
+        if topic:
+            self.alias_in[alias] = topic
+            return topic
+        known = self.alias_in.get(alias)
+        if known is None:
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                f"empty topic with unknown Topic Alias {alias}")
+        return known
 
     def _on_pubrel(self, p: Pubrel) -> None:
         assert self.session is not None
-        # [MQTT-4.3.3-2] PUBCOMP whether or not the id was known (a resent PUBREL)
-        self.session.release_qos2(p.packet_id)
-        self.send_packet(Pubcomp(p.packet_id))
+        # PUBCOMP whether or not the id was known (a resent PUBREL) [MQTT-4.3.3-2]
+        found = self.session.release_qos2(p.packet_id)
+        if found or self.level != V5:
+            self.send(bytes((0x70, 2, p.packet_id >> 8, p.packet_id & 0xFF)))
+        else:
+            self.send_packet(Pubcomp(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
 
     # -- PUBLISH out --------------------------------------------------------------------------
 
-    def deliver(self, message: Message, qos: int, retain: bool) -> None:
+    def deliver(self, message: Message, qos: int, retain: bool,
+                identifiers: tuple[int, ...] = (), share: str | None = None) -> None:
         """Send ``message`` to this client at ``qos`` (QoS 1/2 through the session's window;
         anything behind queued messages waits its turn [MQTT-4.6.0-5])."""
         session = self.session
         assert session is not None
         if qos == 0 and not session.queue:
-            self._send_qos0(message, retain)
+            self._send_qos0(message, retain, identifiers)
             return
-        out = session.offer(message, qos, retain, online=True)
+        out = session.offer(message, qos, retain, True, identifiers, share)
         if out is not None:
             self._send_outbound(out, dup=False)
 
-    def _send_qos0(self, message: Message, retain: bool) -> None:
+    def _publish_bytes(self, message: Message, qos: int, retain: bool, dup: bool, pid: int,
+                       identifiers: tuple[int, ...]) -> bytes | None:
+        """The PUBLISH as this client must see it; None when expired [MQTT-3.3.2-5] or too
+        big for the client's Maximum Packet Size [MQTT-3.1.2-25]."""
+        level = self.level
+        if level == V5 and (message.expires_at is not None or identifiers or self.alias_out_max):
+            props = dict(message.properties) if message.properties else {}
+            if message.expires_at is not None:
+                left = message.expires_at - self._loop.time()
+                if left <= 0:
+                    return None
+                # the time it has left, rounded up [MQTT-3.3.2-6]
+                props[Prop.MESSAGE_EXPIRY_INTERVAL] = int(left) + (left % 1 > 0)
+            if identifiers:
+                props[Prop.SUBSCRIPTION_IDENTIFIER] = list(identifiers)
+            topic = message.topic
+            if self.alias_out_max:
+                alias = self.alias_out.get(topic)
+                if alias is not None:
+                    topic = ""
+                elif len(self.alias_out) < self.alias_out_max:
+                    alias = self.alias_out[topic] = len(self.alias_out) + 1
+                if alias is not None:
+                    props[Prop.TOPIC_ALIAS] = alias
+            head, tail = encode_publish_parts(topic, message.payload, qos, retain, False, level,
+                                              props)
+        else:
+            head, tail = message.wire(level, qos, retain)
+        if dup:
+            head = bytes((head[0] | 0x08,)) + head[1:]  # [MQTT-3.3.1-1] DUP on redelivery
+        data = head + pid.to_bytes(2, "big") + tail if qos else head + tail
+        if self.max_out_packet and len(data) > self.max_out_packet:
+            self.metrics.publish_dropped += 1
+            log.debug("client %s: %d-byte PUBLISH over its Maximum Packet Size %d, discarded",
+                      self.name, len(data), self.max_out_packet)
+            return None
+        return data
+
+    def _send_qos0(self, message: Message, retain: bool,
+                   identifiers: tuple[int, ...] = ()) -> None:
         t = self.transport
         if t is None or t.get_write_buffer_size() > self.write_limit:
             # a reader that does not keep up loses QoS 0, never the broker's memory
             self.metrics.publish_dropped += 1
             return
-        head, tail = message.wire(self.level, 0, retain)
-        self.metrics.publish_sent += 1
-        self.send(head + tail)
+        data = self._publish_bytes(message, 0, retain, False, 0, identifiers)
+        if data is not None:
+            self.metrics.publish_sent += 1
+            self.send(data)
 
     def _send_outbound(self, out: Outbound, dup: bool) -> None:
         pid = out.packet_id
         if out.state is OutState.AWAIT_PUBCOMP:
             self.send(_PUBREL_HEAD + pid.to_bytes(2, "big"))
             return
-        head, tail = out.message.wire(self.level, out.qos, out.retain)
-        if dup:
-            head = bytes((head[0] | 0x08,)) + head[1:]  # [MQTT-3.3.1-1] DUP on redelivery
+        # in flight already: resent even past its expiry (onward delivery has started)
+        message = out.message
+        data = self._publish_bytes(message, out.qos, out.retain, dup, pid, out.identifiers) \
+            if not (dup and message.expires_at is not None) else \
+            self._publish_bytes(_unexpiring(message), out.qos, out.retain, dup, pid,
+                                out.identifiers)
+        if data is None:
+            # behave as if it had been delivered [MQTT-3.1.2-25]
+            assert self.session is not None
+            self.session.complete(pid)
+            return
         self.metrics.publish_sent += 1
-        self.send(head + pid.to_bytes(2, "big") + tail)
+        self.send(data)
 
     def _pump(self) -> None:
-        assert self.session is not None
-        for item in self.session.pump():
-            if isinstance(item, Queued):
-                self._send_qos0(item.message, item.retain)
-            else:
-                self._send_outbound(item, dup=False)
+        session = self.session
+        assert session is not None
+        while True:
+            items = session.pump(self._loop.time())
+            if not items:
+                return
+            for item in items:
+                if isinstance(item, Queued):
+                    self._send_qos0(item.message, item.retain, item.identifiers)
+                else:
+                    self._send_outbound(item, dup=False)
+            if len(session.inflight) >= session.max_inflight:
+                return
 
-    def _on_ack(self, p: Packet) -> None:
-        assert isinstance(p, (Puback, Pubrec, Pubcomp)) and self.session is not None
+    def _on_ack(self, p: Puback | Pubrec | Pubcomp) -> None:
+        assert self.session is not None
+        if p.type == _P.PUBREC and p.reason_code >= 0x80:
+            # the client refused it: the flow ends here [MQTT-4.3.3]
+            self.session.complete(p.packet_id)
+            self._pump()
+            return
         result = self.session.ack(p.packet_id, p.type)
         if not result.known:
             log.debug("client %s: %s for unknown packet id %d", self.name, p.type.name,
                       p.packet_id)
             if p.type == _P.PUBREC:
                 # we hold no state for it: release the client's state all the same
-                self.send_packet(Pubrel(p.packet_id))
+                self.send_packet(Pubrel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                                        if self.level == V5 else 0))
             return
         if result.send_pubrel:
             self.send(_PUBREL_HEAD + p.packet_id.to_bytes(2, "big"))
@@ -380,11 +639,29 @@ class ClientConnection(asyncio.Protocol):
     def _on_pingreq(self, p: Packet) -> None:
         self.send(_PINGRESP)
 
-    def _on_disconnect(self, p: Packet) -> None:
-        # [MQTT-3.14.4-3] a DISCONNECT discards the will
-        self.will = None
-        log.info("client %s disconnected", self.name)
-        self.close(publish_will=False)
+    def _on_disconnect(self, p: Disconnect) -> None:
+        if self.state is ConnState.AUTHENTICATING:
+            self.close(publish_will=False)
+            return
+        publish_will = False
+        if self.level == V5:
+            sei = p.properties.get(Prop.SESSION_EXPIRY_INTERVAL)
+            if sei is not None:
+                if self.connect_expiry == 0 and sei != 0:
+                    raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                        "DISCONNECT sets a Session Expiry Interval after "
+                                        "CONNECT gave 0 [MQTT-3.14.2-2]")
+                assert self.session is not None
+                self.session.expiry_interval = self.broker.cap_session_expiry(sei)
+            # only 0x00 discards the will [MQTT-3.1.2-10]; 0x04 asks for it explicitly
+            publish_will = p.reason_code != ReasonCode.SUCCESS
+        if not publish_will:
+            self.will = None  # [MQTT-3.14.4-3] a DISCONNECT discards the will
+        log.info("client %s disconnected (reason 0x%02X)", self.name, p.reason_code)
+        self.close(publish_will=publish_will)
 
-    def _on_auth(self, p: Packet) -> None:
-        raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "AUTH without an authentication method")
+
+def _unexpiring(message: Message) -> Message:
+    """A copy without expiry, for resending a message whose delivery already started."""
+    return Message(message.topic, message.payload, message.qos, message.retain,
+                   message.properties, message.sender)

@@ -49,6 +49,10 @@ def _no_acl() -> Mapping[str, tuple[str, ...]]:
     return MappingProxyType({})
 
 
+def _no_scram() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """One network listener (an entry under ``listeners``)."""
@@ -71,6 +75,9 @@ class AuthConfig:
     allow_anonymous: bool = True
     password_file: str | None = None
     acl_file: str | None = None
+    # MQTT 5 enhanced authentication, SCRAM-SHA-256: user -> credential in PostgreSQL's
+    # "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" form (never a password)
+    scram_users: Mapping[str, str] = field(default_factory=_no_scram)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,12 @@ class MqttConfig:
     allow_zero_length_clientid: bool = True
     max_client_id_length: int = 65535
     write_buffer_limit: int = 1_048_576
+    max_write_buffer: int = 16_777_216
+    receive_maximum: int = 100
+    topic_alias_maximum: int = 10
+    max_session_expiry_interval: int = 0
+    max_subscriptions_per_client: int = 0
+    response_information: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +472,28 @@ def _bool(_v: _Validator, value: Any, _p: _KeyPath) -> bool:
     return value
 
 
+def _str(_v: _Validator, value: Any, _p: _KeyPath) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"expected a string, got {_describe(value)}")
+    return value
+
+
+_SCRAM_RE = re.compile(r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$")
+
+
+def _scram_users(v: _Validator, value: Any, path: _KeyPath) -> Mapping[str, str]:
+    body = v.mapping(value, path)
+    out: dict[str, str] = {}
+    for user, cred in body.items():
+        if not isinstance(cred, str) or not _SCRAM_RE.match(cred):
+            v.issue((*path, str(user)), "expected a SCRAM credential "
+                    "'SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>' "
+                    "(make one with: mqttbroker scram-credential USER)")
+            continue
+        out[str(user)] = cred
+    return MappingProxyType(out)
+
+
 def _choice(choices: tuple[str, ...], normalize: Callable[[str], str]) -> _Conv:
     def conv(_v: _Validator, value: Any, _p: _KeyPath) -> str:
         if not isinstance(value, str):
@@ -581,7 +616,8 @@ _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "cafile": _file,
 }
 _AUTH_FIELDS: Final[Mapping[str, _Conv]] = {
-    "allow_anonymous": _bool, "password_file": _file, "acl_file": _file}
+    "allow_anonymous": _bool, "password_file": _file, "acl_file": _file,
+    "scram_users": _scram_users}
 _TOPIC_CHECK_FIELDS: Final[Mapping[str, _Conv]] = {
     "enabled": _bool, "acl": _acl, "publish_acl": _acl}
 _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
@@ -597,6 +633,12 @@ _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
     "allow_zero_length_clientid": _bool,
     "max_client_id_length": _int(1, 65535),
     "write_buffer_limit": _int(1024),
+    "max_write_buffer": _int(1024),
+    "receive_maximum": _int(1, 65535),
+    "topic_alias_maximum": _int(0, 65535),
+    "max_session_expiry_interval": _int(0, 0xFFFFFFFF),
+    "max_subscriptions_per_client": _int(0),
+    "response_information": _str,
 }
 _PLUGINS: Final = frozenset({"plugins"})  # amqtt plugin lists: accepted, ignored
 

@@ -10,21 +10,31 @@ from .protocol.codec import encode_publish_parts
 class Message:
     """One published message: routed to many sessions, encoded once per (level, qos, retain)."""
 
-    __slots__ = ("_wire", "payload", "properties", "qos", "retain", "sender", "topic")
+    __slots__ = ("_wire", "expires_at", "payload", "properties", "qos", "retain", "sender",
+                 "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
-                 properties: dict[int, Any] | None = None, sender: str | None = None) -> None:
+                 properties: dict[int, Any] | None = None, sender: str | None = None,
+                 expires_at: float | None = None) -> None:
         self.topic = topic
         self.payload = payload
         self.qos = qos
         self.retain = retain
+        # MQTT 5 properties forwarded as they came; never the per-hop ones (Topic Alias,
+        # Subscription Identifier) nor Message Expiry Interval, which ``expires_at`` replaces
         self.properties = properties
         self.sender = sender
+        self.expires_at = expires_at  # event-loop time after which it is not delivered
         self._wire: dict[tuple[int, int, bool], tuple[bytes, bytes]] | None = None
+
+    def expired(self, now: float) -> bool:
+        """[MQTT-3.3.2-5] past its Message Expiry Interval: never delivered."""
+        return self.expires_at is not None and now >= self.expires_at
 
     def wire(self, level: int, qos: int, retain: bool) -> tuple[bytes, bytes]:
         """``(head, tail)`` of this message as a PUBLISH, without DUP (see
-        :func:`encode_publish_parts`); cached, since fan-out sends the same bytes to many."""
+        :func:`encode_publish_parts`); cached, since fan-out sends the same bytes to many.
+        Only for messages without an expiry (their remaining time differs per send)."""
         key = (level, qos, retain)
         cache = self._wire
         if cache is None:

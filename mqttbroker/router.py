@@ -1,44 +1,158 @@
-"""Who receives a message: the subscription tree, and the merge of overlapping subscriptions."""
+"""Who receives a message: the subscription tree, overlapping subscriptions merged into one
+delivery per client, and shared subscriptions ``$share/group/filter`` served round-robin."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .protocol.packets import Subscription
-from .protocol.topics import SubscriptionTree
+from .protocol.topics import SHARE_PREFIX, SubscriptionTree
+
+
+class Delivery:
+    """How one client receives one message: the highest granted QoS of its matching
+    subscriptions, whether any keeps the RETAIN flag, and every subscription identifier."""
+
+    __slots__ = ("identifiers", "qos", "retain_as_published", "share")
+
+    def __init__(self, qos: int, retain_as_published: bool, identifiers: tuple[int, ...],
+                 share: str | None = None) -> None:
+        self.qos = qos
+        self.retain_as_published = retain_as_published
+        self.identifiers = identifiers
+        self.share = share  # the $share/... filter it came through, for redistribution
+
+
+def parse_share(topic_filter: str) -> tuple[str, str] | None:
+    """``(group, filter)`` of ``$share/group/filter``; None for a plain filter.
+    Raises ValueError for a malformed shared subscription [MQTT-4.8.2-1/2]."""
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return None
+    rest = topic_filter[len(SHARE_PREFIX):]
+    group, sep, inner = rest.partition("/")
+    if not sep or not group or not inner:
+        raise ValueError("a shared subscription is $share/{ShareName}/{filter} [MQTT-4.8.2-1]")
+    if "+" in group or "#" in group:
+        raise ValueError("ShareName must not contain '+' or '#' [MQTT-4.8.2-2]")
+    return group, inner
+
+
+class SharedGroup:
+    """The members of one ``$share/group/filter``, served in turn."""
+
+    __slots__ = ("_next", "members", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the whole $share/group/filter string
+        self.members: dict[str, Subscription] = {}
+        self._next = 0
+
+    def pick(self, available: Callable[[str], bool],
+             exclude: str | None = None) -> tuple[str, Subscription] | None:
+        """The next member in turn that ``available`` accepts; if none is, the next member
+        anyway (its session queues the message). None only when there is no member."""
+        ids = [cid for cid in self.members if cid != exclude]
+        if not ids:
+            return None
+        n = len(ids)
+        start = self._next % n
+        chosen = None
+        for k in range(n):
+            cid = ids[(start + k) % n]
+            if available(cid):
+                chosen = (start + k) % n
+                break
+        if chosen is None:
+            chosen = start
+        self._next = chosen + 1
+        cid = ids[chosen]
+        return cid, self.members[cid]
+
+
+_Key = str | tuple[str, str]
+_Value = Subscription | SharedGroup
 
 
 class Router:
     """Maps topic filters to the sessions subscribed to them."""
 
-    __slots__ = ("_tree",)
+    __slots__ = ("_groups", "_tree")
 
     def __init__(self) -> None:
-        self._tree: SubscriptionTree[str, Subscription] = SubscriptionTree()
+        self._tree: SubscriptionTree[_Key, _Value] = SubscriptionTree()
+        self._groups: dict[str, SharedGroup] = {}
 
     @property
     def count(self) -> int:
-        """Number of (client, filter) subscriptions."""
-        return self._tree.count
+        """Number of (client, filter) subscriptions, shared memberships included."""
+        return self._tree.count - len(self._groups) + sum(
+            len(g.members) for g in self._groups.values())
 
     def subscribe(self, client_id: str, sub: Subscription) -> bool:
         """Add or replace ``client_id``'s subscription; True when it did not exist."""
-        return self._tree.add(sub.topic_filter, client_id, sub)
+        share = parse_share(sub.topic_filter)
+        if share is None:
+            return self._tree.add(sub.topic_filter, client_id, sub)
+        group = self._groups.get(sub.topic_filter)
+        if group is None:
+            group = self._groups[sub.topic_filter] = SharedGroup(sub.topic_filter)
+            self._tree.add(share[1], ("$share", share[0]), group)
+        new = client_id not in group.members
+        group.members[client_id] = sub
+        return new
 
     def unsubscribe(self, client_id: str, topic_filter: str) -> bool:
         """Remove one subscription; True when it existed."""
-        return self._tree.remove(topic_filter, client_id)
+        share = parse_share(topic_filter)
+        if share is None:
+            return self._tree.remove(topic_filter, client_id)
+        group = self._groups.get(topic_filter)
+        if group is None or group.members.pop(client_id, None) is None:
+            return False
+        if not group.members:
+            del self._groups[topic_filter]
+            self._tree.remove(share[1], ("$share", share[0]))
+        return True
 
-    def route(self, topic: str) -> dict[str, int]:
-        """``{client_id: max granted QoS}`` over every matching filter: a client whose
-        subscriptions overlap receives the message once, at the highest QoS [MQTT-3.3.5-1]."""
-        groups = self._tree.match(topic)
-        if not groups:
-            return {}
-        if len(groups) == 1:
-            return {cid: sub.qos for cid, sub in groups[0].items()}
-        out: dict[str, int] = {}
-        for group in groups:
-            for cid, sub in group.items():
-                q = out.get(cid)
-                if q is None or sub.qos > q:
-                    out[cid] = sub.qos
-        return out
+    def group(self, share_filter: str) -> SharedGroup | None:
+        """The shared group of a ``$share/...`` filter."""
+        return self._groups.get(share_filter)
+
+    def route(self, topic: str, sender: str | None,
+              available: Callable[[str], bool]) -> tuple[dict[str, Delivery],
+                                                         list[tuple[str, Delivery]]]:
+        """Who gets a message on ``topic`` published by ``sender``.
+
+        Returns ``(direct, shared)``: ``direct`` has one :class:`Delivery` per client over all
+        its matching plain subscriptions, at the highest QoS and with every identifier
+        [MQTT-3.3.4-3/4/5]; ``shared`` has one chosen member per matching shared group
+        [MQTT-4.8.2-3]. No-local subscriptions skip the sender [MQTT-3.8.3-3].
+        """
+        direct: dict[str, Delivery] = {}
+        shared: list[tuple[str, Delivery]] = []
+        for group in self._tree.match(topic):
+            for key, value in group.items():
+                if isinstance(value, SharedGroup):
+                    picked = value.pick(available)
+                    if picked is not None:
+                        sub = picked[1]
+                        shared.append((picked[0], Delivery(
+                            sub.qos, sub.retain_as_published,
+                            (sub.identifier,) if sub.identifier else (), value.name)))
+                    continue
+                sub = value
+                if sub.no_local and key == sender:
+                    continue
+                cid = key
+                assert isinstance(cid, str)
+                d = direct.get(cid)
+                if d is None:
+                    direct[cid] = Delivery(sub.qos, sub.retain_as_published,
+                                           (sub.identifier,) if sub.identifier else ())
+                else:
+                    d.qos = max(d.qos, sub.qos)
+                    if sub.retain_as_published:
+                        d.retain_as_published = True
+                    if sub.identifier:
+                        d.identifiers = d.identifiers + (sub.identifier,)
+        return direct, shared

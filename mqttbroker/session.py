@@ -13,19 +13,23 @@ from .message import Message
 from .metrics import Metrics
 from .protocol.constants import PacketType
 from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_state
+from .protocol.packets import Subscription
 
 
 class Outbound:
     """One outbound QoS 1/2 PUBLISH in flight."""
 
-    __slots__ = ("message", "packet_id", "qos", "retain", "state")
+    __slots__ = ("identifiers", "message", "packet_id", "qos", "retain", "share", "state")
 
-    def __init__(self, message: Message, qos: int, retain: bool, packet_id: int) -> None:
+    def __init__(self, message: Message, qos: int, retain: bool, packet_id: int,
+                 identifiers: tuple[int, ...] = (), share: str | None = None) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
         self.packet_id = packet_id
         self.state = initial_state(qos)
+        self.identifiers = identifiers  # MQTT 5 subscription identifiers it carries
+        self.share = share  # the $share/... filter it came through, if any
 
 
 class Queued(NamedTuple):
@@ -34,6 +38,8 @@ class Queued(NamedTuple):
     message: Message
     qos: int
     retain: bool
+    identifiers: tuple[int, ...] = ()
+    share: str | None = None
 
 
 class AckResult(NamedTuple):
@@ -52,28 +58,19 @@ class Session:
     goes when full). ``dropped`` counts what the bound threw away.
     """
 
-    __slots__ = (
-        "client_id",
-        "drop_oldest",
-        "dropped",
-        "ids",
-        "inbound_qos2",
-        "inflight",
-        "max_inflight",
-        "max_queued",
-        "metrics",
-        "persistent",
-        "queue",
-        "queue_qos0",
-        "subscriptions",
-    )
+    __slots__ = ("client_id", "drop_oldest", "dropped", "expiry_interval", "ids",
+                 "inbound_qos2", "inflight", "max_inflight", "max_queued", "metrics", "queue",
+                 "queue_qos0", "subscriptions")
 
-    def __init__(self, client_id: str, persistent: bool, *, max_inflight: int = 20,
+    NEVER = 0xFFFFFFFF  # the Session Expiry Interval that never expires [MQTT 3.1.2.11.2]
+
+    def __init__(self, client_id: str, expiry_interval: int, *, max_inflight: int = 20,
                  max_queued: int = 1000, drop_oldest: bool = False,
                  queue_qos0: bool = False, metrics: Metrics | None = None) -> None:
         self.client_id = client_id
-        self.persistent = persistent
-        self.subscriptions: dict[str, int] = {}
+        # seconds the session outlives its connection (3.1.1 clean session 0: NEVER)
+        self.expiry_interval = expiry_interval
+        self.subscriptions: dict[str, Subscription] = {}
         self.inflight: dict[int, Outbound] = {}
         self.queue: deque[Queued] = deque()
         self.inbound_qos2: set[int] = set()
@@ -85,29 +82,37 @@ class Session:
         self.dropped = 0
         self.metrics = metrics
 
+    @property
+    def persistent(self) -> bool:
+        """Does the session outlive its connection?"""
+        return self.expiry_interval > 0
+
     # -- outbound ------------------------------------------------------------------------------
 
-    def offer(self, message: Message, qos: int, retain: bool, online: bool) -> Outbound | None:
+    def offer(self, message: Message, qos: int, retain: bool, online: bool,
+              identifiers: tuple[int, ...] = (), share: str | None = None) -> Outbound | None:
         """Take a message for this session.
 
         Returns the :class:`Outbound` to send now (QoS 1/2 with a free slot), or None when the
-        message was queued, dropped, or (QoS 0 online) is for the caller to send directly.
+        message was queued, dropped, or (QoS 0 online, nothing queued) is for the caller to
+        send directly.
         """
         if online:
             if not self.queue:
                 if qos == 0:
                     return None
                 if len(self.inflight) < self.max_inflight:
-                    return self._start(message, qos, retain)
+                    return self._start(message, qos, retain, identifiers, share)
             # else: behind queued messages, to keep order [MQTT-4.6.0-5]
         elif qos == 0 and not self.queue_qos0:
             return None
-        self._enqueue(Queued(message, qos, retain))
+        self._enqueue(Queued(message, qos, retain, identifiers, share))
         return None
 
-    def _start(self, message: Message, qos: int, retain: bool) -> Outbound:
+    def _start(self, message: Message, qos: int, retain: bool,
+               identifiers: tuple[int, ...] = (), share: str | None = None) -> Outbound:
         pid = self.ids.allocate(self.inflight)
-        out = Outbound(message, qos, retain, pid)
+        out = Outbound(message, qos, retain, pid, identifiers, share)
         self.inflight[pid] = out
         return out
 
@@ -121,21 +126,45 @@ class Session:
             self.queue.popleft()
         self.queue.append(item)
 
-    def pump(self) -> list[Outbound | Queued]:
+    def requeue(self, items: list[Queued]) -> None:
+        """Put messages taken back (see :meth:`take_shared`) at the head of the queue."""
+        self.queue.extendleft(reversed(items))
+
+    def pump(self, now: float = 0.0) -> list[Outbound | Queued]:
         """Move queued messages, in order, into free in-flight slots; QoS 0 ones need no slot
-        and come back as Queued (to be sent once, with no state)."""
+        and come back as Queued (to be sent once, with no state). Messages past their expiry
+        are dropped on the way [MQTT-3.3.2-5]."""
         out: list[Outbound | Queued] = []
         q = self.queue
         while q:
             item = q[0]
-            if item.qos == 0:
+            if item.message.expires_at is not None and item.message.expired(now):
+                q.popleft()
+            elif item.qos == 0:
                 out.append(q.popleft())
             elif len(self.inflight) < self.max_inflight:
                 q.popleft()
-                out.append(self._start(item.message, item.qos, item.retain))
+                out.append(self._start(item.message, item.qos, item.retain, item.identifiers,
+                                       item.share))
             else:
                 break
         return out
+
+    def take_shared(self) -> list[Queued]:
+        """Remove and return what came through shared subscriptions and is not acknowledged
+        yet (in flight before PUBREC, or queued), to hand to another member [MQTT 4.8.2]."""
+        taken: list[Queued] = []
+        for pid, out in list(self.inflight.items()):
+            if out.share is not None and out.state is not OutState.AWAIT_PUBCOMP:
+                del self.inflight[pid]
+                taken.append(Queued(out.message, out.qos, out.retain, out.identifiers,
+                                    out.share))
+        if any(item.share is not None for item in self.queue):
+            kept: deque[Queued] = deque()
+            for item in self.queue:
+                (taken if item.share is not None else kept).append(item)
+            self.queue = kept
+        return taken
 
     def ack(self, packet_id: int, packet: PacketType) -> AckResult:
         """Apply PUBACK / PUBREC / PUBCOMP for ``packet_id``."""
@@ -150,6 +179,10 @@ class Session:
             return AckResult(True, False, True)
         out.state = state
         return AckResult(True, state is OutState.AWAIT_PUBCOMP, False)
+
+    def complete(self, packet_id: int) -> None:
+        """Forget an outbound flow as if it had completed (a message too big to send)."""
+        self.inflight.pop(packet_id, None)
 
     def resend(self) -> list[Outbound]:
         """In-flight flows to resend on reconnect [MQTT-4.4.0-1], in their original order."""

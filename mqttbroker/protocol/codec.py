@@ -70,6 +70,18 @@ def _packet_id(buf: Buffer) -> int:
 # ---------------------------------------------------------------------------------------------
 # decoding
 
+def peek_protocol_level(body: bytes) -> int | None:
+    """The protocol level byte of a CONNECT body, if it can be found, before full decoding
+    (so that a malformed MQTT 5 CONNECT can still be answered in MQTT 5)."""
+    if len(body) < 2:
+        return None
+    pos = 2 + ((body[0] << 8) | body[1])
+    if pos >= len(body):
+        return None
+    level = body[pos]
+    return level if level in (3, 4, 5) else None
+
+
 def decode_connect(flags: int, body: bytes) -> Connect:
     """CONNECT [MQTT 3.1]; the level is read from the packet itself."""
     buf = Buffer(body)

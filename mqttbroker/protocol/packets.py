@@ -113,6 +113,7 @@ class Subscription:
     no_local: bool = False
     retain_as_published: bool = False
     retain_handling: int = 0
+    identifier: int = 0  # the SUBSCRIBE's Subscription Identifier (MQTT 5), 0 for none
 
 
 @dataclass(slots=True)

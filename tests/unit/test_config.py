@@ -319,7 +319,8 @@ def test_unknown_key_with_did_you_mean_hint(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_the_known_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "auth:\n  zzz: 1\n")
     assert only_issue(path) == (
-        "auth.zzz", 2, "unknown key (expected one of: acl_file, allow_anonymous, password_file)")
+        "auth.zzz", 2, "unknown key (expected one of: acl_file, allow_anonymous, password_file, "
+            "scram_users)")
 
 
 def test_section_key_at_top_level_says_where_it_belongs(tmp_path: Path) -> None:
@@ -520,8 +521,10 @@ def test_all_problems_are_collected_and_sorted_by_line(tmp_path: Path) -> None:
         f"{path}:7: mqtt.max_qos: duplicate key (first given on line 6)",
         (f"{path}:8: mqtt.bogus: unknown key (expected one of: allow_zero_length_clientid, "
         "connect_timeout, max_client_id_length, max_inflight_messages, max_keepalive, "
-        "max_packet_size, max_qos, max_queued_messages, queue_full_policy, "
-        "queue_qos0_messages, retain_available, write_buffer_limit)"),
+        "max_packet_size, max_qos, max_queued_messages, max_session_expiry_interval, "
+        "max_subscriptions_per_client, max_write_buffer, queue_full_policy, "
+        "queue_qos0_messages, receive_maximum, response_information, retain_available, "
+        "topic_alias_maximum, write_buffer_limit)"),
     ]
     assert info.value.filename == str(path)
     assert (info.value.key, info.value.line) == ("listeners.default.bind", 3)

@@ -27,7 +27,7 @@ def names(items: list[Outbound] | list[Queued] | list[Outbound | Queued]) -> lis
 
 
 def new(**kw: object) -> Session:
-    return Session("client", True, **kw)  # type: ignore[arg-type]
+    return Session("client", Session.NEVER, **kw)  # type: ignore[arg-type]
 
 
 # ---- offer --------------------------------------------------------------------------------------
