@@ -187,15 +187,14 @@ class Broker:
                         f"client identifier longer than {cfg.max_client_id_length}")
             return
         keep_alive = p.keep_alive
-        if cfg.max_keepalive and (keep_alive > cfg.max_keepalive or keep_alive == 0):
-            if not v5:
-                # 3.1/3.1.1 cannot be told a shorter keep-alive: refuse, as Mosquitto does
-                conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-                            f"keep-alive {keep_alive}s outside max_keepalive "
-                            f"{cfg.max_keepalive}s")
-                return
+        if cfg.max_keepalive and v5 and (keep_alive > cfg.max_keepalive or keep_alive == 0):
             keep_alive = cfg.max_keepalive  # [MQTT-3.2.2-21] Server Keep Alive
             props[Prop.SERVER_KEEP_ALIVE] = keep_alive
+        elif cfg.max_keepalive and keep_alive > cfg.max_keepalive:
+            # 3.1/3.1.1 cannot be told a shorter keep-alive: refuse, as Mosquitto does
+            conn.refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                        f"keep-alive {keep_alive}s over max_keepalive {cfg.max_keepalive}s")
+            return
         if p.will is not None:
             validate_topic_name(p.will.topic)  # [MQTT-3.1.3-11] raises: the connection closes
             if v5 and p.will.qos > cfg.max_qos:

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqttbroker.client")
 
 V5 = ProtocolLevel.MQTT_5
+LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
 
@@ -272,13 +273,24 @@ class ClientConnection(asyncio.Protocol):
         self.close(publish_will)
 
     def close(self, publish_will: bool) -> None:
-        """Close the connection (pending writes are flushed first)."""
+        """Close the connection (pending writes are flushed first).
+
+        A lingering close: we send FIN after our last packet (a DISCONNECT or CONNACK saying
+        why) and drop whatever the peer still sends until it closes too or LINGER seconds
+        pass. Closing at once would answer the peer's in-flight packets with a TCP RST, and
+        the reset can destroy our last packet before the peer reads it.
+        """
         if self.state is ConnState.CLOSED:
             return
         self.state = ConnState.CLOSED
         self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is not None:
+            if self.broker.running and t.can_write_eof():
+                t.write_eof()
+                self._loop.call_later(LINGER, t.close)
+            else:
+                t.close()
         self._closed(publish_will)
 
     def _closed(self, publish_will: bool) -> None:
