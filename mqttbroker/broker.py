@@ -218,7 +218,7 @@ class Broker:
             requested = 0 if p.clean_session else Session.NEVER
         expiry = self.cap_session_expiry(requested)
         if v5 and expiry != requested:
-            props[Prop.SESSION_EXPIRY_INTERVAL] = expiry  # [MQTT-3.2.2-?] the server's value
+            props[Prop.SESSION_EXPIRY_INTERVAL] = expiry  # the server's value [MQTT 3.2.2.3.2]
         old = self.connections.get(client_id)
         if old is not None:
             # [MQTT-3.1.4-3] the existing connection is closed (v5: DISCONNECT 0x8E)
@@ -463,7 +463,7 @@ class Broker:
             self.router.subscribe(conn.client_id, sub)
             codes.append(granted)
             if f.startswith("$share/"):
-                continue  # no retained messages on a shared subscription [MQTT-3.8.4-?]
+                continue  # no retained messages on a shared subscription [MQTT 4.8.2]
             # Retain Handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9/10]
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and new):
                 ident: tuple[int, ...] = (identifier,) if identifier else ()

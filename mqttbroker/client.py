@@ -335,7 +335,7 @@ class ClientConnection(asyncio.Protocol):
             method = props.get(Prop.AUTHENTICATION_METHOD)
             if method is None and Prop.AUTHENTICATION_DATA in props:
                 raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
-                                    "Authentication Data without a method [MQTT-3.1.2-?]")
+                                    "Authentication Data without a method [MQTT 3.1.2.11.10]")
             if method is not None:
                 exchange = self.broker.enhanced_auth.begin(method, p.client_id, p.username)
                 if exchange is None:

@@ -110,7 +110,7 @@ class MqttConfig:
     topic_alias_maximum: int = 10
     max_session_expiry_interval: int = 0
     max_subscriptions_per_client: int = 0
-    response_information: str = ""
+    response_information: str = "response/"
 
 
 @dataclass(frozen=True, slots=True)
