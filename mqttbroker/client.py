@@ -53,6 +53,7 @@ log = logging.getLogger("mqttbroker.client")
 
 V5 = ProtocolLevel.MQTT_5
 LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
+MAX_CONNECT_SIZE = 512 * 1024  # room for every CONNECT field at its largest, and properties
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
 
@@ -96,7 +97,9 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.metrics = broker.metrics
         cfg = broker.config.mqtt
-        self.reader = FrameReader(cfg.max_packet_size)
+        # until CONNECT, only a CONNECT-sized packet is read (a peer that never connects cannot
+        # make us buffer the configured maximum); the limit opens up at CONNACK
+        self.reader = FrameReader(min(cfg.max_packet_size, MAX_CONNECT_SIZE))
         self.write_limit = cfg.write_buffer_limit
         self.state = ConnState.AWAIT_CONNECT
         self.level: int = ProtocolLevel.MQTT_3_1_1
@@ -165,10 +168,18 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.state is ConnState.CLOSED:
             return
-        self.last_received = self._loop.time()
         self.metrics.bytes_received += len(data)
         try:
-            for first, body in self.reader.feed(data):
+            if self.state is ConnState.AWAIT_CONNECT and data and data[0] != 0x10 \
+                    and not self.reader.buffered():
+                # refused on its first byte, not after buffering a whole bogus packet
+                raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                    "first packet is not CONNECT [MQTT-3.1.0-1]")
+            frames = self.reader.feed(data)
+            if frames:
+                # only complete control packets count as activity [MQTT-3.1.2-24]
+                self.last_received = self._loop.time()
+            for first, body in frames:
                 state = self.state
                 if state is ConnState.CLOSED:  # type: ignore[comparison-overlap]
                     return  # a previous packet in this read closed the connection
@@ -427,6 +438,7 @@ class ClientConnection(asyncio.Protocol):
         self.username = p.username
         self.will = p.will
         self.state = ConnState.CONNECTED
+        self.reader.max_packet_size = self.broker.config.mqtt.max_packet_size
         self.send_packet(Connack(present, 0, props))
         if self.keep_alive:
             self._arm_keepalive(1.5 * self.keep_alive)

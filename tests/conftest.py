@@ -74,7 +74,7 @@ class BrokerThread:
         try:
             self.broker = Broker(self.config)
             await self.broker.start()
-        except BaseException as exc:  # surfaced to the starting thread
+        except BaseException as exc:  # noqa: BLE001 - surfaced to the starting thread
             self._error = exc
             self._ready.set()
             return
@@ -83,7 +83,7 @@ class BrokerThread:
         await self._stop.wait()
         await self.broker.shutdown()
 
-    def start(self) -> "BrokerThread":
+    def start(self) -> BrokerThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("broker did not start within 10 s")
@@ -103,7 +103,7 @@ class BrokerThread:
         def run() -> None:
             try:
                 fut.set_result(fn())
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 fut.set_exception(exc)
 
         self.loop.call_soon_threadsafe(run)

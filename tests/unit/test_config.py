@@ -319,8 +319,9 @@ def test_unknown_key_with_did_you_mean_hint(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_the_known_keys(tmp_path: Path) -> None:
     path = write(tmp_path, "auth:\n  zzz: 1\n")
     assert only_issue(path) == (
-        "auth.zzz", 2, "unknown key (expected one of: acl_file, allow_anonymous, password_file, "
-            "scram_users)")
+        "auth.zzz", 2,
+        ("unknown key (expected one of: acl_file, allow_anonymous, password_file, "
+         "scram_users)"))
 
 
 def test_section_key_at_top_level_says_where_it_belongs(tmp_path: Path) -> None:
