@@ -245,8 +245,17 @@ class ClientConnection(asyncio.Protocol):
                                         "max_write_buffer"))
 
     def send_packet(self, packet: Packet) -> None:
-        """Encode and send one packet."""
-        self.send(encode(packet, self.level))
+        """Encode and send one packet. Past the client's Maximum Packet Size, the Reason String
+        and User Properties go first [MQTT-3.1.2-24, MQTT-3.2.2-19, MQTT-3.14.2-3]."""
+        data = encode(packet, self.level)
+        limit = self.max_out_packet
+        if limit and len(data) > limit and not isinstance(packet, Publish):
+            props = getattr(packet, "properties", None)
+            if props:
+                props.pop(Prop.REASON_STRING, None)
+                props.pop(Prop.USER_PROPERTY, None)
+                data = encode(packet, self.level)
+        self.send(data)
 
     def _reason(self, text: str) -> dict[int, Any]:
         """A Reason String property, when the client did not opt out [MQTT-3.1.2-29]."""
@@ -297,8 +306,13 @@ class ClientConnection(asyncio.Protocol):
         self._flush()
         t = self.transport
         if t is not None:
-            if self.broker.running and t.can_write_eof():
-                t.write_eof()
+            lingering = self.broker.running and t.can_write_eof()
+            if lingering:
+                try:
+                    t.write_eof()
+                except OSError:  # the peer is gone already (reset)
+                    lingering = False
+            if lingering:
                 self._loop.call_later(LINGER, t.close)
             else:
                 t.close()

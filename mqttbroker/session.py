@@ -152,10 +152,11 @@ class Session:
 
     def take_shared(self) -> list[Queued]:
         """Remove and return what came through shared subscriptions and is not acknowledged
-        yet (in flight before PUBREC, or queued), to hand to another member [MQTT 4.8.2]."""
+        yet, to hand to another member [MQTT 4.8.2]: QoS 1 in flight, and anything queued
+        (never sent). A QoS 2 message once sent stays with this member [MQTT-4.8.2-5]."""
         taken: list[Queued] = []
         for pid, out in list(self.inflight.items()):
-            if out.share is not None and out.state is not OutState.AWAIT_PUBCOMP:
+            if out.share is not None and out.qos == 1:
                 del self.inflight[pid]
                 taken.append(Queued(out.message, out.qos, out.retain, out.identifiers,
                                     out.share))
