@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test setup lint clean
+.PHONY: run test setup peers lint clean
+
+# Peers the tests run beside ours (Debian packages; CI and developers run as root).
+MOSQUITTO := /usr/sbin/mosquitto
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +21,12 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mqttbroker serve -c $(CONFIG)
 
-test: $(STAMP)
+$(MOSQUITTO):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto
+
+peers: $(MOSQUITTO)
+
+test: $(STAMP) $(MOSQUITTO)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

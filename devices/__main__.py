@@ -1,0 +1,5 @@
+"""``python -m devices``."""
+
+from .cli import main
+
+main()

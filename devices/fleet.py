@@ -1,0 +1,194 @@
+"""Run a fleet: devices spread over one process per core, a verifier, a live progress line,
+and at the end a summary table, a JSON report and a PNG plot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import queue
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from .device import Device, Stats
+from .profile import Profile, profile_from_dict
+from .report import Timeline, percentile, progress_line
+from .sensors import pick_kind
+from .verifier import Verifier
+
+log = logging.getLogger("devices")
+
+
+def parse_broker(url: str) -> tuple[str, int]:
+    """``mqtt://HOST:PORT`` (or ``HOST:PORT``) -> (host, port)."""
+    if "://" not in url:
+        url = "mqtt://" + url
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"unsupported broker URL scheme {u.scheme!r} (use mqtt://HOST:PORT)")
+    return u.hostname or "127.0.0.1", u.port or 1883
+
+
+def _worker(worker: int, indexes: list[int], host: str, port: int,
+            profile_data: dict[str, Any], start_at: float, stop_at: float, seed: int,
+            out: Any) -> None:
+    """One process: its devices on one asyncio loop, stats to ``out`` every second."""
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_worker_main(worker, indexes, host, port, profile_from_dict(profile_data),
+                             start_at, stop_at, seed, out))
+
+
+async def _worker_main(worker: int, indexes: list[int], host: str, port: int,
+                       profile: Profile, start_at: float, stop_at: float, seed: int,
+                       out: Any) -> None:
+    loop = asyncio.get_running_loop()
+    stats = Stats()
+    devices = [Device(i, pick_kind(i, profile.mix or None), host, port, profile, stats, loop,
+                      seed) for i in indexes]
+    n = max(len(devices), 1)
+    for k, d in enumerate(devices):
+        d.start(max(start_at - time.time(), 0) + profile.ramp_up * k / n)
+    storm_at = start_at + (stop_at - start_at) * profile.storm_at \
+        if profile.storm_at is not None else None
+    next_burst = start_at + profile.burst_every if profile.burst_every else None
+    last = [0, 0, 0]
+    while time.time() < stop_at:
+        await asyncio.sleep(min(1.0, max(stop_at - time.time(), 0.01)))
+        for d in devices:
+            d.misc()
+        now = time.time()
+        if storm_at is not None and now >= storm_at:
+            storm_at = None
+            for d in devices:
+                d.storm()
+        if next_burst is not None and now >= next_burst:
+            next_burst += profile.burst_every
+            for d in devices:  # everyone reports at the same instant
+                if d.connected and not d.asleep:
+                    d.report()
+        pub = list(stats.published)
+        out.put(("tick", worker, now, [pub[q] - last[q] for q in range(3)], stats.connected))
+        last = pub
+    for d in devices:
+        d.running = False
+    # let outstanding QoS 1/2 flows finish before reporting what was acknowledged
+    deadline = time.time() + 5
+    while time.time() < deadline and any(d.pending and d.connected for d in devices):
+        for d in devices:
+            d.misc()
+        await asyncio.sleep(0.1)
+    for d in devices:
+        d.stop()
+    await asyncio.sleep(0.2)
+    out.put(("final", stats.published, stats.sent, stats.acked, stats.reconnects,
+             sum(len(d.buffer) for d in devices)))
+
+
+def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
+              processes: int | None = None, seed: int = 1, progress: bool = True,
+              stream: Any = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Run ``devices`` devices for ``duration`` seconds against ``broker``; return the report
+    and the timeline series (for the plot)."""
+    host, port = parse_broker(broker)
+    stream = stream or sys.stderr
+    procs = max(1, min(processes or os.cpu_count() or 1, devices))
+    timeline = Timeline()
+    verifier = Verifier(host, port, timeline)
+    verifier.start()
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 1.0
+    stop_at = start_at + duration
+    workers = []
+    for p in range(procs):
+        idx = list(range(p, devices, procs))
+        w = ctx.Process(target=_worker, args=(p, idx, host, port, profile.as_dict(),
+                                              start_at, stop_at, seed, out), daemon=True)
+        w.start()
+        workers.append(w)
+    connected: dict[int, int] = {}
+    connected_peak = 0
+    finals: list[tuple[Any, ...]] = []
+    last_print = 0.0
+    hard_stop = stop_at + 30
+    while len(finals) < procs and time.time() < hard_stop:
+        try:
+            msg = out.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if msg[0] == "tick":
+            _, worker_no, t, pub_delta, conn = msg
+            timeline.add_published(t, sum(pub_delta))
+            connected[worker_no] = conn
+            total_conn = sum(connected.values())
+            connected_peak = max(connected_peak, total_conn)
+            now = time.time()
+            if now - last_print >= 1.0:
+                last_print = now
+                timeline.add_connected(now, total_conn)
+                if progress:
+                    s = timeline.series()
+                    pub_rate = s["published_per_s"][-2] if len(s["published_per_s"]) > 1 else 0
+                    del_rate = s["delivered_per_s"][-2] if len(s["delivered_per_s"]) > 1 else 0
+                    stream.write("\r" + progress_line(now - start_at, total_conn, pub_rate,
+                                                      del_rate, 0))
+                    stream.flush()
+        else:
+            finals.append(msg)
+    for w in workers:
+        w.join(5)
+        if w.is_alive():
+            w.terminate()
+    if progress:
+        stream.write("\n")
+    verifier.wait_quiet(1.0, profile.drain)
+    verifier.stop()
+    published = [0, 0, 0]
+    sent = [0, 0, 0]
+    acked: dict[str, dict[int, list[int]]] = {}
+    reconnects = 0
+    buffered = 0
+    for _, pub, snt, ack, rec, buf in finals:
+        for q in range(3):
+            published[q] += pub[q]
+            sent[q] += snt[q]
+        acked.update(ack)
+        reconnects += rec
+        buffered += buf
+    lost = verifier.lost(acked)
+    lat = verifier.latencies
+    qs = ("0", "1", "2")
+    report: dict[str, Any] = {
+        "broker": broker,
+        "profile": profile.name,
+        "devices": devices,
+        "processes": procs,
+        "duration_s": duration,
+        "connected_peak": connected_peak,
+        "generated": dict(zip(qs, published)),
+        "published": dict(zip(qs, sent)),
+        "delivered": dict(zip(qs, verifier.delivered)),
+        "lost": dict(zip(qs, lost)),
+        "duplicates": dict(zip(qs, verifier.duplicates)),
+        "reordered": dict(zip(qs, verifier.reordered)),
+        "still_buffered_on_devices": buffered,
+        "reconnects": reconnects,
+        "bad_payloads": verifier.bad_payloads,
+        "workers_reported": len(finals),
+        "latency_ms": {
+            "p50": round(percentile(lat, 50), 3) if lat else None,
+            "p99": round(percentile(lat, 99), 3) if lat else None,
+            "max": round(max(lat), 3) if lat else None,
+        },
+    }
+    return report, timeline.series()
+

@@ -1,0 +1,67 @@
+"""Fleet profiles: how the simulated devices behave, read from ``configs/fleet-*.yaml``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Everything that shapes a fleet run (durations in seconds)."""
+
+    name: str = "steady"
+    description: str = ""
+    mix: dict[str, float] = field(default_factory=dict)  # sensor kind -> weight
+    qos: dict[str, int] = field(default_factory=dict)  # sensor kind -> QoS override
+    interval_scale: float = 1.0  # multiplies every sensor's reporting interval
+    v5_fraction: float = 0.25  # share of devices speaking MQTT 5 (the rest 3.1.1)
+    keepalive: int = 30  # small, as constrained devices use
+    payload: str = "msgpack"  # or "json"
+    ramp_up: float = 2.0  # devices connect spread over this long
+    session_expiry: int = 3600  # MQTT 5 Session Expiry Interval of persistent devices
+    buffer_max: int = 1000  # readings a device keeps while offline
+    backoff_initial: float = 0.5  # reconnect backoff: first delay
+    backoff_max: float = 30.0  # reconnect backoff: cap
+    backoff_jitter: float = 0.5  # +- fraction of random jitter on every delay
+    duty_awake: float = 0.0  # duty cycle: seconds awake (0 = always awake)
+    duty_sleep: float = 0.0  # duty cycle: seconds asleep
+    duty_disconnect: bool = False  # disconnect while asleep (else stay connected, silent)
+    drops_per_hour: float = 0.0  # flaky link: abrupt socket drops per device per hour
+    half_open_per_hour: float = 0.0  # flaky link: silent half-open spells per device per hour
+    half_open_duration: float = 10.0  # how long a half-open spell lasts
+    storm_at: float | None = None  # reconnect storm: at this fraction of the run all drop
+    burst_every: float = 0.0  # burst: every N seconds all devices report at the same instant
+    drain: float = 5.0  # seconds the verifier waits for stragglers at the end
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, for the report and for worker processes."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
+    """A profile by name (``steady`` -> ``configs/fleet-steady.yaml``) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"fleet-{name_or_path}.yaml"
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a profile is a mapping of settings")  # noqa: TRY004
+    known = {f.name for f in fields(Profile)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown profile keys {unknown}; known: {sorted(known)}")
+    data.setdefault("name", path.stem.removeprefix("fleet-"))
+    return Profile(**data)
+
+
+def profile_from_dict(data: dict[str, Any]) -> Profile:
+    """Rebuild a profile sent to a worker process."""
+    return Profile(**data)
