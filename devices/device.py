@@ -61,6 +61,7 @@ class Device:
                  id_prefix: str = "sensor") -> None:
         self.index = index
         self.id = f"{id_prefix}-{index:06d}"
+        self.status_topic = f"{TOPIC_ROOT}/{self.id}/status"  # retained birth, will, goodbye
         self.kind = kind
         self.host = host
         self.port = port
@@ -96,8 +97,7 @@ class Device:
                         reconnect_on_failure=False)
         c.max_inflight_messages_set(20)
         c.max_queued_messages_set(self.profile.buffer_max)
-        status = f"{TOPIC_ROOT}/{self.id}/status"
-        c.will_set(status, b"offline", qos=1, retain=True)
+        c.will_set(self.status_topic, b"offline", qos=1, retain=True)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -206,7 +206,7 @@ class Device:
         self.connected = True
         self.stats.connected += 1
         self.backoff = self.profile.backoff_initial
-        client.publish(f"{TOPIC_ROOT}/{self.id}/status", b"online", qos=1, retain=True)
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
         client.subscribe(f"{TOPIC_ROOT}/{self.id}/cmd", qos=1)
         self._flush_buffer()  # what was read while offline, oldest first
 
@@ -313,6 +313,7 @@ class Device:
             return
         self.asleep = True
         if self.profile.duty_disconnect and self.connected:
+            self.client.publish(self.status_topic, b"asleep", qos=1, retain=True)
             self.client.disconnect()
         self._later(self.profile.duty_sleep, self._wake)
 
@@ -348,11 +349,12 @@ class Device:
             self._drop("reconnect storm")
 
     def stop(self) -> None:
-        """Stop reporting and disconnect cleanly."""
+        """Stop reporting, say so on the status topic, and disconnect cleanly."""
         self.running = False
         for t in self._timers:
             t.cancel()
         if self.connected:
+            self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
             self.client.disconnect()
         sock = self._sock
         if sock is not None:

@@ -10,10 +10,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from .device import TOPIC_ROOT
 from .payload import PayloadError, decode
 from .report import Timeline
+
+SESSION_EXPIRY = 300  # seconds the verifier's session outlives it
 
 
 class Verifier:
@@ -34,24 +38,32 @@ class Verifier:
         self.latencies: list[float] = []
         self.last_arrival = time.monotonic()
         self.subscribed = threading.Event()
+        # MQTT 5 with a session that outlives a broker restart (when the broker keeps
+        # sessions) and expires on its own after the run; reconnects fast after an outage
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=f"fleet-verifier-{uuid.uuid4().hex[:8]}",
-                                  protocol=MQTTProtocolVersion.MQTTv311, clean_session=True)
+                                  protocol=MQTTProtocolVersion.MQTTv5)
         self.client.max_inflight_messages_set(1000)
+        self.client.reconnect_delay_set(min_delay=0.1, max_delay=1)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and subscribe; return once the subscription is acknowledged."""
-        self.client.connect(self.host, self.port, keepalive=30)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY
+        props.ReceiveMaximum = 65535
+        self.client.connect(self.host, self.port, keepalive=30, clean_start=True,
+                            properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
             raise RuntimeError(f"verifier could not subscribe at {self.host}:{self.port}")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any,
                     props: Any) -> None:
-        client.subscribe(f"{TOPIC_ROOT}/+/telemetry", qos=2)
+        if not flags.session_present:  # a broker that lost our session: subscribe again
+            client.subscribe(f"{TOPIC_ROOT}/+/telemetry", qos=2)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()

@@ -98,7 +98,7 @@ class MqttConfig:
     max_keepalive: int = 0
     connect_timeout: float = 10.0
     max_inflight_messages: int = 20
-    max_queued_messages: int = 1000
+    max_queued_messages: int = 10000
     queue_qos0_messages: bool = False
     queue_full_policy: str = "drop_new"
     retain_available: bool = True
