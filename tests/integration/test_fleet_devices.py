@@ -62,7 +62,7 @@ def test_devices_obey_commands_and_report_status(broker_thread: BrokerThread, v5
     prof = Profile(name="cmd", v5_fraction=1.0 if v5 else 0.0, ramp_up=0.2, drain=1.0)
     c, got = watcher(port, ["fleet/+/status", "replies/#", "fleet/+/cmd/ack",
                             "fleet/sensor-000000/telemetry"])
-    t, result = start_fleet(port, 4, 6, prof)
+    t, _result = start_fleet(port, 4, 6, prof)
     try:
         assert wait_for(lambda: {m.topic for m in got if m.payload == b"online"} >= {
             f"fleet/sensor-00000{i}/status" for i in range(4)}, 10), [m.topic for m in got]
