@@ -18,6 +18,7 @@ from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
 from .enhanced_auth import EnhancedAuth
+from .keepalive import KeepAliveWheel
 from .errors import ConfigError, ConfigIssue, ProtocolError
 from .message import Message
 from .metrics import Metrics
@@ -33,6 +34,7 @@ from .transports.tcp import serve_tcp
 log = logging.getLogger("mqttbroker")
 
 V5 = ProtocolLevel.MQTT_5
+KEEPALIVE_TICK = 0.25  # seconds between keep-alive wheel checks
 _WILL_ONLY = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
@@ -63,6 +65,8 @@ class Broker:
         self._per_listener: dict[str, int] = {}
         self._limits: dict[str, int] = {}
         self._sys_timer: asyncio.TimerHandle | None = None
+        self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2]: timers by client id
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._wills: dict[str, tuple[asyncio.TimerHandle, Message]] = {}
@@ -112,14 +116,16 @@ class Broker:
             await self._close_servers()
             raise
         self.running = True
+        self._keepalive_tick()
         if self.config.sys_interval > 0:
             self._publish_sys()
 
     async def shutdown(self) -> None:
         """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
-        if self._sys_timer is not None:
-            self._sys_timer.cancel()
-            self._sys_timer = None
+        for timer in (self._sys_timer, self._keepalive_timer):
+            if timer is not None:
+                timer.cancel()
+        self._sys_timer = self._keepalive_timer = None
         self.running = False
         for server in self._servers:
             server.close()
@@ -145,6 +151,13 @@ class Broker:
         self._servers.clear()
 
     # -- connections ----------------------------------------------------------------------------
+
+    def _keepalive_tick(self) -> None:
+        """Four times a second: close the clients whose keep-alive ran out [MQTT-3.1.2-24]."""
+        for conn in self.keepalive.expire(self.now()):
+            conn.keepalive_timeout()
+        assert self._loop is not None
+        self._keepalive_timer = self._loop.call_later(KEEPALIVE_TICK, self._keepalive_tick)
 
     def admit(self, conn: ClientConnection) -> bool:
         """A socket was accepted: count it, or refuse it over the listener's limit."""
@@ -288,6 +301,7 @@ class Broker:
         if conn in self._open:
             self._open.discard(conn)
             self._per_listener[conn.listener] -= 1
+        self.keepalive.discard(conn)
         cid = conn.client_id
         if cid is None or self.connections.get(cid) is not conn:
             return

@@ -84,13 +84,19 @@ ALLOWED: dict[ConnState, frozenset[int]] = {
 _HOP_PROPS = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
-def keepalive_expired(now: float, last_received: float, keep_alive: int) -> bool:
-    """[MQTT-3.1.2-24] a client silent for one and a half keep-alive periods is gone."""
-    return keep_alive > 0 and now - last_received >= 1.5 * keep_alive
-
-
 class ClientConnection(asyncio.Protocol):
-    """Drives one client connection."""
+    """Drives one client connection.
+
+    Slotted, with a class-level dispatch table and no per-connection timer once connected
+    (keep-alive is the broker's wheel): an idle connection costs little memory.
+    """
+
+    __slots__ = ("_auth", "_loop", "_pending_connect", "_timer", "_wbuf", "alias_in",
+                 "alias_in_max", "alias_out", "alias_out_max", "auth_method", "broker",
+                 "client_id", "connect_expiry", "keep_alive", "last_received", "level",
+                 "listener", "max_out_packet", "metrics", "peer", "problem_info", "reader",
+                 "receive_maximum", "session", "state", "transport", "username", "will",
+                 "write_limit")
 
     def __init__(self, broker: Broker, listener: str) -> None:
         self.broker = broker
@@ -115,9 +121,9 @@ class ClientConnection(asyncio.Protocol):
         self.connect_expiry = 0  # Session Expiry Interval given at CONNECT
         self.max_out_packet = 0  # the client's Maximum Packet Size, 0 = none
         self.problem_info = True  # Request Problem Information
-        self.alias_in: dict[int, str] = {}
+        self.alias_in: dict[int, str] | None = None  # made on first use
         self.alias_in_max = cfg.topic_alias_maximum
-        self.alias_out: dict[str, int] = {}
+        self.alias_out: dict[str, int] | None = None
         self.alias_out_max = 0
         self.receive_maximum = cfg.receive_maximum
         self.auth_method: str | None = None
@@ -126,19 +132,6 @@ class ClientConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._wbuf: list[bytes] | None = None
-        self._handlers: dict[int, Callable[[Any], None]] = {
-            _P.CONNECT: self._on_connect,
-            _P.PUBLISH: self._on_publish,
-            _P.PUBACK: self._on_ack,
-            _P.PUBREC: self._on_ack,
-            _P.PUBCOMP: self._on_ack,
-            _P.PUBREL: self._on_pubrel,
-            _P.SUBSCRIBE: self._on_subscribe,
-            _P.UNSUBSCRIBE: self._on_unsubscribe,
-            _P.PINGREQ: self._on_pingreq,
-            _P.DISCONNECT: self._on_disconnect,
-            _P.AUTH: self._on_auth,
-        }
 
     def __repr__(self) -> str:
         return f"<client {self.client_id or '-'} {self.peer}>"
@@ -190,7 +183,7 @@ class ClientConnection(asyncio.Protocol):
                 if ptype == _P.CONNECT:
                     # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
                     self.level = peek_protocol_level(body) or self.level
-                self._handlers[ptype](decode(first, body, self.level))
+                _HANDLERS[ptype](self, decode(first, body, self.level))
         except ProtocolError as exc:
             self.fail(exc)
         except Exception:  # a bug must cost one connection, never the broker
@@ -332,20 +325,12 @@ class ClientConnection(asyncio.Protocol):
                         self.broker.config.mqtt.connect_timeout)
             self.close(publish_will=False)
 
-    def _keepalive_check(self) -> None:
-        self._timer = None
-        if self.state is not ConnState.CONNECTED:
-            return
-        now = self._loop.time()
-        if keepalive_expired(now, self.last_received, self.keep_alive):
+    def keepalive_timeout(self) -> None:
+        """The broker's keep-alive wheel found this client silent too long [MQTT-3.1.2-24]."""
+        if self.state is ConnState.CONNECTED:
             self.fail(ProtocolError(ReasonCode.KEEP_ALIVE_TIMEOUT,
                                     f"keep-alive timeout ({self.keep_alive}s x 1.5) "
                                     "[MQTT-3.1.2-24]"))
-        else:
-            self._arm_keepalive(self.last_received + 1.5 * self.keep_alive - now)
-
-    def _arm_keepalive(self, delay: float) -> None:
-        self._timer = self._loop.call_later(max(delay, 0.01), self._keepalive_check)
 
     # -- CONNECT and enhanced authentication ----------------------------------------------------
 
@@ -455,7 +440,7 @@ class ClientConnection(asyncio.Protocol):
         self.reader.max_packet_size = self.broker.config.mqtt.max_packet_size
         self.send_packet(Connack(present, 0, props))
         if self.keep_alive:
-            self._arm_keepalive(1.5 * self.keep_alive)
+            self.broker.keepalive.add(self)
         # [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL are resent, in order
         for out in session.resend():
             self._send_outbound(out, dup=True)
@@ -529,9 +514,11 @@ class ClientConnection(asyncio.Protocol):
                                 f"Topic Alias {alias} outside 1..{self.alias_in_max} "
                                 "[MQTT-3.3.2-8/9]")
         if topic:
+            if self.alias_in is None:
+                self.alias_in = {}
             self.alias_in[alias] = topic
             return topic
-        known = self.alias_in.get(alias)
+        known = self.alias_in.get(alias) if self.alias_in is not None else None
         if known is None:
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                                 f"empty topic with unknown Topic Alias {alias}")
@@ -578,11 +565,14 @@ class ClientConnection(asyncio.Protocol):
                 props[Prop.SUBSCRIPTION_IDENTIFIER] = list(identifiers)
             topic = message.topic
             if self.alias_out_max:
-                alias = self.alias_out.get(topic)
+                aliases = self.alias_out
+                if aliases is None:
+                    aliases = self.alias_out = {}
+                alias = aliases.get(topic)
                 if alias is not None:
                     topic = ""
-                elif len(self.alias_out) < self.alias_out_max:
-                    alias = self.alias_out[topic] = len(self.alias_out) + 1
+                elif len(aliases) < self.alias_out_max:
+                    alias = aliases[topic] = len(aliases) + 1
                 if alias is not None:
                     props[Prop.TOPIC_ALIAS] = alias
             head, tail = encode_publish_parts(topic, message.payload, qos, retain, False, level,
@@ -703,3 +693,20 @@ def _unexpiring(message: Message) -> Message:
     """A copy without expiry, for resending a message whose delivery already started."""
     return Message(message.topic, message.payload, message.qos, message.retain,
                    message.properties, message.sender)
+
+
+# Packet type -> handler: one table for every connection (bound methods per connection would
+# cost ~3 KB each).
+_HANDLERS: dict[int, Callable[[ClientConnection, Any], None]] = {
+    _P.CONNECT: ClientConnection._on_connect,
+    _P.PUBLISH: ClientConnection._on_publish,
+    _P.PUBACK: ClientConnection._on_ack,
+    _P.PUBREC: ClientConnection._on_ack,
+    _P.PUBCOMP: ClientConnection._on_ack,
+    _P.PUBREL: ClientConnection._on_pubrel,
+    _P.SUBSCRIBE: ClientConnection._on_subscribe,
+    _P.UNSUBSCRIBE: ClientConnection._on_unsubscribe,
+    _P.PINGREQ: ClientConnection._on_pingreq,
+    _P.DISCONNECT: ClientConnection._on_disconnect,
+    _P.AUTH: ClientConnection._on_auth,
+}

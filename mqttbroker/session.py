@@ -16,6 +16,9 @@ from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_sta
 from .protocol.packets import Subscription
 
 
+_NO_IDS: frozenset[int] = frozenset()
+
+
 class Outbound:
     """One outbound QoS 1/2 PUBLISH in flight."""
 
@@ -72,8 +75,9 @@ class Session:
         self.expiry_interval = expiry_interval
         self.subscriptions: dict[str, Subscription] = {}
         self.inflight: dict[int, Outbound] = {}
-        self.queue: deque[Queued] = deque()
-        self.inbound_qos2: set[int] = set()
+        # made on first use: an idle session should cost little (an empty deque is 600 bytes)
+        self.queue: deque[Queued] | tuple[()] = ()
+        self.inbound_qos2: set[int] | frozenset[int] = _NO_IDS
         self.ids = PacketIdAllocator()
         self.max_inflight = max_inflight
         self.max_queued = max_queued
@@ -117,6 +121,8 @@ class Session:
         return out
 
     def _enqueue(self, item: Queued) -> None:
+        if not isinstance(self.queue, deque):
+            self.queue = deque()
         if len(self.queue) >= self.max_queued:
             self.dropped += 1
             if self.metrics is not None:
@@ -128,6 +134,8 @@ class Session:
 
     def requeue(self, items: list[Queued]) -> None:
         """Put messages taken back (see :meth:`take_shared`) at the head of the queue."""
+        if not isinstance(self.queue, deque):
+            self.queue = deque()
         self.queue.extendleft(reversed(items))
 
     def pump(self, now: float = 0.0) -> list[Outbound | Queued]:
@@ -136,6 +144,9 @@ class Session:
         are dropped on the way [MQTT-3.3.2-5]."""
         out: list[Outbound | Queued] = []
         q = self.queue
+        if not q:
+            return out
+        assert isinstance(q, deque)
         while q:
             item = q[0]
             if item.message.expires_at is not None and item.message.expired(now):
@@ -194,15 +205,19 @@ class Session:
     def receive_qos2(self, packet_id: int) -> bool:
         """Record an inbound QoS 2 PUBLISH; False when it is a resend of one already
         delivered (exactly once: deliver only when True)."""
-        if packet_id in self.inbound_qos2:
+        ids = self.inbound_qos2
+        if packet_id in ids:
             return False
-        self.inbound_qos2.add(packet_id)
+        if not isinstance(ids, set):
+            ids = self.inbound_qos2 = set()
+        ids.add(packet_id)
         return True
 
     def release_qos2(self, packet_id: int) -> bool:
         """PUBREL arrived: forget the identifier; False when it was not known."""
-        try:
-            self.inbound_qos2.remove(packet_id)
-        except KeyError:
+        ids = self.inbound_qos2
+        if packet_id not in ids:
             return False
+        assert isinstance(ids, set)
+        ids.remove(packet_id)
         return True
