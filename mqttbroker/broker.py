@@ -18,8 +18,8 @@ from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
 from .enhanced_auth import EnhancedAuth
-from .keepalive import KeepAliveWheel
 from .errors import ConfigError, ConfigIssue, ProtocolError
+from .keepalive import KeepAliveWheel
 from .message import Message
 from .metrics import Metrics
 from .protocol.constants import MAX_PACKET_SIZE, SUBACK_FAILURE, ProtocolLevel, ReasonCode

@@ -15,7 +15,6 @@ from .protocol.constants import PacketType
 from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_state
 from .protocol.packets import Subscription
 
-
 _NO_IDS: frozenset[int] = frozenset()
 
 
