@@ -66,6 +66,7 @@ class Broker:
         self._limits: dict[str, int] = {}
         self._sys_timer: asyncio.TimerHandle | None = None
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
+        self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
         # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2]: timers by client id
         self._expiry: dict[str, asyncio.TimerHandle] = {}
@@ -154,8 +155,11 @@ class Broker:
 
     def _keepalive_tick(self) -> None:
         """Four times a second: close the clients whose keep-alive ran out [MQTT-3.1.2-24]."""
-        for conn in self.keepalive.expire(self.now()):
+        now = self.now()
+        for conn in self.keepalive.expire(now):
             conn.keepalive_timeout()
+        for conn in list(self.congested):
+            conn.check_stalled(now)
         assert self._loop is not None
         self._keepalive_timer = self._loop.call_later(KEEPALIVE_TICK, self._keepalive_tick)
 
@@ -417,11 +421,11 @@ class Broker:
             self.metrics.publish_dropped += 1
             log.info("client %s: PUBLISH to %r not authorised", conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
-        if not self.publish(message):
+        if not self.publish(message, conn):
             return ReasonCode.NO_MATCHING_SUBSCRIBERS
         return ReasonCode.SUCCESS
 
-    def publish(self, message: Message) -> int:
+    def publish(self, message: Message, source: ClientConnection | None = None) -> int:
         """Retain if asked, then hand ``message`` to every matching session, once each, at
         min(publish QoS, granted QoS) [MQTT-3.8.4-6]. Returns how many sessions it went to."""
         if message.retain and self.config.mqtt.retain_available:
@@ -431,17 +435,20 @@ class Broker:
         for cid, d in direct.items():
             # [MQTT-3.3.1-9] RETAIN is 0 on forwarding, unless Retain As Published [MQTT-3.3.1-13]
             self._deliver_to(cid, message, min(mqos, d.qos),
-                             message.retain and d.retain_as_published, d.identifiers)
+                             message.retain and d.retain_as_published, d.identifiers, None,
+                             source)
         for cid, d in shared:
             self._deliver_to(cid, message, min(mqos, d.qos),
-                             message.retain and d.retain_as_published, d.identifiers, d.share)
+                             message.retain and d.retain_as_published, d.identifiers, d.share,
+                             source)
         return len(direct) + len(shared)
 
     def _deliver_to(self, cid: str, message: Message, qos: int, retain: bool,
-                    identifiers: tuple[int, ...], share: str | None = None) -> None:
+                    identifiers: tuple[int, ...], share: str | None = None,
+                    source: ClientConnection | None = None) -> None:
         conn = self.connections.get(cid)
         if conn is not None:
-            conn.deliver(message, qos, retain, identifiers, share)
+            conn.deliver(message, qos, retain, identifiers, share, source)
         else:
             session = self.sessions.get(cid)
             if session is not None:

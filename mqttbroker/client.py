@@ -54,6 +54,7 @@ log = logging.getLogger("mqttbroker.client")
 V5 = ProtocolLevel.MQTT_5
 LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
 MAX_CONNECT_SIZE = 512 * 1024  # room for every CONNECT field at its largest, and properties
+SLOW_CONSUMER_GRACE = 5.0  # seconds a congested client may hold publishers back
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
 
@@ -91,12 +92,40 @@ class ClientConnection(asyncio.Protocol):
     (keep-alive is the broker's wheel): an idle connection costs little memory.
     """
 
-    __slots__ = ("_auth", "_loop", "_pending_connect", "_timer", "_wbuf", "alias_in",
-                 "alias_in_max", "alias_out", "alias_out_max", "auth_method", "broker",
-                 "client_id", "connect_expiry", "keep_alive", "last_received", "level",
-                 "listener", "max_out_packet", "metrics", "peer", "problem_info", "reader",
-                 "receive_maximum", "session", "state", "transport", "username", "will",
-                 "write_limit")
+    __slots__ = (
+        "_auth",
+        "_loop",
+        "_pending_connect",
+        "_timer",
+        "_wbuf",
+        "alias_in",
+        "alias_in_max",
+        "alias_out",
+        "alias_out_max",
+        "auth_method",
+        "blocked_by",
+        "broker",
+        "client_id",
+        "congested_since",
+        "connect_expiry",
+        "keep_alive",
+        "last_received",
+        "level",
+        "listener",
+        "max_out_packet",
+        "metrics",
+        "peer",
+        "problem_info",
+        "reader",
+        "receive_maximum",
+        "session",
+        "state",
+        "transport",
+        "username",
+        "waiters",
+        "will",
+        "write_limit",
+    )
 
     def __init__(self, broker: Broker, listener: str) -> None:
         self.broker = broker
@@ -126,6 +155,11 @@ class ClientConnection(asyncio.Protocol):
         self.alias_out: dict[str, int] | None = None
         self.alias_out_max = 0
         self.receive_maximum = cfg.receive_maximum
+        # backpressure: while our socket buffer is over write_buffer_limit we are congested,
+        # and publishers feeding us wait (paused reads) until it drains
+        self.congested_since = 0.0
+        self.waiters: set[ClientConnection] | None = None
+        self.blocked_by = 0  # congested subscribers this (publishing) connection waits for
         self.auth_method: str | None = None
         self._auth: AuthExchange | None = None
         self._pending_connect: Connect | None = None
@@ -150,6 +184,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
         self.last_received = self._loop.time()
+        self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
         if not self.broker.admit(self):
             self.state = ConnState.CLOSED
             self.transport.abort()
@@ -183,7 +218,10 @@ class ClientConnection(asyncio.Protocol):
                 if ptype == _P.CONNECT:
                     # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
                     self.level = peek_protocol_level(body) or self.level
-                _HANDLERS[ptype](self, decode(first, body, self.level))
+                if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
+                    self._on_publish(cast(Publish, decode(first, body, self.level)), body)
+                else:
+                    _HANDLERS[ptype](self, decode(first, body, self.level))
         except ProtocolError as exc:
             self.fail(exc)
         except Exception:  # a bug must cost one connection, never the broker
@@ -200,6 +238,54 @@ class ClientConnection(asyncio.Protocol):
             raise ProtocolError(ReasonCode.MALFORMED_PACKET, "reserved packet type 0")
         raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                             f"{PacketType(ptype).name} may not be sent by a client now")
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed write_buffer_limit: this client reads too slowly."""
+        self.congested_since = self._loop.time()
+        self.broker.congested.add(self)
+
+    def resume_writing(self) -> None:
+        """The buffer drained below a quarter of the limit: release the publishers."""
+        self.congested_since = 0.0
+        self.broker.congested.discard(self)
+        self._release_waiters()
+
+    def check_stalled(self, now: float) -> None:
+        """Called by the broker's tick: congested too long, let the publishers go."""
+        if self.waiters and now - self.congested_since > SLOW_CONSUMER_GRACE:
+            log.warning("client %s is not reading (congested %.0fs): no longer holding "
+                        "publishers back; QoS 0 to it is dropped", self.name,
+                        now - self.congested_since)
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters = self.waiters
+        self.waiters = None
+        if waiters:
+            for w in waiters:
+                w.blocked_by -= 1
+                if w.blocked_by == 0 and w.state is not ConnState.CLOSED \
+                        and w.transport is not None:
+                    w.transport.resume_reading()
+
+    def _hold(self, source: ClientConnection | None) -> bool:
+        """Congested: make ``source`` (the publisher) wait until we drain. False when we have
+        been congested longer than SLOW_CONSUMER_GRACE: then we count as not reading, and
+        nobody waits for us any more (QoS 0 to us is dropped, QoS 1/2 queue up to the
+        session's bound, and max_write_buffer ends it)."""
+        if self._loop.time() - self.congested_since > SLOW_CONSUMER_GRACE:
+            self._release_waiters()
+            return False
+        if source is not None and source is not self and source.transport is not None:
+            waiters = self.waiters
+            if waiters is None:
+                waiters = self.waiters = set()
+            if source not in waiters:
+                waiters.add(source)
+                source.blocked_by += 1
+                if source.blocked_by == 1:
+                    source.transport.pause_reading()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not ConnState.CLOSED:
@@ -313,6 +399,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _closed(self, publish_will: bool) -> None:
         self.state = ConnState.CLOSED
+        self.broker.congested.discard(self)
+        self._release_waiters()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -448,7 +536,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- PUBLISH in ---------------------------------------------------------------------------
 
-    def _on_publish(self, p: Publish) -> None:
+    def _on_publish(self, p: Publish, body: bytes | None = None) -> None:
         self.metrics.publish_received += 1
         session = self.session
         assert session is not None
@@ -489,9 +577,12 @@ class ClientConnection(asyncio.Protocol):
                 raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                                     f"more than Receive Maximum {self.receive_maximum} QoS 2 "
                                     "PUBLISH unacknowledged [MQTT-3.3.4-9]")
-        code = self.broker.publish_from(self, Message(p.topic, p.payload, qos, p.retain,
-                                                      props or None, self.client_id,
-                                                      expires_at))
+        message = Message(p.topic, p.payload, qos, p.retain, props or None, self.client_id,
+                          expires_at)
+        if qos == 0 and body is not None and self.level != V5:
+            # a 3.1/3.1.1 QoS 0 PUBLISH body is already the forwarded wire form: no re-encoding
+            message.preset_wire(body)
+        code = self.broker.publish_from(self, message)
         if qos == 1:
             assert pid is not None
             if code and self.level == V5:  # [MQTT-3.4.2] PUBACK with a reason code
@@ -536,11 +627,16 @@ class ClientConnection(asyncio.Protocol):
     # -- PUBLISH out --------------------------------------------------------------------------
 
     def deliver(self, message: Message, qos: int, retain: bool,
-                identifiers: tuple[int, ...] = (), share: str | None = None) -> None:
+                identifiers: tuple[int, ...] = (), share: str | None = None,
+                source: ClientConnection | None = None) -> None:
         """Send ``message`` to this client at ``qos`` (QoS 1/2 through the session's window;
-        anything behind queued messages waits its turn [MQTT-4.6.0-5])."""
+        anything behind queued messages waits its turn [MQTT-4.6.0-5]). ``source`` is the
+        publishing connection, held back while this one is congested."""
         session = self.session
         assert session is not None
+        if self.congested_since and not self._hold(source) and qos == 0:
+            self.metrics.publish_dropped += 1  # a client that does not read loses QoS 0
+            return
         if qos == 0 and not session.queue:
             self._send_qos0(message, retain, identifiers)
             return
@@ -591,12 +687,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _send_qos0(self, message: Message, retain: bool,
                    identifiers: tuple[int, ...] = ()) -> None:
-        t = self.transport
-        if t is None or t.get_write_buffer_size() > self.write_limit:
-            # a reader that does not keep up loses QoS 0, never the broker's memory
+        if self.transport is None:
             self.metrics.publish_dropped += 1
             return
-        data = self._publish_bytes(message, 0, retain, False, 0, identifiers)
+        if self.level != V5:
+            head, tail = message.wire(self.level, 0, retain)
+            data: bytes | None = head + tail if tail else head
+        else:
+            data = self._publish_bytes(message, 0, retain, False, 0, identifiers)
         if data is not None:
             self.metrics.publish_sent += 1
             self.send(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .protocol.codec import encode_publish_parts
+from .protocol.primitives import encode_varint
 
 
 class Message:
@@ -30,6 +31,12 @@ class Message:
     def expired(self, now: float) -> bool:
         """[MQTT-3.3.2-5] past its Message Expiry Interval: never delivered."""
         return self.expires_at is not None and now >= self.expires_at
+
+    def preset_wire(self, body: bytes) -> None:
+        """Reuse the body of the QoS 0 PUBLISH this message arrived in (MQTT 3.1/3.1.1): it
+        is byte for byte the forwarded form at QoS 0 without RETAIN, for 3.1 and 3.1.1."""
+        frame = (b"\x30" + encode_varint(len(body)) + body, b"")
+        self._wire = {(3, 0, False): frame, (4, 0, False): frame}
 
     def wire(self, level: int, qos: int, retain: bool) -> tuple[bytes, bytes]:
         """``(head, tail)`` of this message as a PUBLISH, without DUP (see

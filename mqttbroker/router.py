@@ -69,6 +69,8 @@ class SharedGroup:
         return cid, self.members[cid]
 
 
+CACHE_SIZE = 10_000  # topics remembered between subscription changes
+
 _Key = str | tuple[str, str]
 _Value = Subscription | SharedGroup
 
@@ -76,11 +78,15 @@ _Value = Subscription | SharedGroup
 class Router:
     """Maps topic filters to the sessions subscribed to them."""
 
-    __slots__ = ("_groups", "_tree")
+    __slots__ = ("_cache", "_groups", "_tree")
 
     def __init__(self) -> None:
         self._tree: SubscriptionTree[_Key, _Value] = SubscriptionTree()
         self._groups: dict[str, SharedGroup] = {}
+        # topic -> (direct deliveries, shared groups): valid until the next (un)subscribe.
+        # Topics whose match involves a no-local subscription are not cached (the result
+        # depends on the sender).
+        self._cache: dict[str, tuple[dict[str, Delivery], list[SharedGroup]]] = {}
 
     @property
     def count(self) -> int:
@@ -90,6 +96,7 @@ class Router:
 
     def subscribe(self, client_id: str, sub: Subscription) -> bool:
         """Add or replace ``client_id``'s subscription; True when it did not exist."""
+        self._cache.clear()
         share = parse_share(sub.topic_filter)
         if share is None:
             return self._tree.add(sub.topic_filter, client_id, sub)
@@ -103,6 +110,7 @@ class Router:
 
     def unsubscribe(self, client_id: str, topic_filter: str) -> bool:
         """Remove one subscription; True when it existed."""
+        self._cache.clear()
         share = parse_share(topic_filter)
         if share is None:
             return self._tree.remove(topic_filter, client_id)
@@ -128,21 +136,40 @@ class Router:
         [MQTT-3.3.4-3/4/5]; ``shared`` has one chosen member per matching shared group
         [MQTT-4.8.2-3]. No-local subscriptions skip the sender [MQTT-3.8.3-3].
         """
-        direct: dict[str, Delivery] = {}
+        cached = self._cache.get(topic)
+        if cached is not None:
+            direct, groups = cached
+        else:
+            direct, groups, cacheable = self._match(topic, sender)
+            if cacheable:
+                if len(self._cache) >= CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[topic] = (direct, groups)
         shared: list[tuple[str, Delivery]] = []
+        for g in groups:
+            picked = g.pick(available)
+            if picked is not None:
+                sub = picked[1]
+                shared.append((picked[0], Delivery(
+                    sub.qos, sub.retain_as_published,
+                    (sub.identifier,) if sub.identifier else (), g.name)))
+        return direct, shared
+
+    def _match(self, topic: str, sender: str | None) -> tuple[dict[str, Delivery],
+                                                             list[SharedGroup], bool]:
+        direct: dict[str, Delivery] = {}
+        groups: list[SharedGroup] = []
+        cacheable = True
         for group in self._tree.match(topic):
             for key, value in group.items():
                 if isinstance(value, SharedGroup):
-                    picked = value.pick(available)
-                    if picked is not None:
-                        sub = picked[1]
-                        shared.append((picked[0], Delivery(
-                            sub.qos, sub.retain_as_published,
-                            (sub.identifier,) if sub.identifier else (), value.name)))
+                    groups.append(value)
                     continue
                 sub = value
-                if sub.no_local and key == sender:
-                    continue
+                if sub.no_local:
+                    cacheable = False
+                    if key == sender:
+                        continue
                 cid = key
                 assert isinstance(cid, str)
                 d = direct.get(cid)
@@ -155,4 +182,4 @@ class Router:
                         d.retain_as_published = True
                     if sub.identifier:
                         d.identifiers = d.identifiers + (sub.identifier,)
-        return direct, shared
+        return direct, groups, cacheable
