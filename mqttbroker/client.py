@@ -220,6 +220,8 @@ class ClientConnection(asyncio.Protocol):
                     self.level = peek_protocol_level(body) or self.level
                 if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
                     self._on_publish(cast(Publish, decode(first, body, self.level)), body)
+                elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
+                    self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
                 else:
                     _HANDLERS[ptype](self, decode(first, body, self.level))
         except ProtocolError as exc:
@@ -299,19 +301,25 @@ class ClientConnection(asyncio.Protocol):
     # -- writing ----------------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Queue bytes; everything queued in one event-loop turn goes out in one write."""
+        """Send bytes: the first packet of an event-loop turn goes out at once (latency);
+        what follows in the same turn is gathered into one write at the end of it."""
         buf = self._wbuf
         if buf is None:
-            self._wbuf = [data]
+            self._wbuf = []
             self._loop.call_soon(self._flush)
+            self._write([data])
         else:
             buf.append(data)
 
     def _flush(self) -> None:
         buf = self._wbuf
         self._wbuf = None
+        if buf:
+            self._write(buf)
+
+    def _write(self, buf: list[bytes]) -> None:
         t = self.transport
-        if buf and t is not None and not t.is_closing():
+        if t is not None and not t.is_closing():
             data = b"".join(buf) if len(buf) > 1 else buf[0]
             self.metrics.bytes_sent += len(data)
             self.metrics.messages_sent += len(buf)
@@ -579,9 +587,9 @@ class ClientConnection(asyncio.Protocol):
                                     "PUBLISH unacknowledged [MQTT-3.3.4-9]")
         message = Message(p.topic, p.payload, qos, p.retain, props or None, self.client_id,
                           expires_at)
-        if qos == 0 and body is not None and self.level != V5:
-            # a 3.1/3.1.1 QoS 0 PUBLISH body is already the forwarded wire form: no re-encoding
-            message.preset_wire(body)
+        if body is not None and self.level != V5:
+            # a 3.1/3.1.1 PUBLISH body is already the forwarded wire form: no re-encoding
+            message.preset_wire(body, qos)
         code = self.broker.publish_from(self, message)
         if qos == 1:
             assert pid is not None
@@ -734,24 +742,27 @@ class ClientConnection(asyncio.Protocol):
                 return
 
     def _on_ack(self, p: Puback | Pubrec | Pubcomp) -> None:
-        assert self.session is not None
-        if p.type == _P.PUBREC and p.reason_code >= 0x80:
+        self._ack(p.packet_id, p.type, p.reason_code)
+
+    def _ack(self, pid: int, ptype: PacketType, reason_code: int) -> None:
+        session = self.session
+        assert session is not None
+        if ptype == _P.PUBREC and reason_code >= 0x80:
             # the client refused it: the flow ends here [MQTT-4.3.3]
-            self.session.complete(p.packet_id)
+            session.complete(pid)
             self._pump()
             return
-        result = self.session.ack(p.packet_id, p.type)
+        result = session.ack(pid, ptype)
         if not result.known:
-            log.debug("client %s: %s for unknown packet id %d", self.name, p.type.name,
-                      p.packet_id)
-            if p.type == _P.PUBREC:
+            log.debug("client %s: %s for unknown packet id %d", self.name, ptype.name, pid)
+            if ptype == _P.PUBREC:
                 # we hold no state for it: release the client's state all the same
-                self.send_packet(Pubrel(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
+                self.send_packet(Pubrel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                                         if self.level == V5 else 0))
             return
         if result.send_pubrel:
-            self.send(_PUBREL_HEAD + p.packet_id.to_bytes(2, "big"))
-        elif result.freed and self.session.queue:  # a slot opened: the next one may go
+            self.send(_PUBREL_HEAD + pid.to_bytes(2, "big"))
+        elif result.freed and session.queue:  # a slot opened: the next one may go
             self._pump()
 
     # -- SUBSCRIBE / UNSUBSCRIBE / PING / DISCONNECT --------------------------------------------

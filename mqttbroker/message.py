@@ -32,11 +32,17 @@ class Message:
         """[MQTT-3.3.2-5] past its Message Expiry Interval: never delivered."""
         return self.expires_at is not None and now >= self.expires_at
 
-    def preset_wire(self, body: bytes) -> None:
-        """Reuse the body of the QoS 0 PUBLISH this message arrived in (MQTT 3.1/3.1.1): it
-        is byte for byte the forwarded form at QoS 0 without RETAIN, for 3.1 and 3.1.1."""
-        frame = (b"\x30" + encode_varint(len(body)) + body, b"")
-        self._wire = {(3, 0, False): frame, (4, 0, False): frame}
+    def preset_wire(self, body: bytes, qos: int) -> None:
+        """Reuse the body of the PUBLISH this message arrived in (MQTT 3.1/3.1.1): at its
+        own QoS without RETAIN it is the forwarded form byte for byte, for 3.1 and 3.1.1
+        alike (at QoS 1/2 only the packet identifier changes, hence head and tail)."""
+        if qos == 0:
+            parts = (b"\x30" + encode_varint(len(body)) + body, b"")
+        else:
+            end = 2 + ((body[0] << 8) | body[1])  # after the topic name
+            parts = (bytes((0x30 | (qos << 1),)) + encode_varint(len(body)) + body[:end],
+                     body[end + 2:])
+        self._wire = {(3, qos, False): parts, (4, qos, False): parts}
 
     def wire(self, level: int, qos: int, retain: bool) -> tuple[bytes, bytes]:
         """``(head, tail)`` of this message as a PUBLISH, without DUP (see
