@@ -36,3 +36,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Benchmarks: this broker, Mosquitto and amqtt side by side (see benchmarks/README.md).
+.PHONY: bench
+bench: $(STAMP) $(MOSQUITTO)
+	$(BIN)/python -m benchmarks.run

@@ -1,0 +1,239 @@
+"""Start and stop a fresh broker per run: ours, Mosquitto or amqtt, on a free 127.0.0.1 port.
+
+Each broker runs as its own process with a config written to a temporary directory, logs to a
+file there (shown if it fails to start), its open-file soft limit raised to the hard limit
+(none of the three raises its own: the runner raises its own limit and the broker inherits
+it), and is ready once its port accepts a connection. The
+process's PID is the broker itself (no shell in between), so /proc/PID gives its RSS and CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+BROKERS = ("ours", "mosquitto", "amqtt")
+LABELS = {"ours": "mqttbroker", "mosquitto": "Mosquitto", "amqtt": "amqtt",
+          "null": "null relay"}
+
+# The same limits for ours and Mosquitto (amqtt has neither setting).
+MAX_INFLIGHT = 20            # both brokers' default; 0 = unbounded (see command())
+MAX_QUEUED = 1_000_000       # large enough that no scenario fills a queue
+OURS_MAX_INFLIGHT = 65535    # our broker's largest window (packet ids are 16-bit)
+
+
+class BrokerError(RuntimeError):
+    """A broker did not start, or is missing."""
+
+
+@dataclass
+class BrokerProcess:
+    """A running broker: name, port, PID, and where its config and log live."""
+
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    log: Path
+    nofile: tuple[int, int] = field(default=(0, 0))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (SIGKILL after ``timeout``); returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile(nofile: int | None = None) -> tuple[int, int]:
+    """Raise this process's open-file soft limit to its hard limit (as root, both to
+    ``nofile`` when that is higher), so the brokers it starts inherit it; return the limits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if nofile is not None and nofile > hard and os.geteuid() == 0:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+            return nofile, nofile
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard, hard
+
+
+def command(name: str, port: int, workdir: Path, *, max_queued: int = MAX_QUEUED,
+            max_inflight: int = MAX_INFLIGHT) -> list[str]:
+    """Write the broker's config into ``workdir``; return the command line that runs it.
+
+    ``max_inflight`` 0 means unbounded: Mosquitto's own 0, our broker's maximum (65535)."""
+    if name == "ours":
+        inflight = max_inflight or OURS_MAX_INFLIGHT
+        conf = workdir / "mqttbroker.yaml"
+        conf.write_text(
+            "listeners:\n"
+            "  default:\n"
+            "    type: tcp\n"
+            f"    bind: 127.0.0.1:{port}\n"
+            "sys_interval: 0\n"
+            "auth:\n"
+            "  allow-anonymous: true\n"
+            "mqtt:\n"
+            f"  max_inflight_messages: {inflight}\n"
+            f"  max_queued_messages: {max_queued}\n"
+            "log_level: WARNING\n")
+        return [str(VENV_BIN / "python"), "-m", "mqttbroker", "serve", "-c", str(conf),
+                "--port", str(port)]
+    if name == "mosquitto":
+        if not Path(MOSQUITTO).exists():
+            raise BrokerError(f"{MOSQUITTO} missing: `make peers` installs Debian's mosquitto")
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            f"max_inflight_messages {max_inflight}\n"
+            f"max_queued_messages {max_queued}\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n")
+        return [MOSQUITTO, "-c", str(conf)]
+    if name == "amqtt":
+        exe = VENV_BIN / "amqtt"
+        if not exe.exists():
+            raise BrokerError(f"{exe} missing: `pip install amqtt` (the test extra has it)")
+        conf = workdir / "amqtt.yaml"
+        # Only the anonymous-auth plugin: no $SYS, no event/packet logging plugins (the
+        # defaults load all four when `plugins` is absent).
+        conf.write_text(
+            "listeners:\n"
+            "  default:\n"
+            "    type: tcp\n"
+            f"    bind: 127.0.0.1:{port}\n"
+            "plugins:\n"
+            "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+            "    allow_anonymous: true\n")
+        return [str(exe), "-c", str(conf)]
+    if name == "null":  # benchmarks/nullbroker.py: calibration only, not an MQTT broker
+        return [str(VENV_BIN / "python"), str(Path(__file__).parent / "nullbroker.py"),
+                str(port)]
+    raise BrokerError(f"unknown broker {name!r} (one of {', '.join(BROKERS)})")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
+          max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT) -> BrokerProcess:
+    """Start a fresh broker ``name`` on a free port and wait until that port accepts."""
+    raise_nofile(nofile)
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    last: BrokerError | None = None
+    for _ in range(3):  # the free port may be taken between probing and binding
+        port = free_port()
+        argv = command(name, port, workdir, max_queued=max_queued, max_inflight=max_inflight)
+        log = workdir / "broker.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=workdir)
+        bp = BrokerProcess(name, port, proc, workdir, log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if _accepts(port):
+                bp.nofile = _nofile_of(proc.pid)
+                return bp
+            time.sleep(0.05)
+        bp.stop(2)
+        last = BrokerError(f"{name} did not accept on 127.0.0.1:{port} within {timeout:.0f} s"
+                           f" (exit {proc.returncode}); log:\n{bp.log_tail()}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    assert last is not None
+    raise last
+
+
+def _nofile_of(pid: int) -> tuple[int, int]:
+    try:
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                parts = line.split()
+                return int(parts[3]), int(parts[4])
+    except (OSError, ValueError, IndexError):
+        pass
+    return (0, 0)
+
+
+@contextlib.contextmanager
+def running(name: str, *, timeout: float = 20.0, nofile: int | None = None,
+            max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
+            ) -> Iterator[BrokerProcess]:
+    """``with running("ours") as b: ... b.port, b.pid``: started fresh, stopped and cleaned
+    up afterwards."""
+    bp = start(name, timeout=timeout, nofile=nofile, max_queued=max_queued,
+               max_inflight=max_inflight)
+    try:
+        yield bp
+    finally:
+        bp.stop()
+        shutil.rmtree(bp.workdir, ignore_errors=True)
+
+
+def versions() -> dict[str, str]:
+    """Each broker's version string, for the results file."""
+    out: dict[str, str] = {}
+    for name, argv in (("ours", [str(VENV_BIN / "python"), "-m", "mqttbroker", "--version"]),
+                       ("mosquitto", [MOSQUITTO, "-h"]),
+                       ("amqtt", [str(VENV_BIN / "amqtt"), "--version"])):
+        try:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+            text = (res.stdout or res.stderr).strip().splitlines()
+            # "mqttbroker 0.1.0", "mosquitto version 2.0.11", "0.12.1": keep the number
+            out[name] = text[0].split()[-1] if text else "?"
+        except (OSError, subprocess.TimeoutExpired):
+            out[name] = "missing"
+    return out
+
+
+if __name__ == "__main__":  # python -m benchmarks.brokers NAME: start one, print, stop on ^C
+    b = start(sys.argv[1] if len(sys.argv) > 1 else "ours")
+    print(f"{b.name} pid {b.pid} on 127.0.0.1:{b.port}, nofile {b.nofile}; ^C stops it")
+    try:
+        b.proc.wait()
+    except KeyboardInterrupt:
+        print(f"exit {b.stop()}")
