@@ -224,6 +224,10 @@ class ClientConnection(asyncio.Protocol):
                     self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
                 else:
                     _HANDLERS[ptype](self, decode(first, body, self.level))
+            if self._wbuf:
+                # our own answers (acks, the next messages a PUBACK let through) go now, not
+                # after every other connection's work in this loop turn
+                self._flush()
         except ProtocolError as exc:
             self.fail(exc)
         except Exception:  # a bug must cost one connection, never the broker

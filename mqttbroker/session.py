@@ -44,6 +44,9 @@ class Queued(NamedTuple):
     share: str | None = None
 
 
+_new_queued = tuple.__new__
+
+
 class AckResult(NamedTuple):
     """What an acknowledgement did to an outbound flow."""
 
@@ -109,7 +112,9 @@ class Session:
             # else: behind queued messages, to keep order [MQTT-4.6.0-5]
         elif qos == 0 and not self.queue_qos0:
             return None
-        self._enqueue(Queued(message, qos, retain, identifiers, share))
+        # tuple.__new__ skips the named tuple's Python-level constructor (hot when a
+        # subscriber's window is full and every message queues)
+        self._enqueue(_new_queued(Queued, (message, qos, retain, identifiers, share)))
         return None
 
     def _start(self, message: Message, qos: int, retain: bool,
