@@ -270,7 +270,7 @@ class ClientConnection(asyncio.Protocol):
         if waiters:
             for w in waiters:
                 w.blocked_by -= 1
-                if w.blocked_by == 0 and w.state is not ConnState.CLOSED \
+                if w.blocked_by == 0 and w.state is ConnState.CONNECTED \
                         and w.transport is not None:
                     w.transport.resume_reading()
 
@@ -282,7 +282,8 @@ class ClientConnection(asyncio.Protocol):
         if self._loop.time() - self.congested_since > SLOW_CONSUMER_GRACE:
             self._release_waiters()
             return False
-        if source is not None and source is not self and source.transport is not None:
+        if source is not None and source is not self and source.transport is not None \
+                and source.state is ConnState.CONNECTED:
             waiters = self.waiters
             if waiters is None:
                 waiters = self.waiters = set()
