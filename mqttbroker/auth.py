@@ -7,6 +7,8 @@ Password and ACL files in Mosquitto's formats come with the security work.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from .config import AuthConfig, TopicCheckConfig
 from .protocol.constants import ReasonCode
 from .protocol.topics import topic_matches
@@ -33,20 +35,21 @@ class Authorizer:
             return ReasonCode.BAD_USER_NAME_OR_PASSWORD
         return ReasonCode.SUCCESS
 
-    def _allowed(self, table: object, username: str | None, topic: str) -> bool:
+    def _allowed(self, table: Mapping[str, tuple[str, ...]], username: str | None,
+                 topic: str) -> bool:
         if not self.topic_check.enabled:
             return True
-        filters = getattr(self.topic_check, str(table)).get(username or ANONYMOUS)
+        filters = table.get(username or ANONYMOUS)
         if filters is None:
             return False
         return any(topic_matches(f, topic) or f == topic for f in filters)
 
     def may_subscribe(self, username: str | None, topic_filter: str) -> bool:
         """hbmqtt's ``topic-check.acl``: the filter must be covered by one of the user's."""
-        return self._allowed("acl", username, topic_filter)
+        return self._allowed(self.topic_check.acl, username, topic_filter)
 
     def may_publish(self, username: str | None, topic: str) -> bool:
         """hbmqtt's ``topic-check.publish-acl``."""
         if not self.topic_check.enabled or not self.topic_check.publish_acl:
             return True
-        return self._allowed("publish_acl", username, topic)
+        return self._allowed(self.topic_check.publish_acl, username, topic)

@@ -717,12 +717,11 @@ class ClientConnection(asyncio.Protocol):
         if out.state is OutState.AWAIT_PUBCOMP:
             self.send(_PUBREL_HEAD + pid.to_bytes(2, "big"))
             return
-        # in flight already: resent even past its expiry (onward delivery has started)
         message = out.message
-        data = self._publish_bytes(message, out.qos, out.retain, dup, pid, out.identifiers) \
-            if not (dup and message.expires_at is not None) else \
-            self._publish_bytes(_unexpiring(message), out.qos, out.retain, dup, pid,
-                                out.identifiers)
+        if dup and message.expires_at is not None:
+            # in flight already: resent even past its expiry (onward delivery has started)
+            message = _unexpiring(message)
+        data = self._publish_bytes(message, out.qos, out.retain, dup, pid, out.identifiers)
         if data is None:
             # behave as if it had been delivered [MQTT-3.1.2-25]
             assert self.session is not None
