@@ -39,7 +39,7 @@ import yaml
 from .errors import ConfigError, ConfigIssue
 
 __all__ = ["LOG_LEVELS", "AuthConfig", "Config", "ListenerConfig", "MqttConfig",
-           "TopicCheckConfig", "load_config", "parse_config_dict"]
+           "PersistenceConfig", "TopicCheckConfig", "load_config", "parse_config_dict"]
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_PACKET: Final = 268_435_460  # 1 + 4 (max remaining-length varint) + 268,435,455
@@ -108,9 +108,32 @@ class MqttConfig:
     max_write_buffer: int = 16_777_216
     receive_maximum: int = 100
     topic_alias_maximum: int = 10
-    max_session_expiry_interval: int = 0
+    max_session_expiry_interval: int = 604_800  # 7 days; 0 = no cap
     max_subscriptions_per_client: int = 0
     response_information: str = "response/"
+    # limits (0 = unlimited)
+    max_connections: int = 0  # total over every listener
+    max_queued_bytes: int = 67_108_864  # payload bytes queued per session
+    max_retained_messages: int = 1_000_000
+    max_retained_bytes: int = 1_073_741_824  # retained payload bytes
+    max_publish_rate: float = 0.0  # PUBLISH packets per second per client
+    max_publish_bytes_rate: float = 0.0  # PUBLISH bytes per second per client
+
+
+@dataclass(frozen=True, slots=True)
+class PersistenceConfig:
+    """The ``persistence`` section: where sessions and retained messages survive a restart."""
+
+    backend: str = "memory"  # memory (nothing survives) or sqlite
+    path: str = "mqttbroker.db"  # the SQLite database (relative: to the config file's folder)
+    # commit: acknowledge a QoS 1/2 PUBLISH only once it is committed (nothing acknowledged is
+    # lost); periodic: acknowledge at once, commit every flush_interval (a crash loses at
+    # most that window)
+    sync: str = "commit"
+    flush_interval: float = 1.0
+    # fsync each commit (survives power loss too); false: a killed process loses nothing,
+    # a power cut may lose the last commits
+    fsync: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +146,7 @@ class Config:
     topic_check: TopicCheckConfig = TopicCheckConfig()
     mqtt: MqttConfig = MqttConfig()
     log_level: str = "INFO"
+    persistence: PersistenceConfig = PersistenceConfig()
 
     def with_overrides(
         self, host: str | None = None, port: int | None = None, log_level: str | None = None
@@ -520,6 +544,19 @@ def _file(v: _Validator, value: Any, _p: _KeyPath) -> str:
     return path
 
 
+def _path(v: _Validator, value: Any, _p: _KeyPath) -> str:
+    """A file to create or open; relative names are resolved against the config file's
+    folder. Its folder is made when the broker starts."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected a file name, got {_describe(value)}")
+    path = os.path.expanduser(value)
+    if v.base_dir is not None and not os.path.isabs(path):
+        path = os.path.join(v.base_dir, path)
+    if os.path.isdir(path):
+        raise _Bad(f"is a directory, expected a database file name: {path}")
+    return os.path.normpath(path)
+
+
 _DIGITS: Final = re.compile(r"[0-9]+")
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -639,6 +676,19 @@ _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
     "max_session_expiry_interval": _int(0, 0xFFFFFFFF),
     "max_subscriptions_per_client": _int(0),
     "response_information": _str,
+    "max_connections": _max_connections,
+    "max_queued_bytes": _int(0),
+    "max_retained_messages": _int(0),
+    "max_retained_bytes": _int(0),
+    "max_publish_rate": _float(0),
+    "max_publish_bytes_rate": _float(0),
+}
+_PERSISTENCE_FIELDS: Final[Mapping[str, _Conv]] = {
+    "backend": _choice(("memory", "sqlite"), str.lower),
+    "path": _path,
+    "sync": _choice(("commit", "periodic"), str.lower),
+    "flush_interval": _float(0, exclusive=True),
+    "fsync": _bool,
 }
 _PLUGINS: Final = frozenset({"plugins"})  # amqtt plugin lists: accepted, ignored
 
@@ -709,6 +759,7 @@ _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "topic_check": _subsection(TopicCheckConfig, _TOPIC_CHECK_FIELDS),
     "mqtt": _subsection(MqttConfig, _MQTT_FIELDS),
     "log_level": _choice(LOG_LEVELS, str.upper),
+    "persistence": _subsection(PersistenceConfig, _PERSISTENCE_FIELDS),
 }
 _TOP_IGNORED: Final = frozenset({"plugins", "timeout_disconnect_delay"})
 _ELSEWHERE: Final[Mapping[str, str]] = {
@@ -716,6 +767,7 @@ _ELSEWHERE: Final[Mapping[str, str]] = {
     **{k: "auth" for k in _AUTH_FIELDS},
     **{k: "topic-check" for k in _TOPIC_CHECK_FIELDS},
     **{k: "mqtt" for k in _MQTT_FIELDS},
+    **{k: "persistence" for k in _PERSISTENCE_FIELDS},
 }
 
 

@@ -19,6 +19,7 @@ class Metrics:
         "publish_dropped",
         "publish_received",
         "publish_sent",
+        "retained_dropped",
         "sys_publish_refused",
     )
 
@@ -36,6 +37,7 @@ class Metrics:
         self.connections_refused = 0
         self.protocol_errors = 0
         self.sys_publish_refused = 0
+        self.retained_dropped = 0  # retained messages not kept: over a retained limit
 
     def snapshot(self) -> dict[str, int]:
         """Every counter by name."""
