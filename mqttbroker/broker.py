@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,19 +24,23 @@ from .errors import ConfigError, ConfigIssue, ProtocolError
 from .keepalive import KeepAliveWheel
 from .message import Message
 from .metrics import Metrics
+from .persistence import Snapshot, Storage, StoredSession, StoredWill, open_storage
+from .persistence.base import from_wall, to_wall
 from .protocol.constants import MAX_PACKET_SIZE, SUBACK_FAILURE, ProtocolLevel, ReasonCode
+from .protocol.flows import OutState
 from .protocol.packets import Connect, Suback, Subscribe, Unsuback, Unsubscribe, Will
 from .protocol.properties import PropertyId as Prop
 from .protocol.topics import topic_filter_problem, validate_topic_name
 from .retained import RetainedStore
 from .router import Router, parse_share
-from .session import Queued, Session
+from .session import Outbound, Queued, Session
 from .transports.tcp import serve_tcp
 
 log = logging.getLogger("mqttbroker")
 
 V5 = ProtocolLevel.MQTT_5
 KEEPALIVE_TICK = 0.25  # seconds between keep-alive wheel checks
+MAX_PENDING_REFUSALS = 64  # sockets over a connection limit kept open to be told why
 _WILL_ONLY = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
@@ -54,7 +60,11 @@ class Broker:
                 "password files are not supported yet; remove the key or use allow-anonymous")])
         self.metrics = Metrics()
         self.router = Router()
-        self.retained = RetainedStore()
+        cfg = self.config.mqtt
+        self.retained = RetainedStore(cfg.max_retained_messages, cfg.max_retained_bytes)
+        # persistence: None keeps everything in memory only
+        self.storage: Storage | None = open_storage(self.config.persistence)
+        self.retained.storage = self.storage
         self.authorizer = Authorizer(self.config.auth, self.config.topic_check)
         self.enhanced_auth = EnhancedAuth.from_config(self.config.auth.scram_users)
         self.sessions: dict[str, Session] = {}
@@ -63,6 +73,8 @@ class Broker:
         self._servers: list[asyncio.Server] = []
         self._open: set[ClientConnection] = set()
         self._per_listener: dict[str, int] = {}
+        self._total = 0  # connections open over every listener
+        self._refusing = 0  # connections over a limit, waiting for their CONNECT to refuse
         self._limits: dict[str, int] = {}
         self._sys_timer: asyncio.TimerHandle | None = None
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
@@ -91,6 +103,8 @@ class Broker:
         """Open every listener and start publishing ``$SYS``."""
         self._started = time.monotonic()
         self._loop = asyncio.get_running_loop()
+        if self.storage is not None:
+            self._restore(await self.storage.open(self._loop))
         try:
             for lc in self.config.listeners:
                 if lc.type != "tcp":
@@ -115,11 +129,80 @@ class Broker:
                     log.info("listener %s: listening on %s:%d (tcp)", name, host, port)
         except BaseException:
             await self._close_servers()
+            if self.storage is not None:
+                await self.storage.close()
             raise
         self.running = True
         self._keepalive_tick()
         if self.config.sys_interval > 0:
             self._publish_sys()
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        """Put back what storage kept: retained messages, then sessions (offline until their
+        clients come back) with their expiry counting the downtime, then their wills."""
+        assert self._loop is not None and self.storage is not None
+        for m in snapshot.retained:
+            self.retained.load(m)
+        wall = time.time()
+        due: list[tuple[StoredSession, float]] = []
+        for rec in snapshot.sessions:
+            session = self._restore_session(rec)
+            self.sessions[rec.client_id] = session
+            if rec.disconnected_at is None:  # connected when the broker stopped
+                rec.disconnected_at = wall
+            session.disconnected_at = rec.disconnected_at
+            left = float(session.expiry_interval) if session.expiry_interval != Session.NEVER \
+                else math.inf
+            due.append((rec, left - (wall - rec.disconnected_at)))
+        for rec, left in due:
+            cid = rec.client_id
+            session = self.sessions[cid]
+            will = rec.will
+            stored: StoredWill | None = None
+            if will is not None:
+                if will.at is None:  # its connection ended with the broker: now it counts
+                    message = self._will_message(
+                        Will(will.message.topic, will.message.payload, will.message.qos,
+                             will.message.retain, will.message.properties or {}), cid)
+                    at = self.now() + will.delay
+                else:
+                    message, at = will.message, from_wall(will.at, self._loop)
+                stored = StoredWill(message, will.delay, to_wall(at, self._loop))
+                handle = self._loop.call_at(at, self._publish_delayed_will, cid)
+                self._wills[cid] = (handle, message)
+            if left <= 0:
+                log.info("session %r expired while the broker was down", cid)
+                self._end_session(session)  # its will, if any, goes now [MQTT-3.1.3-9]
+                continue
+            self.storage.put_session(cid, session.expiry_interval, rec.disconnected_at, stored)
+            if left != math.inf:
+                self._expiry[cid] = self._loop.call_later(left, self._expire_session, cid)
+        if snapshot.sessions or snapshot.retained:
+            log.info("restored %d sessions and %d retained messages", len(self.sessions),
+                     len(self.retained))
+
+    def _restore_session(self, rec: StoredSession) -> Session:
+        session = self._new_session(rec.client_id, self.cap_session_expiry(rec.expiry_interval))
+        session.store = self.storage
+        for sub in rec.subscriptions:
+            session.subscriptions[sub.topic_filter] = sub
+            self.router.subscribe(rec.client_id, sub)
+        queue: list[Queued] = []
+        for item in rec.items:
+            if item.packet_id and item.packet_id not in session.inflight:
+                out = Outbound(item.message, item.qos, item.retain, item.packet_id,
+                               item.identifiers, item.share, item.seq)
+                out.state = OutState(item.state)
+                session.inflight[item.packet_id] = out
+            else:
+                queue.append(Queued(item.message, item.qos, item.retain, item.identifiers,
+                                    item.share, item.seq))
+        if queue:
+            session.queue = deque(queue)
+            session.queued_bytes = sum(len(q.message.payload) for q in queue)
+        if rec.inbound_qos2:
+            session.inbound_qos2 = set(rec.inbound_qos2)
+        return session
 
     async def shutdown(self) -> None:
         """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
@@ -140,6 +223,8 @@ class Broker:
         self._expiry.clear()
         self._wills.clear()
         await self._close_servers()
+        if self.storage is not None:
+            await self.storage.close()
         log.info("broker stopped")
 
     async def _close_servers(self) -> None:
@@ -163,19 +248,35 @@ class Broker:
         assert self._loop is not None
         self._keepalive_timer = self._loop.call_later(KEEPALIVE_TICK, self._keepalive_tick)
 
-    def admit(self, conn: ClientConnection) -> bool:
-        """A socket was accepted: count it, or refuse it over the listener's limit."""
+    def admit(self, conn: ClientConnection) -> bool | None:
+        """A socket was accepted: count it (True); over a connection limit, leave it uncounted
+        to be refused at CONNECT with a CONNACK that says why (False); when shutting down, or
+        when too many refusals are pending already, drop it now (None)."""
+        if not self.running:
+            return None
         name = conn.listener
         limit = self._limits.get(name, 0)
-        if not self.running or (limit and self._per_listener[name] >= limit):
-            log.warning("listener %s: refusing connection from %s (max_connections %d)",
-                        name, conn.peer, limit)
+        total = self.config.mqtt.max_connections
+        if (limit and self._per_listener[name] >= limit) or (total and self._total >= total):
             self.metrics.connections_refused += 1
+            if self._refusing >= MAX_PENDING_REFUSALS:
+                log.warning("listener %s: dropping connection from %s (over max_connections, "
+                            "%d refusals pending)", name, conn.peer, self._refusing)
+                return None
+            self._refusing += 1
             return False
         self._per_listener[name] += 1
+        self._total += 1
         self._open.add(conn)
         self.metrics.connections_total += 1
         return True
+
+    def over_limit(self, conn: ClientConnection) -> str:
+        """Why a connection that was not admitted is refused (for its CONNACK and the log)."""
+        limit = self._limits.get(conn.listener, 0)
+        if limit and self._per_listener[conn.listener] >= limit:
+            return f"listener {conn.listener} is at max-connections {limit}"
+        return f"the broker is at max_connections {self.config.mqtt.max_connections}"
 
     def cap_session_expiry(self, requested: int) -> int:
         """The Session Expiry Interval granted for ``requested`` (max_session_expiry_interval
@@ -191,6 +292,9 @@ class Broker:
         level = p.protocol_level
         v5 = level == V5
         props: dict[int, Any] = {}
+        if not conn.admitted:
+            conn.refuse(ReasonCode.QUOTA_EXCEEDED, self.over_limit(conn))
+            return
         if not client_id:
             # [MQTT-3.1.3-8] empty id without clean session: 0x02; 3.1 needs an id
             if (not p.clean_session and not v5) or level == ProtocolLevel.MQTT_3_1 \
@@ -255,14 +359,22 @@ class Broker:
                 self.publish(pending[1])
             # else resumed within the Will Delay Interval: no will [MQTT-3.1.3-9]
         if session is None:
-            session = Session(client_id, expiry, max_inflight=cfg.max_inflight_messages,
-                              max_queued=cfg.max_queued_messages,
-                              drop_oldest=cfg.queue_full_policy == "drop_oldest",
-                              queue_qos0=cfg.queue_qos0_messages, metrics=self.metrics)
+            session = self._new_session(client_id, expiry)
             self.sessions[client_id] = session
         else:
             present = True  # [MQTT-3.2.2-2]
             session.expiry_interval = expiry
+            if not session.persistent and session.store is not None:
+                self._forget_stored(session)  # it ends with this connection now
+        storage = self.storage
+        if storage is not None and session.persistent:
+            if session.store is None:
+                session.store = storage
+            will = p.will
+            storage.put_session(client_id, expiry, None, None if will is None else StoredWill(
+                Message(will.topic, will.payload, will.qos, will.retain,
+                        will.properties or None, client_id),
+                will.properties.get(Prop.WILL_DELAY_INTERVAL, 0) if will.properties else 0))
         session.max_inflight = cfg.max_inflight_messages
         if v5:
             # the client's Receive Maximum bounds what we send unacknowledged [MQTT-3.3.4-7]
@@ -278,6 +390,13 @@ class Broker:
                  conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
                  keep_alive, ", session resumed" if present else "")
         conn.accept(client_id, session, present, p, props)
+
+    def _new_session(self, client_id: str, expiry: int) -> Session:
+        cfg = self.config.mqtt
+        return Session(client_id, expiry, max_inflight=cfg.max_inflight_messages,
+                       max_queued=cfg.max_queued_messages, max_queued_bytes=cfg.max_queued_bytes,
+                       drop_oldest=cfg.queue_full_policy == "drop_oldest",
+                       queue_qos0=cfg.queue_qos0_messages, metrics=self.metrics)
 
     def _connack_properties(self, client_id: str, p: Connect) -> dict[int, Any]:
         """What the broker enforces, advertised to an MQTT 5 client [MQTT 3.2.2.3]."""
@@ -305,6 +424,10 @@ class Broker:
         if conn in self._open:
             self._open.discard(conn)
             self._per_listener[conn.listener] -= 1
+            self._total -= 1
+        elif conn.admitted is False:
+            self._refusing -= 1
+            conn.admitted = None
         self.keepalive.discard(conn)
         cid = conn.client_id
         if cid is None or self.connections.get(cid) is not conn:
@@ -328,16 +451,26 @@ class Broker:
             assert self._loop is not None
             self._expiry[cid] = self._loop.call_later(session.expiry_interval,
                                                       self._expire_session, cid)
-        if message is None:
-            return
-        if delay and session.persistent and self._loop is not None:
+        stored: StoredWill | None = None
+        if message is not None and delay and session.persistent and self._loop is not None:
             # [MQTT-3.1.3-9] published after the delay, or when the session ends if sooner
             handle = self._loop.call_later(delay, self._publish_delayed_will, cid)
             self._wills[cid] = (handle, message)
-            log.info("client %r: will to %r delayed %ds", cid, will.topic if will else "", delay)
-        else:
+            stored = StoredWill(message, delay, to_wall(self.now() + delay, self._loop))
+            log.info("client %r: will to %r delayed %ds", cid, message.topic, delay)
+        elif message is not None:
             log.info("client %r: publishing its will to %r", cid, message.topic)
             self.publish(message)
+        elif will is not None and not self.running and session.persistent:
+            # closed by a shutdown: the will goes out when the broker is back
+            stored = StoredWill(Message(will.topic, will.payload, will.qos, will.retain,
+                                        will.properties or None, cid),
+                                will.properties.get(Prop.WILL_DELAY_INTERVAL, 0)
+                                if will.properties else 0)
+        if session.store is not None and self.sessions.get(cid) is session:
+            session.disconnected_at = time.time()
+            session.store.put_session(cid, session.expiry_interval, session.disconnected_at,
+                                      stored)
 
     def _will_message(self, will: Will, cid: str) -> Message:
         props = will.properties
@@ -355,6 +488,10 @@ class Broker:
         if pending is not None:
             log.info("client %r: publishing its delayed will to %r", cid, pending[1].topic)
             self.publish(pending[1])
+            session = self.sessions.get(cid)
+            if session is not None and session.store is not None:
+                session.store.put_session(cid, session.expiry_interval,
+                                          session.disconnected_at, None)
 
     def _expire_session(self, cid: str) -> None:
         self._expiry.pop(cid, None)
@@ -375,8 +512,25 @@ class Broker:
             self.router.unsubscribe(cid, topic_filter)
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
+        if session.store is not None:
+            self._forget_stored(session)
         self._cancel_expiry(cid)
         self._publish_delayed_will(cid)
+
+    def _forget_stored(self, session: Session) -> None:
+        """Delete a session's stored records, item by item (message references count)."""
+        store = session.store
+        assert store is not None
+        cid = session.client_id
+        for item in session.items():
+            if item.seq:
+                store.delete_item(item.seq, item.message)
+        for topic_filter in session.subscriptions:
+            store.delete_subscription(cid, topic_filter)
+        for pid in session.inbound_qos2:
+            store.delete_inbound(cid, pid)
+        store.delete_session(cid)
+        session.store = None
 
     def _redistribute(self, session: Session) -> None:
         """Messages a leaving shared-subscription member had not acknowledged go to another
@@ -421,15 +575,34 @@ class Broker:
             self.metrics.publish_dropped += 1
             log.info("client %s: PUBLISH to %r not authorised", conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
+        if message.retain and message.qos and conn.level == V5 \
+                and self.config.mqtt.retain_available and not self.retained.fits(message):
+            # refused as a whole: 0x97 tells the publisher it was neither kept nor delivered
+            self._retained_full(message, conn, "refused with 0x97")
+            return ReasonCode.QUOTA_EXCEEDED
         if not self.publish(message, conn):
             return ReasonCode.NO_MATCHING_SUBSCRIBERS
         return ReasonCode.SUCCESS
+
+    def _retained_full(self, message: Message, conn: ClientConnection | None, what: str) -> None:
+        m = self.metrics
+        if m.retained_dropped % 1000 == 0:
+            log.warning("%s: retained message to %r not kept: %d retained messages, %d bytes "
+                        "(max_retained_messages %d, max_retained_bytes %d); %s (%d so far)",
+                        f"client {conn.name}" if conn is not None else "broker", message.topic,
+                        len(self.retained), self.retained.bytes,
+                        self.config.mqtt.max_retained_messages,
+                        self.config.mqtt.max_retained_bytes, what, m.retained_dropped + 1)
+        m.retained_dropped += 1
 
     def publish(self, message: Message, source: ClientConnection | None = None) -> int:
         """Retain if asked, then hand ``message`` to every matching session, once each, at
         min(publish QoS, granted QoS) [MQTT-3.8.4-6]. Returns how many sessions it went to."""
         if message.retain and self.config.mqtt.retain_available:
-            self.retained.store(message)
+            if self.retained.fits(message):
+                self.retained.store(message)
+            else:
+                self._retained_full(message, source, "delivered, not retained")
         direct, shared = self.router.route(message.topic, message.sender, self._available)
         mqos = message.qos
         for cid, d in direct.items():
@@ -482,6 +655,8 @@ class Broker:
             new = f not in session.subscriptions
             session.subscriptions[f] = sub  # a repeat replaces [MQTT-3.8.4-3]
             self.router.subscribe(conn.client_id, sub)
+            if session.store is not None:
+                session.store.put_subscription(conn.client_id, sub)
             codes.append(granted)
             if f.startswith("$share/"):
                 continue  # no retained messages on a shared subscription [MQTT 4.8.2]
@@ -491,8 +666,8 @@ class Broker:
                 for m in self.retained.match(f, now):
                     retained.append((m, min(m.qos, granted), True, ident))
         conn.send_packet(Suback(p.packet_id, codes))
-        for m, q, r, ident in retained:
-            conn.deliver(m, q, r, ident)  # [MQTT-3.3.1-8] RETAIN=1 for retained on subscribe
+        if retained:
+            conn.deliver_retained(retained)  # [MQTT-3.3.1-8] RETAIN=1 for retained on subscribe
 
     def _refusal(self, conn: ClientConnection, session: Session, f: str,
                  v5: bool) -> int | None:
@@ -527,6 +702,8 @@ class Broker:
         for f in p.topic_filters:
             if session.subscriptions.pop(f, None) is not None:
                 self.router.unsubscribe(conn.client_id, f)
+                if session.store is not None:
+                    session.store.delete_subscription(conn.client_id, f)
                 codes.append(ReasonCode.SUCCESS)
             elif topic_filter_problem(f) is not None:
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID)

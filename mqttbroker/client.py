@@ -44,6 +44,7 @@ from .protocol.packets import (
 from .protocol.properties import PropertyId as Prop
 from .protocol.reader import FrameReader
 from .protocol.topics import validate_topic_name
+from .ratelimit import PublishLimiter
 from .session import Outbound, Queued, Session
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ V5 = ProtocolLevel.MQTT_5
 LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
 MAX_CONNECT_SIZE = 512 * 1024  # room for every CONNECT field at its largest, and properties
 SLOW_CONSUMER_GRACE = 5.0  # seconds a congested client may hold publishers back
+PUMP_BATCH = 256  # queued messages sent between checks of the socket's buffer
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
 
@@ -94,10 +96,13 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_auth",
+        "_final",
+        "_limiter",
         "_loop",
         "_pending_connect",
         "_timer",
         "_wbuf",
+        "admitted",
         "alias_in",
         "alias_in_max",
         "alias_out",
@@ -108,6 +113,8 @@ class ClientConnection(asyncio.Protocol):
         "client_id",
         "congested_since",
         "connect_expiry",
+        "gate",
+        "held_bytes",
         "keep_alive",
         "last_received",
         "level",
@@ -116,6 +123,7 @@ class ClientConnection(asyncio.Protocol):
         "metrics",
         "peer",
         "problem_info",
+        "rate_paused",
         "reader",
         "receive_maximum",
         "session",
@@ -166,6 +174,17 @@ class ClientConnection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._wbuf: list[bytes] | None = None
+        # persistence with sync: commit holds what we send until the changes before it are
+        # committed (see SqliteStorage.held); None when nothing is held
+        storage = broker.storage
+        self.gate = storage if storage is not None and storage.gates_output else None
+        self.held_bytes = 0
+        self._final = False  # sending the last packet (not held: nothing may follow it)
+        self.admitted: bool | None = None  # False: over a connection limit, refused at CONNECT
+        self._limiter = PublishLimiter(cfg.max_publish_rate, cfg.max_publish_bytes_rate,
+                                       self._loop.time()) if cfg.max_publish_rate or \
+            cfg.max_publish_bytes_rate else None
+        self.rate_paused = False
 
     def __repr__(self) -> str:
         return f"<client {self.client_id or '-'} {self.peer}>"
@@ -185,12 +204,16 @@ class ClientConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         self.last_received = self._loop.time()
         self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
-        if not self.broker.admit(self):
+        admitted = self.broker.admit(self)
+        if admitted is None:
             self.state = ConnState.CLOSED
             self.transport.abort()
             return
-        # A socket that never completes CONNECT is closed after connect_timeout.
-        self._timer = self._loop.call_later(self.broker.config.mqtt.connect_timeout,
+        self.admitted = admitted
+        # A socket that never completes CONNECT is closed after connect_timeout (one over a
+        # connection limit, kept only to be told so, gets less).
+        timeout = self.broker.config.mqtt.connect_timeout
+        self._timer = self._loop.call_later(timeout if admitted else min(timeout, 2.0),
                                             self._connect_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -220,6 +243,8 @@ class ClientConnection(asyncio.Protocol):
                     self.level = peek_protocol_level(body) or self.level
                 if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
                     self._on_publish(cast(Publish, decode(first, body, self.level)), body)
+                    if self._limiter is not None:
+                        self._rate_limit(len(body))
                 elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
                     self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
                 else:
@@ -245,6 +270,24 @@ class ClientConnection(asyncio.Protocol):
         raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                             f"{PacketType(ptype).name} may not be sent by a client now")
 
+    def _rate_limit(self, size: int) -> None:
+        """Charge a PUBLISH to the client's rate; over it, stop reading its socket until the
+        rate is back under the limit (TCP then slows the client: nothing is dropped)."""
+        assert self._limiter is not None
+        wait = self._limiter.take(size, self._loop.time())
+        if wait > 0 and not self.rate_paused and self.transport is not None:
+            self.rate_paused = True
+            if self.blocked_by == 0:
+                self.transport.pause_reading()
+            self._loop.call_later(wait, self._rate_resume)
+
+    def _rate_resume(self) -> None:
+        self.rate_paused = False
+        self.last_received = self._loop.time()  # paused by us: not silent
+        if self.state is ConnState.CONNECTED and self.transport is not None \
+                and self.blocked_by == 0:
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:
         """The transport's buffer passed write_buffer_limit: this client reads too slowly."""
         self.congested_since = self._loop.time()
@@ -255,6 +298,8 @@ class ClientConnection(asyncio.Protocol):
         self.congested_since = 0.0
         self.broker.congested.discard(self)
         self._release_waiters()
+        if self.session is not None and self.session.queue and self.state is ConnState.CONNECTED:
+            self._pump()
 
     def check_stalled(self, now: float) -> None:
         """Called by the broker's tick: congested too long, let the publishers go."""
@@ -271,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
             for w in waiters:
                 w.blocked_by -= 1
                 if w.blocked_by == 0 and w.state is ConnState.CONNECTED \
-                        and w.transport is not None:
+                        and w.transport is not None and not w.rate_paused:
                     w.transport.resume_reading()
 
     def _hold(self, source: ClientConnection | None) -> bool:
@@ -308,6 +353,10 @@ class ClientConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Send bytes: the first packet of an event-loop turn goes out at once (latency);
         what follows in the same turn is gathered into one write at the end of it."""
+        gate = self.gate
+        if gate is not None and not self._final and gate.held(self, data):
+            self.held_bytes += len(data)
+            return
         buf = self._wbuf
         if buf is None:
             self._wbuf = []
@@ -315,6 +364,16 @@ class ClientConnection(asyncio.Protocol):
             self._write([data])
         else:
             buf.append(data)
+
+    def release_held(self, data: list[bytes]) -> None:
+        """What was held for a commit may go now (see :attr:`gate`)."""
+        self.held_bytes -= sum(map(len, data))
+        if self.state is ConnState.CLOSED:
+            return
+        self._write(data)
+        session = self.session
+        if session is not None and session.queue and self.state is ConnState.CONNECTED:
+            self._pump()
 
     def _flush(self) -> None:
         buf = self._wbuf
@@ -363,6 +422,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.metrics.protocol_errors += 1
         log.warning("closing client %s: %s", self.name, exc)
+        self._final = True
         if self.state in (ConnState.AWAIT_CONNECT, ConnState.AUTHENTICATING):
             if self.level == V5:
                 self.send_packet(Connack(False, int(exc.code), self._reason(exc.message)))
@@ -380,6 +440,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state is ConnState.CLOSED:
             return
         log.info("closing client %s: %s", self.name, why)
+        self._final = True
         if self.level == V5 and self.state is ConnState.CONNECTED:
             self.send_packet(Disconnect(int(code), self._reason(why)))
         self.close(publish_will)
@@ -428,6 +489,10 @@ class ClientConnection(asyncio.Protocol):
 
     def keepalive_timeout(self) -> None:
         """The broker's keep-alive wheel found this client silent too long [MQTT-3.1.2-24]."""
+        if self.rate_paused:  # we stopped reading it: its packets wait in the socket
+            self.last_received = self._loop.time()
+            self.broker.keepalive.add(self)
+            return
         if self.state is ConnState.CONNECTED:
             self.fail(ProtocolError(ReasonCode.KEEP_ALIVE_TIMEOUT,
                                     f"keep-alive timeout ({self.keep_alive}s x 1.5) "
@@ -516,6 +581,7 @@ class ClientConnection(asyncio.Protocol):
 
     def refuse(self, code: ReasonCode, why: str) -> None:
         """Answer CONNECT with a refusal and close [MQTT-3.2.2-5]."""
+        self._final = True
         if self.level == V5:
             log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, code)
             self.send_packet(Connack(False, int(code), self._reason(why)))
@@ -657,6 +723,18 @@ class ClientConnection(asyncio.Protocol):
         if out is not None:
             self._send_outbound(out, dup=False)
 
+    def deliver_retained(self, retained: list[tuple[Message, int, bool, tuple[int, ...]]]) -> None:
+        """Retained messages for a new subscription [MQTT-3.3.1-6]: every one is owed, so they
+        queue past the session's bounds (QoS 0 too) and go out as fast as the client takes
+        them: its window (QoS 1/2) and its socket buffer (all QoS) pace them."""
+        session = self.session
+        assert session is not None
+        for m, qos, retain, ident in retained:
+            out = session.offer(m, qos, retain, True, ident, None, force=True)
+            if out is not None:
+                self._send_outbound(out, dup=False)
+        self._pump()
+
     def _publish_bytes(self, message: Message, qos: int, retain: bool, dup: bool, pid: int,
                        identifiers: tuple[int, ...]) -> bytes | None:
         """The PUBLISH as this client must see it; None when expired [MQTT-3.3.2-5] or too
@@ -731,10 +809,13 @@ class ClientConnection(asyncio.Protocol):
         self.send(data)
 
     def _pump(self) -> None:
+        """Send queued messages while the window has room and the socket keeps up (stops
+        while congested or while a write buffer's worth waits for a commit; resumed by
+        resume_writing, an acknowledgement, or release_held)."""
         session = self.session
         assert session is not None
-        while True:
-            items = session.pump(self._loop.time())
+        while not self.congested_since and self.held_bytes < self.write_limit:
+            items = session.pump(self._loop.time(), PUMP_BATCH)
             if not items:
                 return
             for item in items:
@@ -742,8 +823,10 @@ class ClientConnection(asyncio.Protocol):
                     self._send_qos0(item.message, item.retain, item.identifiers)
                 else:
                     self._send_outbound(item, dup=False)
-            if len(session.inflight) >= session.max_inflight:
+            if len(session.inflight) >= session.max_inflight and \
+                    (not session.queue or session.queue[0].qos):
                 return
+            self._flush()  # lets the transport say it is congested
 
     def _on_ack(self, p: Puback | Pubrec | Pubcomp) -> None:
         self._ack(p.packet_id, p.type, p.reason_code)

@@ -6,8 +6,9 @@ Pure and synchronous: methods return what must be sent, the connection sends it.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from .message import Message
 from .metrics import Metrics
@@ -15,16 +16,22 @@ from .protocol.constants import PacketType
 from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_state
 from .protocol.packets import Subscription
 
+if TYPE_CHECKING:
+    from .persistence.base import Storage
+
+log = logging.getLogger("mqttbroker.session")
+
 _NO_IDS: frozenset[int] = frozenset()
 
 
 class Outbound:
     """One outbound QoS 1/2 PUBLISH in flight."""
 
-    __slots__ = ("identifiers", "message", "packet_id", "qos", "retain", "share", "state")
+    __slots__ = ("identifiers", "message", "packet_id", "qos", "retain", "seq", "share", "state")
 
     def __init__(self, message: Message, qos: int, retain: bool, packet_id: int,
-                 identifiers: tuple[int, ...] = (), share: str | None = None) -> None:
+                 identifiers: tuple[int, ...] = (), share: str | None = None,
+                 seq: int = 0) -> None:
         self.message = message
         self.qos = qos
         self.retain = retain
@@ -32,6 +39,7 @@ class Outbound:
         self.state = initial_state(qos)
         self.identifiers = identifiers  # MQTT 5 subscription identifiers it carries
         self.share = share  # the $share/... filter it came through, if any
+        self.seq = seq  # its row in the session's stored order (0 when not stored)
 
 
 class Queued(NamedTuple):
@@ -42,6 +50,7 @@ class Queued(NamedTuple):
     retain: bool
     identifiers: tuple[int, ...] = ()
     share: str | None = None
+    seq: int = 0  # its row in the session's stored order (0 when not stored)
 
 
 _new_queued = tuple.__new__
@@ -59,18 +68,23 @@ class Session:
     """The server side of one client's session.
 
     ``max_inflight`` bounds outbound QoS 1/2 messages awaiting acknowledgement;
-    ``max_queued`` bounds the messages waiting behind them (``drop_oldest`` chooses which one
-    goes when full). ``dropped`` counts what the bound threw away.
+    ``max_queued`` (messages) and ``max_queued_bytes`` (payload bytes, 0 = unbounded) bound the
+    messages waiting behind them (``drop_oldest`` chooses which one goes when full).
+    ``dropped`` counts what the bounds threw away.
+
+    ``store``, when set, is told every change (the session outlives its connection and the
+    broker persists): items in flight or queued are stored rows, ordered by ``seq``.
     """
 
-    __slots__ = ("client_id", "drop_oldest", "dropped", "expiry_interval", "ids",
-                 "inbound_qos2", "inflight", "max_inflight", "max_queued", "metrics", "queue",
-                 "queue_qos0", "subscriptions")
+    __slots__ = ("client_id", "disconnected_at", "drop_oldest", "dropped", "expiry_interval",
+                 "ids",
+                 "inbound_qos2", "inflight", "max_inflight", "max_queued", "max_queued_bytes",
+                 "metrics", "queue", "queue_qos0", "queued_bytes", "store", "subscriptions")
 
     NEVER = 0xFFFFFFFF  # the Session Expiry Interval that never expires [MQTT 3.1.2.11.2]
 
     def __init__(self, client_id: str, expiry_interval: int, *, max_inflight: int = 20,
-                 max_queued: int = 1000, drop_oldest: bool = False,
+                 max_queued: int = 1000, max_queued_bytes: int = 0, drop_oldest: bool = False,
                  queue_qos0: bool = False, metrics: Metrics | None = None) -> None:
         self.client_id = client_id
         # seconds the session outlives its connection (3.1.1 clean session 0: NEVER)
@@ -79,14 +93,18 @@ class Session:
         self.inflight: dict[int, Outbound] = {}
         # made on first use: an idle session should cost little (an empty deque is 600 bytes)
         self.queue: deque[Queued] | tuple[()] = ()
+        self.queued_bytes = 0  # payload bytes in ``queue``
         self.inbound_qos2: set[int] | frozenset[int] = _NO_IDS
         self.ids = PacketIdAllocator()
         self.max_inflight = max_inflight
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
         self.drop_oldest = drop_oldest
         self.queue_qos0 = queue_qos0
         self.dropped = 0
         self.metrics = metrics
+        self.store: Storage | None = None
+        self.disconnected_at: float | None = None  # wall clock, for the store
 
     @property
     def persistent(self) -> bool:
@@ -96,56 +114,106 @@ class Session:
     # -- outbound ------------------------------------------------------------------------------
 
     def offer(self, message: Message, qos: int, retain: bool, online: bool,
-              identifiers: tuple[int, ...] = (), share: str | None = None) -> Outbound | None:
+              identifiers: tuple[int, ...] = (), share: str | None = None,
+              force: bool = False) -> Outbound | None:
         """Take a message for this session.
 
         Returns the :class:`Outbound` to send now (QoS 1/2 with a free slot), or None when the
         message was queued, dropped, or (QoS 0 online, nothing queued) is for the caller to
-        send directly.
+        send directly. ``force`` queues it even past the queue bounds and QoS 0 included
+        (retained messages on SUBSCRIBE: they are all owed, paced by flow control).
         """
         if online:
             if not self.queue:
-                if qos == 0:
+                if qos == 0 and not force:
                     return None
-                if len(self.inflight) < self.max_inflight:
-                    return self._start(message, qos, retain, identifiers, share)
+                if qos and len(self.inflight) < self.max_inflight:
+                    return self._start(message, qos, retain, identifiers, share, 0)
             # else: behind queued messages, to keep order [MQTT-4.6.0-5]
-        elif qos == 0 and not self.queue_qos0:
+        elif qos == 0 and not self.queue_qos0 and not force:
             return None
+        store = self.store
+        seq = store.next_seq() if store is not None else 0
         # tuple.__new__ skips the named tuple's Python-level constructor (hot when a
         # subscriber's window is full and every message queues)
-        self._enqueue(_new_queued(Queued, (message, qos, retain, identifiers, share)))
+        self._enqueue(_new_queued(Queued, (message, qos, retain, identifiers, share, seq)),
+                      force)
         return None
 
     def _start(self, message: Message, qos: int, retain: bool,
-               identifiers: tuple[int, ...] = (), share: str | None = None) -> Outbound:
+               identifiers: tuple[int, ...], share: str | None, seq: int) -> Outbound:
         pid = self.ids.allocate(self.inflight)
-        out = Outbound(message, qos, retain, pid, identifiers, share)
+        out = Outbound(message, qos, retain, pid, identifiers, share, seq)
         self.inflight[pid] = out
+        store = self.store
+        if store is not None:
+            if seq:
+                store.update_item(self.client_id, seq, message, qos, retain, identifiers,
+                                  share, pid, out.state)
+            else:
+                out.seq = store.next_seq()
+                store.add_item(self.client_id, out.seq, message, qos, retain, identifiers,
+                               share, pid, out.state)
         return out
 
-    def _enqueue(self, item: Queued) -> None:
+    def _full(self, size: int) -> bool:
+        q = self.queue
+        return len(q) >= self.max_queued or bool(
+            self.max_queued_bytes and q and self.queued_bytes + size > self.max_queued_bytes)
+
+    def _enqueue(self, item: Queued, force: bool = False) -> None:
         if not isinstance(self.queue, deque):
             self.queue = deque()
-        if len(self.queue) >= self.max_queued:
-            self.dropped += 1
-            if self.metrics is not None:
-                self.metrics.publish_dropped += 1
-            if not self.drop_oldest or not self.queue:
+        size = len(item.message.payload)
+        if not force and self._full(size):
+            if self.drop_oldest:
+                while self.queue and self._full(size):
+                    self._drop(self.queue.popleft(), stored=True)
+            if self._full(size):
+                self._drop(item)
                 return
-            self.queue.popleft()
         self.queue.append(item)
+        self.queued_bytes += size
+        store = self.store
+        if store is not None:
+            store.add_item(self.client_id, item.seq, item.message, item.qos, item.retain,
+                           item.identifiers, item.share, 0, 0)
+
+    def _drop(self, item: Queued, stored: bool = False) -> None:
+        """A queue bound threw ``item`` away."""
+        if self.dropped == 0 or self.dropped % 1000 == 0:
+            log.warning("session %r: queue full (%d messages, %d bytes): dropping %s "
+                        "(%d dropped so far)", self.client_id, len(self.queue),
+                        self.queued_bytes, "the oldest" if self.drop_oldest else "new messages",
+                        self.dropped + 1)
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.publish_dropped += 1
+        if stored:
+            self._unqueued(item)
+
+    def _unqueued(self, item: Queued) -> None:
+        """``item`` left the queue."""
+        self.queued_bytes -= len(item.message.payload)
+        if self.store is not None and item.seq:
+            self.store.delete_item(item.seq, item.message)
 
     def requeue(self, items: list[Queued]) -> None:
         """Put messages taken back (see :meth:`take_shared`) at the head of the queue."""
         if not isinstance(self.queue, deque):
             self.queue = deque()
         self.queue.extendleft(reversed(items))
+        store = self.store
+        for item in items:
+            self.queued_bytes += len(item.message.payload)
+            if store is not None and item.seq:
+                store.add_item(self.client_id, item.seq, item.message, item.qos, item.retain,
+                               item.identifiers, item.share, 0, 0)
 
-    def pump(self, now: float = 0.0) -> list[Outbound | Queued]:
+    def pump(self, now: float = 0.0, limit: int = 0) -> list[Outbound | Queued]:
         """Move queued messages, in order, into free in-flight slots; QoS 0 ones need no slot
         and come back as Queued (to be sent once, with no state). Messages past their expiry
-        are dropped on the way [MQTT-3.3.2-5]."""
+        are dropped on the way [MQTT-3.3.2-5]. ``limit`` > 0 returns at most that many."""
         out: list[Outbound | Queued] = []
         q = self.queue
         if not q:
@@ -154,14 +222,18 @@ class Session:
         while q:
             item = q[0]
             if item.message.expires_at is not None and item.message.expired(now):
-                q.popleft()
+                self._unqueued(q.popleft())
             elif item.qos == 0:
-                out.append(q.popleft())
+                self._unqueued(q.popleft())
+                out.append(item)
             elif len(self.inflight) < self.max_inflight:
                 q.popleft()
+                self.queued_bytes -= len(item.message.payload)
                 out.append(self._start(item.message, item.qos, item.retain, item.identifiers,
-                                       item.share))
+                                       item.share, item.seq))
             else:
+                break
+            if limit and len(out) >= limit:
                 break
         return out
 
@@ -170,15 +242,22 @@ class Session:
         yet, to hand to another member [MQTT 4.8.2]: QoS 1 in flight, and anything queued
         (never sent). A QoS 2 message once sent stays with this member [MQTT-4.8.2-5]."""
         taken: list[Queued] = []
+        store = self.store
         for pid, out in list(self.inflight.items()):
             if out.share is not None and out.qos == 1:
                 del self.inflight[pid]
                 taken.append(Queued(out.message, out.qos, out.retain, out.identifiers,
-                                    out.share))
+                                    out.share, out.seq))
+                if store is not None and out.seq:
+                    store.delete_item(out.seq, out.message)
         if any(item.share is not None for item in self.queue):
             kept: deque[Queued] = deque()
             for item in self.queue:
-                (taken if item.share is not None else kept).append(item)
+                if item.share is not None:
+                    taken.append(item)
+                    self._unqueued(item)
+                else:
+                    kept.append(item)
             self.queue = kept
         return taken
 
@@ -190,19 +269,31 @@ class Session:
         state = next_state(out.state, packet)
         if state is None:
             return AckResult(False, False, False)
+        store = self.store
         if state is OutState.DONE:
             del self.inflight[packet_id]
+            if store is not None and out.seq:
+                store.delete_item(out.seq, out.message)
             return AckResult(True, False, True)
         out.state = state
+        if store is not None:
+            store.update_item(self.client_id, out.seq, out.message, out.qos, out.retain,
+                              out.identifiers, out.share, packet_id, state)
         return AckResult(True, state is OutState.AWAIT_PUBCOMP, False)
 
     def complete(self, packet_id: int) -> None:
         """Forget an outbound flow as if it had completed (a message too big to send)."""
-        self.inflight.pop(packet_id, None)
+        out = self.inflight.pop(packet_id, None)
+        if out is not None and self.store is not None and out.seq:
+            self.store.delete_item(out.seq, out.message)
 
     def resend(self) -> list[Outbound]:
         """In-flight flows to resend on reconnect [MQTT-4.4.0-1], in their original order."""
         return list(self.inflight.values())
+
+    def items(self) -> list[Outbound | Queued]:
+        """Everything in flight and queued (to forget it all when the session ends)."""
+        return [*self.inflight.values(), *self.queue]
 
     # -- inbound QoS 2 ---------------------------------------------------------------------------
 
@@ -215,6 +306,8 @@ class Session:
         if not isinstance(ids, set):
             ids = self.inbound_qos2 = set()
         ids.add(packet_id)
+        if self.store is not None:
+            self.store.put_inbound(self.client_id, packet_id)
         return True
 
     def release_qos2(self, packet_id: int) -> bool:
@@ -224,4 +317,6 @@ class Session:
             return False
         assert isinstance(ids, set)
         ids.remove(packet_id)
+        if self.store is not None:
+            self.store.delete_inbound(self.client_id, packet_id)
         return True

@@ -14,6 +14,7 @@ from mqttbroker.config import (
     Config,
     ListenerConfig,
     MqttConfig,
+    PersistenceConfig,
     TopicCheckConfig,
     load_config,
     parse_config_dict,
@@ -84,7 +85,18 @@ def test_every_mqtt_field_is_a_config_key(field: dataclasses.Field[Any]) -> None
 
 
 def test_shipped_default_yaml_equals_the_built_in_defaults() -> None:
-    assert load_config(ROOT / "configs" / "default.yaml") == load_config()
+    """Except persistence: built in it is memory; the shipped file keeps data/ in SQLite."""
+    shipped = load_config(ROOT / "configs" / "default.yaml")
+    assert dataclasses.replace(shipped, persistence=PersistenceConfig()) == load_config()
+    assert shipped.persistence == PersistenceConfig(
+        backend="sqlite", path=str(ROOT / "data" / "mqttbroker.db"), sync="periodic",
+        flush_interval=1.0, fsync=False)
+
+
+def test_shipped_durable_yaml_commits_and_fsyncs() -> None:
+    durable = load_config(ROOT / "configs" / "durable.yaml")
+    assert durable.persistence == PersistenceConfig(
+        backend="sqlite", path=str(ROOT / "data" / "durable.db"), sync="commit", fsync=True)
 
 
 def test_shipped_hbmqtt_example_loads() -> None:
@@ -521,11 +533,12 @@ def test_all_problems_are_collected_and_sorted_by_line(tmp_path: Path) -> None:
         f"{path}:6: mqtt.max_qos: must be between 0 and 2, got 3",
         f"{path}:7: mqtt.max_qos: duplicate key (first given on line 6)",
         (f"{path}:8: mqtt.bogus: unknown key (expected one of: allow_zero_length_clientid, "
-        "connect_timeout, max_client_id_length, max_inflight_messages, max_keepalive, "
-        "max_packet_size, max_qos, max_queued_messages, max_session_expiry_interval, "
-        "max_subscriptions_per_client, max_write_buffer, queue_full_policy, "
-        "queue_qos0_messages, receive_maximum, response_information, retain_available, "
-        "topic_alias_maximum, write_buffer_limit)"),
+        "connect_timeout, max_client_id_length, max_connections, max_inflight_messages, "
+        "max_keepalive, max_packet_size, max_publish_bytes_rate, max_publish_rate, max_qos, "
+        "max_queued_bytes, max_queued_messages, max_retained_bytes, max_retained_messages, "
+        "max_session_expiry_interval, max_subscriptions_per_client, max_write_buffer, "
+        "queue_full_policy, queue_qos0_messages, receive_maximum, response_information, "
+        "retain_available, topic_alias_maximum, write_buffer_limit)"),
     ]
     assert info.value.filename == str(path)
     assert (info.value.key, info.value.line) == ("listeners.default.bind", 3)

@@ -1,0 +1,486 @@
+"""SQLite persistence with group commit.
+
+Changes arrive on the event loop as ``put``/``delete`` calls and are folded into the *pending*
+batch: one dict per table, keyed like the table, so a row changed many times before a commit
+is written once, and a row created and deleted before it is not written at all. One writer
+thread commits batches: while it writes one (one transaction, one fsync), the loop goes on
+filling the next, so the cost of a commit is shared by everything that arrived meanwhile.
+
+``sync: commit``: :meth:`SqliteStorage.held` keeps every packet the broker sends while changes
+are uncommitted, per connection and in order, and releases it when the batch holding those
+changes has committed. So a PUBACK (or PUBREC, PUBREL, PUBCOMP, CONNACK, a delivery) never
+leaves before the state it reports is on disk.
+``sync: periodic``: nothing is held; a batch is committed every ``flush_interval`` seconds.
+
+A lock file next to the database stops two brokers from sharing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import fcntl
+import logging
+import os
+import sqlite3
+from typing import TYPE_CHECKING, Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from ..config import PersistenceConfig
+from ..errors import ConfigError, ConfigIssue
+from ..message import Message
+from ..protocol.packets import Subscription
+from ..protocol.properties import PropertyId
+from .base import Snapshot, StoredItem, StoredSession, StoredWill, from_wall, to_wall
+
+if TYPE_CHECKING:
+    from ..client import ClientConnection
+
+log = logging.getLogger("mqttbroker.persistence")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+    retain INTEGER NOT NULL, props BLOB, sender TEXT, expires REAL);
+CREATE TABLE IF NOT EXISTS sessions (
+    client_id TEXT PRIMARY KEY, expiry INTEGER NOT NULL, disconnected_at REAL, will BLOB
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS subscriptions (
+    client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
+    options INTEGER NOT NULL, identifier INTEGER NOT NULL, PRIMARY KEY (client_id, filter)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY, client_id TEXT NOT NULL, message INTEGER NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL, identifiers BLOB, share TEXT,
+    packet_id INTEGER NOT NULL, state INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inbound (
+    client_id TEXT NOT NULL, packet_id INTEGER NOT NULL, PRIMARY KEY (client_id, packet_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, message INTEGER NOT NULL)
+    WITHOUT ROWID;
+"""
+
+_Row = tuple[Any, ...]
+
+
+class _Batch:
+    """Changes not yet handed to the writer: table key -> row, or None to delete."""
+
+    __slots__ = ("inbound", "items", "messages", "new_items", "retained", "sessions", "subs")
+
+    def __init__(self) -> None:
+        self.messages: dict[int, _Row | None] = {}
+        self.sessions: dict[str, _Row | None] = {}
+        self.subs: dict[tuple[str, str], _Row | None] = {}
+        self.items: dict[int, _Row | None] = {}
+        self.new_items: set[int] = set()  # items created in this batch (never written yet)
+        self.inbound: dict[tuple[str, int], bool] = {}
+        self.retained: dict[str, int | None] = {}
+
+    def merge(self, newer: _Batch) -> None:
+        """Fold a newer batch into this one (a failed write is retried with what followed)."""
+        self.messages.update(newer.messages)
+        self.sessions.update(newer.sessions)
+        self.subs.update(newer.subs)
+        self.items.update(newer.items)
+        self.inbound.update(newer.inbound)
+        self.retained.update(newer.retained)
+
+
+def _options(sub: Subscription) -> int:
+    return (int(sub.no_local) | (int(sub.retain_as_published) << 1)
+            | (sub.retain_handling << 2))
+
+
+def _pack_props(props: dict[int, Any] | None) -> bytes | None:
+    return msgpack.packb(props) if props else None
+
+
+def _unpack_props(blob: bytes | None) -> dict[int, Any] | None:
+    if not blob:
+        return None
+    props: dict[int, Any] = msgpack.unpackb(blob, strict_map_key=False)
+    users = props.get(PropertyId.USER_PROPERTY)
+    if users is not None:
+        props[PropertyId.USER_PROPERTY] = [tuple(pair) for pair in users]
+    return props
+
+
+class SqliteStorage:
+    """The SQLite backend (see the module docstring)."""
+
+    def __init__(self, config: PersistenceConfig) -> None:
+        self.config = config
+        self.path = config.path
+        self.gates_output = config.sync == "commit"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd = -1
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "mqttbroker-sqlite")
+        self._pending = _Batch()
+        self._dirty = False
+        self._writing: asyncio.Future[None] | None = None
+        self._retry: _Batch | None = None
+        self._gen = 1  # the batch now filling
+        self._holds: dict[int, dict[ClientConnection, list[bytes]]] = {}
+        self._seq = 0
+        self._msg_id = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing = False
+        self.commits = 0
+        self.rows_written = 0
+
+    # -- opening, loading, closing ---------------------------------------------------------------
+
+    async def open(self, loop: asyncio.AbstractEventLoop) -> Snapshot:
+        self._loop = loop
+        snapshot = await loop.run_in_executor(self._executor, self._open_sync)
+        if not self.gates_output:
+            self._timer = loop.call_later(self.config.flush_interval, self._periodic)
+        log.info("persistence: %s (sync %s%s): %d sessions, %d retained messages", self.path,
+                 self.config.sync, ", fsync" if self.config.fsync else "",
+                 len(snapshot.sessions), len(snapshot.retained))
+        return snapshot
+
+    def _open_sync(self) -> Snapshot:
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError([ConfigIssue(
+                "persistence.path", None,
+                f"{self.path} is in use by another running broker")]) from None
+        self._lock_fd = fd
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if self.config.fsync else 'NORMAL'}")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise ConfigError([ConfigIssue(
+                "persistence.path", None,
+                f"{self.path} has schema version {row[0]}, this broker reads {SCHEMA_VERSION}")])
+        return self._load(db)
+
+    def _load(self, db: sqlite3.Connection) -> Snapshot:
+        assert self._loop is not None
+        loop = self._loop
+        messages: dict[int, Message] = {}
+        for mid, topic, payload, qos, retain, props, sender, expires in db.execute(
+                "SELECT id, topic, payload, qos, retain, props, sender, expires FROM messages"):
+            m = Message(topic, bytes(payload), qos, bool(retain), _unpack_props(props), sender,
+                        None if expires is None else from_wall(expires, loop))
+            m.store_id = mid
+            messages[mid] = m
+            self._msg_id = max(self._msg_id, mid)
+        sessions: dict[str, StoredSession] = {}
+        for cid, expiry, disconnected_at, will in db.execute(
+                "SELECT client_id, expiry, disconnected_at, will FROM sessions"):
+            sessions[cid] = StoredSession(cid, expiry, disconnected_at,
+                                          self._unpack_will(will) if will else None)
+        for cid, flt, qos, options, identifier in db.execute(
+                "SELECT client_id, filter, qos, options, identifier FROM subscriptions"):
+            s = sessions.get(cid)
+            if s is not None:
+                s.subscriptions.append(Subscription(flt, qos, bool(options & 1),
+                                                    bool(options & 2), options >> 2, identifier))
+        orphans: list[int] = []
+        for seq, cid, mid, qos, retain, ids, share, pid, state in db.execute(
+                "SELECT seq, client_id, message, qos, retain, identifiers, share, packet_id, "
+                "state FROM items ORDER BY seq"):
+            self._seq = max(self._seq, seq)
+            s = sessions.get(cid)
+            item_msg = messages.get(mid)
+            if s is None or item_msg is None:
+                orphans.append(seq)
+                continue
+            item_msg.refs += 1
+            s.items.append(StoredItem(seq, item_msg, qos, bool(retain),
+                                      tuple(msgpack.unpackb(ids)) if ids else (), share, pid,
+                                      state))
+        for cid, pid in db.execute("SELECT client_id, packet_id FROM inbound"):
+            s = sessions.get(cid)
+            if s is not None:
+                s.inbound_qos2.append(pid)
+        retained: list[Message] = []
+        for _topic, mid in db.execute("SELECT topic, message FROM retained"):
+            kept = messages.get(mid)
+            if kept is not None:
+                kept.refs += 1
+                retained.append(kept)
+        # rows nothing refers to any more (an interrupted clean-up): gone now
+        if orphans:
+            db.executemany("DELETE FROM items WHERE seq=?", [(s,) for s in orphans])
+        unused = [(mid,) for mid, m in messages.items() if m.refs == 0]
+        if unused:
+            db.executemany("DELETE FROM messages WHERE id=?", unused)
+        for m in messages.values():
+            if m.refs == 0:
+                m.store_id = 0
+        return Snapshot(list(sessions.values()), retained)
+
+    def _unpack_will(self, blob: bytes) -> StoredWill:
+        assert self._loop is not None
+        topic, payload, qos, retain, props, sender, expires, delay, at = msgpack.unpackb(
+            blob, strict_map_key=False)
+        m = Message(topic, payload, qos, retain, _unpack_props(props), sender,
+                    None if expires is None else from_wall(expires, self._loop))
+        return StoredWill(m, delay, at)
+
+    def _pack_will(self, will: StoredWill) -> bytes:
+        assert self._loop is not None
+        m = will.message
+        expires = None if m.expires_at is None else to_wall(m.expires_at, self._loop)
+        packed: bytes = msgpack.packb((m.topic, m.payload, m.qos, m.retain,
+                                       _pack_props(m.properties), m.sender, expires,
+                                       will.delay, will.at))
+        return packed
+
+    async def close(self) -> None:
+        """Commit what is pending, wait for the writer, close the database."""
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for _ in range(3):  # what is being written, then what is pending (a failure retries)
+            if self._writing is not None:
+                await asyncio.gather(self._writing, return_exceptions=True)  # _done logs
+            if not self._dirty and self._retry is None:
+                break
+            self._kick()
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
+        if self._dirty or self._retry is not None:
+            log.error("persistence: could not commit the last changes to %s", self.path)
+        assert self._loop is not None
+        await self._loop.run_in_executor(self._executor, self._close_sync)
+        self._executor.shutdown(wait=True)
+        self._holds.clear()
+        log.info("persistence: %s closed (%d commits)", self.path, self.commits)
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # -- changes (event loop) -------------------------------------------------------------------
+
+    def _touch(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            if self.gates_output and self._writing is None and self._loop is not None:
+                self._loop.call_soon(self._kick)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _ref(self, m: Message) -> int:
+        if m.refs == 0:
+            assert self._loop is not None
+            self._msg_id += 1
+            m.store_id = self._msg_id
+            expires = None if m.expires_at is None else to_wall(m.expires_at, self._loop)
+            self._pending.messages[m.store_id] = (
+                m.store_id, m.topic, m.payload, m.qos, int(m.retain),
+                _pack_props(m.properties), m.sender, expires)
+        m.refs += 1
+        return m.store_id
+
+    def _unref(self, m: Message) -> None:
+        m.refs -= 1
+        if m.refs == 0:
+            sid = m.store_id
+            m.store_id = 0
+            msgs = self._pending.messages
+            if msgs.get(sid) is not None:
+                del msgs[sid]  # inserted in this same batch: never written
+            else:
+                msgs[sid] = None
+
+    def put_session(self, client_id: str, expiry_interval: int, disconnected_at: float | None,
+                    will: StoredWill | None) -> None:
+        self._pending.sessions[client_id] = (
+            client_id, expiry_interval, disconnected_at,
+            self._pack_will(will) if will is not None else None)
+        self._touch()
+
+    def delete_session(self, client_id: str) -> None:
+        self._pending.sessions[client_id] = None
+        self._touch()
+
+    def put_subscription(self, client_id: str, sub: Subscription) -> None:
+        self._pending.subs[client_id, sub.topic_filter] = (
+            client_id, sub.topic_filter, sub.qos, _options(sub), sub.identifier)
+        self._touch()
+
+    def delete_subscription(self, client_id: str, topic_filter: str) -> None:
+        self._pending.subs[client_id, topic_filter] = None
+        self._touch()
+
+    def add_item(self, client_id: str, seq: int, message: Message, qos: int, retain: bool,
+                 identifiers: tuple[int, ...], share: str | None, packet_id: int,
+                 state: int) -> None:
+        mid = self._ref(message)
+        p = self._pending
+        p.items[seq] = (seq, client_id, mid, qos, int(retain),
+                        msgpack.packb(identifiers) if identifiers else None, share, packet_id,
+                        state)
+        p.new_items.add(seq)
+        self._touch()
+
+    def update_item(self, client_id: str, seq: int, message: Message, qos: int, retain: bool,
+                    identifiers: tuple[int, ...], share: str | None, packet_id: int,
+                    state: int) -> None:
+        self._pending.items[seq] = (
+            seq, client_id, message.store_id, qos, int(retain),
+            msgpack.packb(identifiers) if identifiers else None, share, packet_id, state)
+        self._touch()
+
+    def delete_item(self, seq: int, message: Message) -> None:
+        p = self._pending
+        if seq in p.new_items:
+            p.new_items.discard(seq)
+            del p.items[seq]
+        else:
+            p.items[seq] = None
+        self._unref(message)
+        self._touch()
+
+    def put_inbound(self, client_id: str, packet_id: int) -> None:
+        self._pending.inbound[client_id, packet_id] = True
+        self._touch()
+
+    def delete_inbound(self, client_id: str, packet_id: int) -> None:
+        self._pending.inbound[client_id, packet_id] = False
+        self._touch()
+
+    def put_retained(self, message: Message, old: Message | None) -> None:
+        self._pending.retained[message.topic] = self._ref(message)
+        if old is not None:
+            self._unref(old)
+        self._touch()
+
+    def delete_retained(self, message: Message) -> None:
+        self._pending.retained[message.topic] = None
+        self._unref(message)
+        self._touch()
+
+    # -- holding output until commit ------------------------------------------------------------
+
+    def held(self, conn: ClientConnection, data: bytes) -> bool:
+        if self._dirty:
+            gen = self._gen
+        elif self._writing is not None or self._retry is not None:
+            gen = self._gen - 1
+        else:
+            return False
+        holds = self._holds.get(gen)
+        if holds is None:
+            holds = self._holds[gen] = {}
+        waiting = holds.get(conn)
+        if waiting is None:
+            holds[conn] = [data]
+        else:
+            waiting.append(data)
+        return True
+
+    def _release(self, upto: int) -> None:
+        for gen in sorted(g for g in self._holds if g <= upto):
+            for conn, data in self._holds.pop(gen).items():
+                conn.release_held(data)
+
+    # -- committing (writer thread) ---------------------------------------------------------------
+
+    def _periodic(self) -> None:
+        assert self._loop is not None
+        self._kick()
+        if not self._closing:
+            self._timer = self._loop.call_later(self.config.flush_interval, self._periodic)
+
+    def _kick(self) -> None:
+        """Hand the pending batch (or a failed one, with it) to the writer, if it is idle."""
+        if self._writing is not None or self._loop is None:
+            return
+        batch = self._retry
+        if batch is None and not self._dirty:
+            return
+        self._retry = None
+        if self._dirty:
+            if batch is None:
+                batch = self._pending
+            else:
+                batch.merge(self._pending)
+            self._pending = _Batch()
+            self._dirty = False
+            self._gen += 1
+        assert batch is not None
+        gen = self._gen - 1
+        fut = self._loop.run_in_executor(self._executor, self._write, batch)
+        self._writing = fut
+        fut.add_done_callback(lambda f: self._done(f, gen, batch))
+
+    def _done(self, fut: asyncio.Future[None], gen: int, batch: _Batch) -> None:
+        self._writing = None
+        exc = fut.exception()
+        if exc is not None:
+            log.error("persistence: commit to %s failed (%s); retrying in 1s, "
+                      "acknowledgements wait", self.path, exc)
+            self._retry = batch
+            if not self._closing and self._loop is not None:
+                self._loop.call_later(1.0, self._kick)
+            return
+        self.commits += 1
+        self._release(gen)
+        if self.gates_output and self._dirty:
+            self._kick()
+
+    def _write(self, b: _Batch) -> None:
+        db = self._db
+        assert db is not None
+        rows = 0
+        db.execute("BEGIN")
+        try:
+            for table, key, data, width in (
+                    ("messages", ("id",), b.messages, 8),
+                    ("sessions", ("client_id",), b.sessions, 4),
+                    ("subscriptions", ("client_id", "filter"), b.subs, 5),
+                    ("items", ("seq",), b.items, 9)):
+                puts = [r for r in data.values() if r is not None]
+                dels = [(k if isinstance(k, tuple) else (k,)) for k, r in data.items()
+                        if r is None]
+                if dels:
+                    where = " AND ".join(f"{c}=?" for c in key)
+                    db.executemany(f"DELETE FROM {table} WHERE {where}", dels)
+                if puts:
+                    marks = ",".join("?" * width)
+                    db.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", puts)
+                rows += len(puts) + len(dels)
+            if b.inbound:
+                db.executemany("INSERT OR REPLACE INTO inbound VALUES (?,?)",
+                               [k for k, put in b.inbound.items() if put])
+                db.executemany("DELETE FROM inbound WHERE client_id=? AND packet_id=?",
+                               [k for k, put in b.inbound.items() if not put])
+            if b.retained:
+                db.executemany("INSERT OR REPLACE INTO retained VALUES (?,?)",
+                               [(t, m) for t, m in b.retained.items() if m is not None])
+                db.executemany("DELETE FROM retained WHERE topic=?",
+                               [(t,) for t, m in b.retained.items() if m is None])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.rows_written += rows + len(b.inbound) + len(b.retained)
