@@ -716,6 +716,10 @@ class ClientConnection(asyncio.Protocol):
         if self.congested_since and not self._hold(source) and qos == 0:
             self.metrics.publish_dropped += 1  # a client that does not read loses QoS 0
             return
+        if qos == 0 and self.held_bytes > self.write_limit:
+            # nor may QoS 0 pile up behind a storage commit that does not come (failing disk)
+            self.metrics.publish_dropped += 1
+            return
         if qos == 0 and not session.queue:
             self._send_qos0(message, retain, identifiers)
             return
