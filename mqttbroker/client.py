@@ -96,7 +96,6 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_auth",
-        "_final",
         "_limiter",
         "_loop",
         "_pending_connect",
@@ -179,7 +178,6 @@ class ClientConnection(asyncio.Protocol):
         storage = broker.storage
         self.gate = storage if storage is not None and storage.gates_output else None
         self.held_bytes = 0
-        self._final = False  # sending the last packet (not held: nothing may follow it)
         self.admitted: bool | None = None  # False: over a connection limit, refused at CONNECT
         self._limiter = PublishLimiter(cfg.max_publish_rate, cfg.max_publish_bytes_rate,
                                        self._loop.time()) if cfg.max_publish_rate or \
@@ -353,10 +351,6 @@ class ClientConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         """Send bytes: the first packet of an event-loop turn goes out at once (latency);
         what follows in the same turn is gathered into one write at the end of it."""
-        gate = self.gate
-        if gate is not None and not self._final and gate.held(self, data):
-            self.held_bytes += len(data)
-            return
         buf = self._wbuf
         if buf is None:
             self._wbuf = []
@@ -364,6 +358,18 @@ class ClientConnection(asyncio.Protocol):
             self._write([data])
         else:
             buf.append(data)
+
+    def send_durable(self, data: bytes) -> None:
+        """Send a packet that reports stored state (PUBACK, PUBREC, PUBREL, PUBCOMP, a QoS 2
+        PUBLISH with its packet identifier): with ``sync: commit`` it waits until every change
+        made so far is committed, so a crash can never contradict it. Such packets keep their
+        order among themselves; others (QoS 0/1 deliveries, SUBACK, PINGRESP) need not wait
+        and may pass them: MQTT orders PUBLISH per topic *and QoS* [MQTT-4.6.0-6]."""
+        gate = self.gate
+        if gate is not None and gate.held(self, data):
+            self.held_bytes += len(data)
+            return
+        self.send(data)
 
     def release_held(self, data: list[bytes]) -> None:
         """What was held for a commit may go now (see :attr:`gate`)."""
@@ -395,7 +401,7 @@ class ClientConnection(asyncio.Protocol):
                                         "client is not reading: write buffer over "
                                         "max_write_buffer"))
 
-    def send_packet(self, packet: Packet) -> None:
+    def send_packet(self, packet: Packet, durable: bool = False) -> None:
         """Encode and send one packet. Past the client's Maximum Packet Size, the Reason String
         and User Properties go first [MQTT-3.1.2-24, MQTT-3.2.2-19, MQTT-3.14.2-3]."""
         data = encode(packet, self.level)
@@ -406,7 +412,10 @@ class ClientConnection(asyncio.Protocol):
                 props.pop(Prop.REASON_STRING, None)
                 props.pop(Prop.USER_PROPERTY, None)
                 data = encode(packet, self.level)
-        self.send(data)
+        if durable:
+            self.send_durable(data)
+        else:
+            self.send(data)
 
     def _reason(self, text: str) -> dict[int, Any]:
         """A Reason String property, when the client did not opt out [MQTT-3.1.2-29]."""
@@ -422,7 +431,6 @@ class ClientConnection(asyncio.Protocol):
             return
         self.metrics.protocol_errors += 1
         log.warning("closing client %s: %s", self.name, exc)
-        self._final = True
         if self.state in (ConnState.AWAIT_CONNECT, ConnState.AUTHENTICATING):
             if self.level == V5:
                 self.send_packet(Connack(False, int(exc.code), self._reason(exc.message)))
@@ -440,7 +448,6 @@ class ClientConnection(asyncio.Protocol):
         if self.state is ConnState.CLOSED:
             return
         log.info("closing client %s: %s", self.name, why)
-        self._final = True
         if self.level == V5 and self.state is ConnState.CONNECTED:
             self.send_packet(Disconnect(int(code), self._reason(why)))
         self.close(publish_will)
@@ -581,7 +588,6 @@ class ClientConnection(asyncio.Protocol):
 
     def refuse(self, code: ReasonCode, why: str) -> None:
         """Answer CONNECT with a refusal and close [MQTT-3.2.2-5]."""
-        self._final = True
         if self.level == V5:
             log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, code)
             self.send_packet(Connack(False, int(code), self._reason(why)))
@@ -650,7 +656,7 @@ class ClientConnection(asyncio.Protocol):
             assert pid is not None
             if not session.receive_qos2(pid):
                 # a resend before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-2]
-                self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
+                self.send_durable(bytes((0x50, 2, pid >> 8, pid & 0xFF)))
                 return
             if len(session.inbound_qos2) > self.receive_maximum and self.level == V5:
                 raise ProtocolError(ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
@@ -665,17 +671,17 @@ class ClientConnection(asyncio.Protocol):
         if qos == 1:
             assert pid is not None
             if code and self.level == V5:  # [MQTT-3.4.2] PUBACK with a reason code
-                self.send_packet(Puback(pid, code))
+                self.send_packet(Puback(pid, code), durable=True)
             else:
-                self.send(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.2-2] PUBACK
+                self.send_durable(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.2-2]
         elif qos == 2:
             assert pid is not None
             if code and self.level == V5:
                 if code >= 0x80:  # a refused QoS 2 ends its flow here [MQTT-4.3.3]
                     session.release_qos2(pid)
-                self.send_packet(Pubrec(pid, code))
+                self.send_packet(Pubrec(pid, code), durable=True)
             else:
-                self.send(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.3-2] PUBREC
+                self.send_durable(bytes((0x50, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.3-2]
 
     def _inbound_alias(self, alias: int, topic: str) -> str:
         """Resolve or set an inbound Topic Alias [MQTT 3.3.2.3.4]."""
@@ -699,9 +705,10 @@ class ClientConnection(asyncio.Protocol):
         # PUBCOMP whether or not the id was known (a resent PUBREL) [MQTT-4.3.3-2]
         found = self.session.release_qos2(p.packet_id)
         if found or self.level != V5:
-            self.send(bytes((0x70, 2, p.packet_id >> 8, p.packet_id & 0xFF)))
+            self.send_durable(bytes((0x70, 2, p.packet_id >> 8, p.packet_id & 0xFF)))
         else:
-            self.send_packet(Pubcomp(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND))
+            self.send_packet(Pubcomp(p.packet_id, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND),
+                             durable=True)
 
     # -- PUBLISH out --------------------------------------------------------------------------
 
@@ -797,7 +804,7 @@ class ClientConnection(asyncio.Protocol):
     def _send_outbound(self, out: Outbound, dup: bool) -> None:
         pid = out.packet_id
         if out.state is OutState.AWAIT_PUBCOMP:
-            self.send(_PUBREL_HEAD + pid.to_bytes(2, "big"))
+            self.send_durable(_PUBREL_HEAD + pid.to_bytes(2, "big"))
             return
         message = out.message
         if dup and message.expires_at is not None:
@@ -810,7 +817,12 @@ class ClientConnection(asyncio.Protocol):
             self.session.complete(pid)
             return
         self.metrics.publish_sent += 1
-        self.send(data)
+        if out.qos == 2:
+            # its packet identifier must be stored first: resent after a crash under another
+            # identifier, the client would take it for a new message [MQTT-4.3.3]
+            self.send_durable(data)
+        else:
+            self.send(data)
 
     def _pump(self) -> None:
         """Send queued messages while the window has room and the socket keeps up (stops
@@ -852,7 +864,7 @@ class ClientConnection(asyncio.Protocol):
                                         if self.level == V5 else 0))
             return
         if result.send_pubrel:
-            self.send(_PUBREL_HEAD + pid.to_bytes(2, "big"))
+            self.send_durable(_PUBREL_HEAD + pid.to_bytes(2, "big"))
         elif result.freed and session.queue:  # a slot opened: the next one may go
             self._pump()
 

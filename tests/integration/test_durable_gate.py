@@ -1,6 +1,9 @@
-"""sync: commit, from the outside: a PUBACK (and PUBREC, PUBCOMP, a delivery) leaves the broker
-only after the change it reports is committed. The test stalls the writer thread and watches
-the socket: nothing may arrive until the commit goes through.
+"""sync: commit, from the outside: a PUBACK or PUBREC (and a QoS 2 delivery, whose packet
+identifier must survive a crash) leaves the broker only after the change it reports is
+committed. The test stalls the writer thread and watches the sockets.
+
+A QoS 1 delivery need not wait: if the broker dies before the commit, the publisher never got
+its PUBACK and sends again, and a QoS 1 duplicate is allowed [MQTT-4.3.2].
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pytest
 
 from mqttbroker.broker import Broker
 from mqttbroker.persistence.sqlite import SqliteStorage
-from mqttbroker.protocol.packets import Puback, Publish, Pubrec
+from mqttbroker.protocol.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel
 from tests.conftest import base_config
 from tests.integration.rawmqtt import RawClient
 
@@ -67,12 +70,18 @@ async def test_ack_and_delivery_wait_for_the_commit(
     gate.clear()  # the writer thread now stalls on its next batch
     await pub.send_packet(Publish("d/1", b"payload", qos, False, False, 7))
     assert await quiet(pub, 0.5), "acknowledged before the commit"
-    assert await quiet(sub, 0.1), "delivered before the commit"
+    if qos == 2:
+        assert await quiet(sub, 0.1), "QoS 2 delivered before its packet id was committed"
+    else:
+        early = await sub.read_packet(1.0)
+        assert isinstance(early, Publish) and early.payload == b"payload"
+        assert await quiet(pub, 0.1), "acknowledged before the commit"
     gate.set()
     ack = await pub.read_packet(2.0)
     assert isinstance(ack, Puback if qos == 1 else Pubrec) and ack.packet_id == 7
-    got = await sub.read_packet(2.0)
-    assert isinstance(got, Publish) and got.payload == b"payload" and got.qos == qos
+    if qos == 2:
+        got = await sub.read_packet(2.0)
+        assert isinstance(got, Publish) and got.payload == b"payload" and got.qos == 2
     for c in (pub, sub):
         await c.close()
 
@@ -92,3 +101,33 @@ async def test_memory_and_periodic_modes_do_not_hold(tmp_path: Path) -> None:
         await pub.close()
     finally:
         await broker.shutdown()
+
+
+async def test_pubrel_and_pubcomp_wait_for_the_commit(
+        stalled: tuple[Broker, threading.Event]) -> None:
+    """PUBREL tells the subscriber to forget the packet id (so the AWAIT_PUBCOMP state must be
+    stored: resending the PUBLISH after a crash would deliver it twice); PUBCOMP lets the
+    publisher reuse its id (so the released id must be stored: else a new message under the
+    same id would be taken for a resend and lost)."""
+    broker, gate = stalled
+    sub = await RawClient.open(broker.port)
+    await sub.connect("q2-sub", clean=False)
+    await sub.subscribe("q2/#", 2)
+    pub = await RawClient.open(broker.port)
+    await pub.connect("q2-pub", clean=False)
+    await pub.send_packet(Publish("q2/a", b"x", 2, False, False, 11))
+    assert isinstance(await pub.read_packet(2.0), Pubrec)
+    got = await sub.read_packet(2.0)
+    assert isinstance(got, Publish) and got.packet_id is not None
+    gate.clear()
+    await sub.send_packet(Pubrec(got.packet_id))
+    await pub.send_packet(Pubrel(11))
+    assert await quiet(sub, 0.5), "PUBREL before the PUBREC state was committed"
+    assert await quiet(pub, 0.1), "PUBCOMP before the released id was committed"
+    gate.set()
+    rel = await sub.read_packet(2.0)
+    assert isinstance(rel, Pubrel) and rel.packet_id == got.packet_id
+    comp = await pub.read_packet(2.0)
+    assert isinstance(comp, Pubcomp) and comp.packet_id == 11
+    for c in (pub, sub):
+        await c.close()
