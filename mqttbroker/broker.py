@@ -258,8 +258,8 @@ class Broker:
         limit = self._limits.get(name, 0)
         total = self.config.mqtt.max_connections
         if (limit and self._per_listener[name] >= limit) or (total and self._total >= total):
-            self.metrics.connections_refused += 1
             if self._refusing >= MAX_PENDING_REFUSALS:
+                self.metrics.connections_refused += 1  # (refuse() counts the others)
                 log.warning("listener %s: dropping connection from %s (over max_connections, "
                             "%d refusals pending)", name, conn.peer, self._refusing)
                 return None

@@ -57,6 +57,7 @@ LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's b
 MAX_CONNECT_SIZE = 512 * 1024  # room for every CONNECT field at its largest, and properties
 SLOW_CONSUMER_GRACE = 5.0  # seconds a congested client may hold publishers back
 PUMP_BATCH = 256  # queued messages sent between checks of the socket's buffer
+WRITE_BATCH = 256  # packets gathered into one transport write at most
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
 
@@ -99,6 +100,7 @@ class ClientConnection(asyncio.Protocol):
         "_limiter",
         "_loop",
         "_pending_connect",
+        "_stash",
         "_timer",
         "_wbuf",
         "admitted",
@@ -183,6 +185,7 @@ class ClientConnection(asyncio.Protocol):
                                        self._loop.time()) if cfg.max_publish_rate or \
             cfg.max_publish_bytes_rate else None
         self.rate_paused = False
+        self._stash: list[tuple[int, bytes]] | None = None  # packets read, held by the rate
 
     def __repr__(self) -> str:
         return f"<client {self.client_id or '-'} {self.peer}>"
@@ -228,34 +231,42 @@ class ClientConnection(asyncio.Protocol):
             if frames:
                 # only complete control packets count as activity [MQTT-3.1.2-24]
                 self.last_received = self._loop.time()
-            for first, body in frames:
-                state = self.state
-                if state is ConnState.CLOSED:  # type: ignore[comparison-overlap]
-                    return  # a previous packet in this read closed the connection
-                self.metrics.messages_received += 1
-                ptype = first >> 4
-                if ptype not in ALLOWED[state]:
-                    self._unexpected(ptype)
-                if ptype == _P.CONNECT:
-                    # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
-                    self.level = peek_protocol_level(body) or self.level
-                if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
-                    self._on_publish(cast(Publish, decode(first, body, self.level)), body)
-                    if self._limiter is not None:
-                        self._rate_limit(len(body))
-                elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
-                    self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
+                if self._stash is not None:  # still paused by the publish rate: queue up
+                    self._stash.extend(frames)
                 else:
-                    _HANDLERS[ptype](self, decode(first, body, self.level))
-            if self._wbuf:
-                # our own answers (acks, the next messages a PUBACK let through) go now, not
-                # after every other connection's work in this loop turn
-                self._flush()
+                    self._process(frames)
         except ProtocolError as exc:
             self.fail(exc)
         except Exception:  # a bug must cost one connection, never the broker
             log.exception("internal error handling client %s; closing it", self.name)
             self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
+
+    def _process(self, frames: list[tuple[int, bytes]]) -> None:
+        """Handle complete packets in order; over the publish rate, keep the rest for later."""
+        for i, (first, body) in enumerate(frames):
+            state = self.state
+            if state is ConnState.CLOSED:
+                return  # a previous packet in this read closed the connection
+            self.metrics.messages_received += 1
+            ptype = first >> 4
+            if ptype not in ALLOWED[state]:
+                self._unexpected(ptype)
+            if ptype == _P.CONNECT:
+                # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
+                self.level = peek_protocol_level(body) or self.level
+            if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
+                self._on_publish(cast(Publish, decode(first, body, self.level)), body)
+                if self._limiter is not None and self._rate_limit(len(body)):
+                    self._stash = frames[i + 1:]
+                    break
+            elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
+                self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
+            else:
+                _HANDLERS[ptype](self, decode(first, body, self.level))
+        if self._wbuf:
+            # our own answers (acks, the next messages a PUBACK let through) go now, not
+            # after every other connection's work in this loop turn
+            self._flush()
 
     def _unexpected(self, ptype: int) -> None:
         if ptype == _P.CONNECT:
@@ -268,22 +279,40 @@ class ClientConnection(asyncio.Protocol):
         raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                             f"{PacketType(ptype).name} may not be sent by a client now")
 
-    def _rate_limit(self, size: int) -> None:
-        """Charge a PUBLISH to the client's rate; over it, stop reading its socket until the
-        rate is back under the limit (TCP then slows the client: nothing is dropped)."""
+    def _rate_limit(self, size: int) -> bool:
+        """Charge a PUBLISH to the client's rate. Over it, stop reading its socket (and the
+        packets already read behind this one) until the rate is back under the limit: TCP
+        then slows the client down, and nothing is dropped. True when paused."""
         assert self._limiter is not None
         wait = self._limiter.take(size, self._loop.time())
-        if wait > 0 and not self.rate_paused and self.transport is not None:
-            self.rate_paused = True
-            if self.blocked_by == 0:
-                self.transport.pause_reading()
-            self._loop.call_later(wait, self._rate_resume)
+        if wait <= 0 or self.transport is None:
+            return False
+        self.rate_paused = True
+        if self.blocked_by == 0:
+            self.transport.pause_reading()
+        self._loop.call_later(wait, self._rate_resume)
+        return True
 
     def _rate_resume(self) -> None:
         self.rate_paused = False
         self.last_received = self._loop.time()  # paused by us: not silent
-        if self.state is ConnState.CONNECTED and self.transport is not None \
-                and self.blocked_by == 0:
+        if self.state is not ConnState.CONNECTED:
+            return
+        stash, self._stash = self._stash, None
+        if stash:
+            try:
+                self._process(stash)
+            except ProtocolError as exc:
+                self.fail(exc)
+                return
+            except Exception:  # a bug must cost one connection, never the broker
+                log.exception("internal error handling client %s; closing it", self.name)
+                self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
+                                        "internal error"))
+                return
+            if self.rate_paused:
+                return  # paused again within the stash
+        if self.transport is not None and self.blocked_by == 0:
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
@@ -358,6 +387,11 @@ class ClientConnection(asyncio.Protocol):
             self._write([data])
         else:
             buf.append(data)
+            if len(buf) >= WRITE_BATCH:
+                # one read of a publisher can route 100k messages to us: written in batches,
+                # the transport can tell us it is congested before it holds them all
+                self._wbuf = []
+                self._write(buf)
 
     def send_durable(self, data: bytes) -> None:
         """Send a packet that reports stored state (PUBACK, PUBREC, PUBREL, PUBCOMP, a QoS 2

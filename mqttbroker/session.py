@@ -76,8 +76,8 @@ class Session:
     broker persists): items in flight or queued are stored rows, ordered by ``seq``.
     """
 
-    __slots__ = ("client_id", "disconnected_at", "drop_oldest", "dropped", "expiry_interval",
-                 "ids",
+    __slots__ = ("client_id", "disconnected_at", "drop_oldest", "dropped", "dropping",
+                 "expiry_interval", "ids",
                  "inbound_qos2", "inflight", "max_inflight", "max_queued", "max_queued_bytes",
                  "metrics", "queue", "queue_qos0", "queued_bytes", "store", "subscriptions")
 
@@ -102,6 +102,7 @@ class Session:
         self.drop_oldest = drop_oldest
         self.queue_qos0 = queue_qos0
         self.dropped = 0
+        self.dropping = False  # in a queue-full episode (logged once, when it starts)
         self.metrics = metrics
         self.store: Storage | None = None
         self.disconnected_at: float | None = None  # wall clock, for the store
@@ -172,6 +173,10 @@ class Session:
             if self._full(size):
                 self._drop(item)
                 return
+        elif self.dropping:
+            self.dropping = False  # there was room: the episode is over
+            log.info("session %r: queue has room again (%d dropped in all)", self.client_id,
+                     self.dropped)
         self.queue.append(item)
         self.queued_bytes += size
         store = self.store
@@ -181,7 +186,8 @@ class Session:
 
     def _drop(self, item: Queued, stored: bool = False) -> None:
         """A queue bound threw ``item`` away."""
-        if self.dropped == 0 or self.dropped % 1000 == 0:
+        if not self.dropping:
+            self.dropping = True
             log.warning("session %r: queue full (%d messages, %d bytes): dropping %s "
                         "(%d dropped so far)", self.client_id, len(self.queue),
                         self.queued_bytes, "the oldest" if self.drop_oldest else "new messages",
