@@ -75,6 +75,8 @@ class Broker:
         self._per_listener: dict[str, int] = {}
         self._total = 0  # connections open over every listener
         self._refusing = 0  # connections over a limit, waiting for their CONNECT to refuse
+        # sessions that outlive their connection and have none now, longest offline first
+        self._offline: dict[str, None] = {}
         self._limits: dict[str, int] = {}
         self._sys_timer: asyncio.TimerHandle | None = None
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
@@ -154,6 +156,8 @@ class Broker:
             left = float(session.expiry_interval) if session.expiry_interval != Session.NEVER \
                 else math.inf
             due.append((rec, left - (wall - rec.disconnected_at)))
+        for rec, _ in sorted(due, key=lambda d: d[0].disconnected_at or 0.0):
+            self._offline[rec.client_id] = None
         for rec, left in due:
             cid = rec.client_id
             session = self.sessions[cid]
@@ -358,7 +362,13 @@ class Broker:
             if session is None:  # the old session ended: its delayed will goes now
                 self.publish(pending[1])
             # else resumed within the Will Delay Interval: no will [MQTT-3.1.3-9]
+        self._offline.pop(client_id, None)
         if session is None:
+            limit = cfg.max_sessions
+            if limit and len(self.sessions) >= limit and not self._evict_offline():
+                conn.refuse(ReasonCode.QUOTA_EXCEEDED,
+                            f"max_sessions {limit} reached and every session is connected")
+                return
             session = self._new_session(client_id, expiry)
             self.sessions[client_id] = session
         else:
@@ -467,6 +477,8 @@ class Broker:
                                         will.properties or None, cid),
                                 will.properties.get(Prop.WILL_DELAY_INTERVAL, 0)
                                 if will.properties else 0)
+        if session.persistent and self.sessions.get(cid) is session:
+            self._offline[cid] = None
         if session.store is not None and self.sessions.get(cid) is session:
             session.disconnected_at = time.time()
             session.store.put_session(cid, session.expiry_interval, session.disconnected_at,
@@ -512,10 +524,24 @@ class Broker:
             self.router.unsubscribe(cid, topic_filter)
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
+            self._offline.pop(cid, None)
         if session.store is not None:
             self._forget_stored(session)
         self._cancel_expiry(cid)
         self._publish_delayed_will(cid)
+
+    def _evict_offline(self) -> bool:
+        """max_sessions is reached: end the session that has been offline longest (as if it
+        had expired: its will goes out), to make room. False when every session is online."""
+        cid = next(iter(self._offline), None)
+        if cid is None:
+            return False
+        session = self.sessions[cid]
+        log.warning("max_sessions %d reached: discarding the session of %r, the one offline "
+                    "longest", self.config.mqtt.max_sessions, cid)
+        self.metrics.sessions_evicted += 1
+        self._end_session(session)
+        return True
 
     def _forget_stored(self, session: Session) -> None:
         """Delete a session's stored records, item by item (message references count)."""

@@ -113,6 +113,7 @@ class MqttConfig:
     response_information: str = "response/"
     # limits (0 = unlimited)
     max_connections: int = 0  # total over every listener
+    max_sessions: int = 100_000  # sessions at once, connected or not
     max_queued_bytes: int = 67_108_864  # payload bytes queued per session
     max_retained_messages: int = 1_000_000
     max_retained_bytes: int = 1_073_741_824  # retained payload bytes
@@ -677,6 +678,7 @@ _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
     "max_subscriptions_per_client": _int(0),
     "response_information": _str,
     "max_connections": _max_connections,
+    "max_sessions": _int(0),
     "max_queued_bytes": _int(0),
     "max_retained_messages": _int(0),
     "max_retained_bytes": _int(0),

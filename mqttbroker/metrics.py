@@ -20,6 +20,7 @@ class Metrics:
         "publish_received",
         "publish_sent",
         "retained_dropped",
+        "sessions_evicted",
         "sys_publish_refused",
     )
 
@@ -37,6 +38,7 @@ class Metrics:
         self.connections_refused = 0
         self.protocol_errors = 0
         self.sys_publish_refused = 0
+        self.sessions_evicted = 0  # offline sessions discarded to stay under max_sessions
         self.retained_dropped = 0  # retained messages not kept: over a retained limit
 
     def snapshot(self) -> dict[str, int]:

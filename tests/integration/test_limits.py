@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from mqttbroker.protocol.codec import encode
-from mqttbroker.protocol.packets import Publish
+from mqttbroker.protocol.packets import Publish, Will
 from tests.conftest import BrokerThread, base_config
 
 from .helpers import (
@@ -667,3 +667,48 @@ def test_v311_persistent_session_capped(env: Env) -> None:
     r = env.raw3()
     assert r.connect(cid, clean=False).session_present is False
     assert r.no_packet(0.3)
+
+
+# -- sessions held at once --------------------------------------------------------------------
+
+
+def test_max_sessions_discards_the_longest_offline_then_refuses(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """max_sessions 3. Clients with fresh ids keep coming (the random-client-id flood): each
+    new one past the limit discards the session offline longest [MQTT 4.1 lets a server
+    discard session state by policy], which then comes back with session present 0; its
+    delayed will goes out as it would had the session expired [MQTT-3.1.3-9]. With every
+    session connected, a new client gets CONNACK 0x97 Quota exceeded (3.1.1: 0x03)."""
+    caplog.set_level(logging.INFO)
+    env.start(max_sessions=3)
+    watcher, _ = env.raw_connect(unique_id("watch"))  # a clean session: counts while online
+    watcher.subscribe5(("gone/#", 0))
+    old = unique_id("old")
+    r, _ = env.raw_connect(old, properties={P.SESSION_EXPIRY_INTERVAL: 300},
+                           will=Will("gone/old", b"evicted", 0, False,
+                                     {P.WILL_DELAY_INTERVAL: 600}))
+    r.close()  # dropped without DISCONNECT: the will waits 600 s, or for the session's end
+    wait_until(lambda: not env.connected(old), what="the broker to see the drop")
+    mid = unique_id("mid")
+    m, _ = env.raw_connect(mid, properties={P.SESSION_EXPIRY_INTERVAL: 300})
+    m.disconnect5()
+    wait_until(lambda: not env.connected(mid), what="the broker to let mid go")
+    assert env.has_session(old) and env.has_session(mid)
+    assert watcher.no_packet(0.2)
+    evicted0 = metric(env, "sessions_evicted")
+    env.raw_connect(unique_id("new"), properties={P.SESSION_EXPIRY_INTERVAL: 300})
+    assert not env.has_session(old), "the longest-offline session was not discarded"
+    assert env.has_session(mid)
+    assert watcher.next_publish().payload == b"evicted"
+    assert metric(env, "sessions_evicted") == evicted0 + 1
+    assert warnings_naming(caplog, "max_sessions")
+    env.raw_connect(unique_id("new"), properties={P.SESSION_EXPIRY_INTERVAL: 300})
+    assert not env.has_session(mid)
+    # three sessions now, all connected: a fourth is refused, MQTT 5 and 3.1.1 alike
+    made: list[RawClient] = []
+    _, code = connect_v5(env.port, unique_id("over"), made)
+    assert code == QUOTA_EXCEEDED
+    _, code = connect_v311(env.port, unique_id("over"), made)
+    assert code == SERVER_UNAVAILABLE
+    for c in made:
+        c.close()
