@@ -691,7 +691,9 @@ class Broker:
                 ident: tuple[int, ...] = (identifier,) if identifier else ()
                 for m in self.retained.match(f, now):
                     retained.append((m, min(m.qos, granted), True, ident))
-        conn.send_packet(Suback(p.packet_id, codes))
+        # durable: after a crash, a session said to be present must hold this subscription
+        # (matching PUBLISH may go first: [MQTT-3.8.4-4] lets them)
+        conn.send_packet(Suback(p.packet_id, codes), durable=True)
         if retained:
             conn.deliver_retained(retained)  # [MQTT-3.3.1-8] RETAIN=1 for retained on subscribe
 
@@ -735,7 +737,7 @@ class Broker:
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID)
             else:
                 codes.append(ReasonCode.NO_SUBSCRIPTION_EXISTED)
-        conn.send_packet(Unsuback(p.packet_id, codes if conn.level == V5 else []))
+        conn.send_packet(Unsuback(p.packet_id, codes if conn.level == V5 else []), durable=True)
 
     # -- $SYS --------------------------------------------------------------------------------------
 

@@ -96,6 +96,7 @@ class ClientConnection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_after_hold",
         "_auth",
         "_limiter",
         "_loop",
@@ -180,6 +181,7 @@ class ClientConnection(asyncio.Protocol):
         storage = broker.storage
         self.gate = storage if storage is not None and storage.gates_output else None
         self.held_bytes = 0
+        self._after_hold = False  # sending what must not overtake a held SUBACK
         self.admitted: bool | None = None  # False: over a connection limit, refused at CONNECT
         self._limiter = PublishLimiter(cfg.max_publish_rate, cfg.max_publish_bytes_rate,
                                        self._loop.time()) if cfg.max_publish_rate or \
@@ -774,11 +776,17 @@ class ClientConnection(asyncio.Protocol):
         them: its window (QoS 1/2) and its socket buffer (all QoS) pace them."""
         session = self.session
         assert session is not None
-        for m, qos, retain, ident in retained:
-            out = session.offer(m, qos, retain, True, ident, None, force=True)
-            if out is not None:
-                self._send_outbound(out, dup=False)
-        self._pump()
+        # the SUBACK may be waiting for a commit: these do not overtake it (clients are
+        # allowed to see them first, but not all of them cope)
+        self._after_hold = self.held_bytes > 0
+        try:
+            for m, qos, retain, ident in retained:
+                out = session.offer(m, qos, retain, True, ident, None, force=True)
+                if out is not None:
+                    self._send_outbound(out, dup=False)
+            self._pump()
+        finally:
+            self._after_hold = False
 
     def _publish_bytes(self, message: Message, qos: int, retain: bool, dup: bool, pid: int,
                        identifiers: tuple[int, ...]) -> bytes | None:
@@ -833,7 +841,10 @@ class ClientConnection(asyncio.Protocol):
             data = self._publish_bytes(message, 0, retain, False, 0, identifiers)
         if data is not None:
             self.metrics.publish_sent += 1
-            self.send(data)
+            if self._after_hold:
+                self.send_durable(data)
+            else:
+                self.send(data)
 
     def _send_outbound(self, out: Outbound, dup: bool) -> None:
         pid = out.packet_id
@@ -851,7 +862,7 @@ class ClientConnection(asyncio.Protocol):
             self.session.complete(pid)
             return
         self.metrics.publish_sent += 1
-        if out.qos == 2:
+        if out.qos == 2 or self._after_hold:
             # its packet identifier must be stored first: resent after a crash under another
             # identifier, the client would take it for a new message [MQTT-4.3.3]
             self.send_durable(data)

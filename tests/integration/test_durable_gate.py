@@ -18,7 +18,16 @@ import pytest
 
 from mqttbroker.broker import Broker
 from mqttbroker.persistence.sqlite import SqliteStorage
-from mqttbroker.protocol.packets import Puback, Pubcomp, Publish, Pubrec, Pubrel
+from mqttbroker.protocol.packets import (
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Subscription,
+)
 from tests.conftest import base_config
 from tests.integration.rawmqtt import RawClient
 
@@ -129,5 +138,30 @@ async def test_pubrel_and_pubcomp_wait_for_the_commit(
     assert isinstance(rel, Pubrel) and rel.packet_id == got.packet_id
     comp = await pub.read_packet(2.0)
     assert isinstance(comp, Pubcomp) and comp.packet_id == 11
+    for c in (pub, sub):
+        await c.close()
+
+
+async def test_suback_is_held_and_retained_messages_do_not_overtake_it(
+        stalled: tuple[Broker, threading.Event]) -> None:
+    """A stored subscription is committed before its SUBACK (after a crash, a session said to
+    be present must hold it); the retained messages it brings come after the SUBACK."""
+    broker, gate = stalled
+    pub = await RawClient.open(broker.port)
+    await pub.connect("ret-pub")
+    for i in range(5):
+        await pub.send_packet(Publish(f"ret/{i}", b"r%d" % i, 1, True, False, i + 1))
+        assert isinstance(await pub.read_packet(2.0), Puback)
+    sub = await RawClient.open(broker.port)
+    await sub.connect("ret-sub", clean=False)
+    gate.clear()
+    await sub.send_packet(Subscribe(1, [Subscription("ret/#", 0)]))
+    assert await quiet(sub, 0.5), "SUBACK or a retained message before the commit"
+    gate.set()
+    first = await sub.read_packet(2.0)
+    assert isinstance(first, Suback), first
+    got = [await sub.read_packet(2.0) for _ in range(5)]
+    assert sorted(p.payload for p in got if isinstance(p, Publish)) == \
+        [b"r%d" % i for i in range(5)]
     for c in (pub, sub):
         await c.close()
