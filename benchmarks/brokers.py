@@ -22,6 +22,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -50,6 +53,7 @@ class BrokerProcess:
     workdir: Path
     log: Path
     nofile: tuple[int, int] = field(default=(0, 0))
+    config: OursConfig | None = None  # ours started from a config file (see ours_config)
 
     @property
     def pid(self) -> int:
@@ -92,11 +96,119 @@ def raise_nofile(nofile: int | None = None) -> tuple[int, int]:
     return hard, hard
 
 
+# Config keys naming files that must exist (relative names are relative to the config's folder,
+# so a copied config gets them made absolute).
+_FILE_KEYS = frozenset({"certfile", "keyfile", "cafile", "password_file", "acl_file"})
+
+
+@dataclass(frozen=True)
+class OursConfig:
+    """Our broker's config as written into a run's temporary folder (see :func:`ours_config`).
+
+    ``source``: the file it came from; ``path``: the copy the broker reads; ``backend`` and
+    ``db_path``: its persistence (``db_path`` is inside the temporary folder, or None for the
+    memory backend)."""
+
+    source: Path
+    path: Path
+    backend: str
+    db_path: Path | None
+    sync: str | None
+
+
+def _norm(key: object) -> str:
+    return str(key).replace("-", "_")
+
+
+def _put(section: dict[str, Any], key: str, value: Any) -> None:
+    """``section[key] = value``, replacing the same key spelt with hyphens."""
+    for k in [k for k in section if _norm(k) == _norm(key)]:
+        del section[k]
+    section[key] = value
+
+
+def _get(section: dict[str, Any], key: str) -> Any:
+    for k, v in section.items():
+        if _norm(k) == _norm(key):
+            return v
+    return None
+
+
+def _absolute_files(node: Any, base: Path) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if _norm(k) in _FILE_KEYS and isinstance(v, str):
+                path = Path(v).expanduser()
+                node[k] = str(path if path.is_absolute() else base / path)
+            else:
+                _absolute_files(v, base)
+
+
+def ours_config(source: str | os.PathLike[str], workdir: Path, *, port: int | None = None,
+                bench_limits: bool = False, persistence: str = "keep",
+                max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT) -> OursConfig:
+    """Copy our broker's config file ``source`` into ``workdir`` so that a run touches nothing
+    outside it: the persistence database is moved into ``workdir`` (same file name), and
+    relative certificate/password/ACL file names are made absolute.
+
+    ``persistence``: "keep" (the file's own backend, database in ``workdir``) or "memory"
+    (the section removed: nothing stored). ``bench_limits``: the settings every benchmark
+    run of ours uses (one listener on 127.0.0.1:``port``, no $SYS, anonymous, WARNING log,
+    the in-flight window and queue limit shared with Mosquitto), so two runs that differ
+    only in persistence compare."""
+    source = Path(source)
+    raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise BrokerError(f"{source}: not a mapping")
+    _absolute_files(raw, source.resolve().parent)
+    if bench_limits:
+        inflight = max_inflight or OURS_MAX_INFLIGHT
+        _put(raw, "listeners", {"default": {"type": "tcp", "bind": f"127.0.0.1:{port or 0}"}})
+        _put(raw, "sys_interval", 0)
+        _put(raw, "log_level", "WARNING")
+        auth = _get(raw, "auth")
+        auth = dict(auth) if isinstance(auth, dict) else {}
+        _put(auth, "allow_anonymous", True)
+        _put(raw, "auth", auth)
+        mqtt = _get(raw, "mqtt")
+        mqtt = dict(mqtt) if isinstance(mqtt, dict) else {}
+        _put(mqtt, "max_inflight_messages", inflight)
+        _put(mqtt, "max_queued_messages", max_queued)
+        _put(raw, "mqtt", mqtt)
+    section = _get(raw, "persistence")
+    backend, db_path, sync = "memory", None, None
+    if persistence == "memory" or not isinstance(section, dict):
+        for k in [k for k in raw if _norm(k) == "persistence"]:
+            del raw[k]
+    elif persistence == "keep":
+        section = dict(section)
+        backend = str(_get(section, "backend") or "memory")
+        sync = str(_get(section, "sync") or "commit")
+        if backend != "memory":
+            name = Path(str(_get(section, "path") or "mqttbroker.db")).name
+            db_path = workdir / name
+            _put(section, "path", str(db_path))
+        _put(raw, "persistence", section)
+    else:
+        raise BrokerError(f"persistence must be 'keep' or 'memory', not {persistence!r}")
+    path = workdir / "mqttbroker.yaml"
+    path.write_text(f"# copied from {source} for a benchmark run\n"
+                    + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return OursConfig(source, path, backend, db_path, sync if backend != "memory" else None)
+
+
 def command(name: str, port: int, workdir: Path, *, max_queued: int = MAX_QUEUED,
-            max_inflight: int = MAX_INFLIGHT) -> list[str]:
+            max_inflight: int = MAX_INFLIGHT, config: OursConfig | None = None) -> list[str]:
     """Write the broker's config into ``workdir``; return the command line that runs it.
 
-    ``max_inflight`` 0 means unbounded: Mosquitto's own 0, our broker's maximum (65535)."""
+    ``max_inflight`` 0 means unbounded: Mosquitto's own 0, our broker's maximum (65535).
+    ``config`` (ours only): run from that prepared config file (see :func:`ours_config`)
+    instead, on 127.0.0.1:``port``."""
+    if config is not None:
+        if name != "ours":
+            raise BrokerError(f"a config file applies to ours only, not {name!r}")
+        return [str(VENV_BIN / "python"), "-m", "mqttbroker", "serve", "-c", str(config.path),
+                "--host", "127.0.0.1", "--port", str(port)]
     if name == "ours":
         inflight = max_inflight or OURS_MAX_INFLIGHT
         conf = workdir / "mqttbroker.yaml"
@@ -159,19 +271,30 @@ def _accepts(port: int) -> bool:
 
 
 def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
-          max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT) -> BrokerProcess:
-    """Start a fresh broker ``name`` on a free port and wait until that port accepts."""
+          max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
+          config: str | os.PathLike[str] | None = None, bench_limits: bool = True,
+          persistence: str = "keep") -> BrokerProcess:
+    """Start a fresh broker ``name`` on a free port and wait until that port accepts.
+
+    ``config`` (ours only): start from a copy of that config file (see :func:`ours_config`
+    for ``bench_limits`` and ``persistence``; its database lives in the temporary folder)."""
     raise_nofile(nofile)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     last: BrokerError | None = None
     for _ in range(3):  # the free port may be taken between probing and binding
         port = free_port()
-        argv = command(name, port, workdir, max_queued=max_queued, max_inflight=max_inflight)
+        prepared = None
+        if config is not None:
+            prepared = ours_config(config, workdir, port=port, bench_limits=bench_limits,
+                                   persistence=persistence, max_queued=max_queued,
+                                   max_inflight=max_inflight)
+        argv = command(name, port, workdir, max_queued=max_queued, max_inflight=max_inflight,
+                       config=prepared)
         log = workdir / "broker.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=workdir)
-        bp = BrokerProcess(name, port, proc, workdir, log)
+        bp = BrokerProcess(name, port, proc, workdir, log, config=prepared)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -202,11 +325,13 @@ def _nofile_of(pid: int) -> tuple[int, int]:
 @contextlib.contextmanager
 def running(name: str, *, timeout: float = 20.0, nofile: int | None = None,
             max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
-            ) -> Iterator[BrokerProcess]:
+            config: str | os.PathLike[str] | None = None, bench_limits: bool = True,
+            persistence: str = "keep") -> Iterator[BrokerProcess]:
     """``with running("ours") as b: ... b.port, b.pid``: started fresh, stopped and cleaned
     up afterwards."""
     bp = start(name, timeout=timeout, nofile=nofile, max_queued=max_queued,
-               max_inflight=max_inflight)
+               max_inflight=max_inflight, config=config, bench_limits=bench_limits,
+               persistence=persistence)
     try:
         yield bp
     finally:

@@ -117,9 +117,10 @@ class BaseClient(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, *, clean: bool = True) -> None:
         loop = asyncio.get_running_loop()
         self.client_id = client_id
+        self.clean = clean          # CONNECT clean session flag (False: a persistent session)
         self.connack: asyncio.Future[int] = loop.create_future()
         self.suback: asyncio.Future[bytes] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
@@ -146,7 +147,7 @@ class BaseClient(asyncio.Protocol):
     async def handshake(self, timeout: float = 10.0) -> None:
         if self.transport.is_closing():  # e.g. libuv sheds connections when out of fds
             raise ConnectionError(f"{self.client_id}: closed by the broker before CONNECT")
-        self.transport.write(wire.connect(self.client_id))
+        self.transport.write(wire.connect(self.client_id, clean=self.clean))
         rc = await asyncio.wait_for(self.connack, timeout)
         if rc != 0:
             raise LoadgenError(f"{self.client_id}: CONNACK return code {rc}")
@@ -168,8 +169,9 @@ class SubClient(BaseClient):
     """A subscriber that counts every PUBLISH into a :class:`Tally` and acknowledges QoS 1
     (PUBACK) and QoS 2 (PUBREC, then PUBCOMP for each PUBREL) at once, one write per read."""
 
-    def __init__(self, client_id: str, layout: wire.PublishLayout, tally: Tally) -> None:
-        super().__init__(client_id)
+    def __init__(self, client_id: str, layout: wire.PublishLayout, tally: Tally, *,
+                 clean: bool = True) -> None:
+        super().__init__(client_id, clean=clean)
         self.tally = tally
         self.buf = b""
         self.size = layout.size
@@ -255,8 +257,8 @@ class PubClient(BaseClient):
     message sent is acknowledged (QoS 1/2) or handed to the kernel (QoS 0)."""
 
     def __init__(self, client_id: str, blob: bytes, size: int, qos: int,
-                 window: int = WINDOW) -> None:
-        super().__init__(client_id)
+                 window: int = WINDOW, *, clean: bool = True) -> None:
+        super().__init__(client_id, clean=clean)
         self.blob = memoryview(blob)
         self.size = size
         self.count = len(blob) // size

@@ -194,15 +194,17 @@ async def _linger(ch: Channel, clients: Sequence[BaseClient]) -> None:
 
 
 async def publisher_worker(ch: Channel, port: int, pub_ids: list[int], topics: list[str],
-                           qos: int, count: int, window: int) -> None:
-    """Publishers ``pub_ids`` (one connection each), ``count`` messages each."""
+                           qos: int, count: int, window: int, clean: bool = True) -> None:
+    """Publishers ``pub_ids`` (one connection each), ``count`` messages each; ``clean``
+    False connects them with persistent sessions (clean session 0)."""
     clients: list[PubClient] = []
     for pub, topic in zip(pub_ids, topics, strict=True):
         layout = wire.PublishLayout(topic, qos)
         blob = layout.blob(pub, 0, count)
 
         def make(pub: int = pub, blob: bytes = blob, size: int = layout.size) -> PubClient:
-            return PubClient(f"bench-pub-{pub}-{os.getpid()}", blob, size, qos, window)
+            return PubClient(f"bench-pub-{pub}-{os.getpid()}", blob, size, qos, window,
+                             clean=clean)
 
         client = await open_client(make, port)
         assert isinstance(client, PubClient)
@@ -247,15 +249,19 @@ async def publisher_worker(ch: Channel, port: int, pub_ids: list[int], topics: l
 
 async def subscriber_worker(ch: Channel, port: int, n_clients: int, first_index: int,
                             filters: list[tuple[str, int]], layout_topic: str,
-                            delivered_qos: int, npubs: int, per_pub: int) -> None:
-    """``n_clients`` subscribers; each must receive every message of every publisher."""
+                            delivered_qos: int, npubs: int, per_pub: int,
+                            clean: bool = True) -> None:
+    """``n_clients`` subscribers; each must receive every message of every publisher.
+    ``clean`` False: persistent sessions (clean session 0), so a broker that stores sessions
+    stores every message queued to them."""
     layout = wire.PublishLayout(layout_topic, delivered_qos)
     clients: list[SubClient] = []
     for i in range(n_clients):
         tally = Tally(npubs, per_pub)
 
         def make(i: int = i, tally: Tally = tally) -> SubClient:
-            return SubClient(f"bench-sub-{first_index + i}-{os.getpid()}", layout, tally)
+            return SubClient(f"bench-sub-{first_index + i}-{os.getpid()}", layout, tally,
+                             clean=clean)
 
         client = await open_client(make, port)
         assert isinstance(client, SubClient)
@@ -341,22 +347,24 @@ class _BrokerCpu:
 
 def _pubsub(probe: Probe, *, qos: int, pub_topics: list[str], sub_filters: list[tuple[str, int]],
             n_subs: int, sub_procs: int, pub_procs: int, count: int, cap_s: float,
-            window: int, progress: Callable[[str], None] | None) -> Json:
+            window: int, progress: Callable[[str], None] | None, sub_clean: bool = True,
+            pub_clean: bool = True) -> Json:
     """Publishers (one per topic, ``count`` messages each) -> ``n_subs`` subscribers that all
-    receive everything. Shared by fan-in and fan-out."""
+    receive everything. Shared by fan-in and fan-out. ``sub_clean``/``pub_clean`` False
+    connect subscribers/publishers with persistent sessions (clean session 0)."""
     npubs = len(pub_topics)
     workers: list[Worker] = []
     try:
         sub_groups = _split(list(range(n_subs)), sub_procs)
         subs = [Worker(f"sub{i}", subscriber_worker, probe.port, len(g), g[0], sub_filters,
-                       pub_topics[0], qos, npubs, count)
+                       pub_topics[0], qos, npubs, count, sub_clean)
                 for i, g in enumerate(sub_groups)]
         workers += subs
         for w in subs:
             w.recv("ready", 60)
         pub_groups = _split(list(range(npubs)), pub_procs)
         pubs = [Worker(f"pub{i}", publisher_worker, probe.port, g, [pub_topics[p] for p in g],
-                       qos, count, window)
+                       qos, count, window, pub_clean)
                 for i, g in enumerate(pub_groups)]
         workers += pubs
         for w in pubs:
@@ -407,6 +415,8 @@ def _pubsub(probe: Probe, *, qos: int, pub_topics: list[str], sub_filters: list[
         "unexpected": sum(c["unexpected"] for c in clients),
         "delivery_span_s": round(span, 3),
         "capped": any(r["capped"] for r in pres),
+        "sub_clean": sub_clean,
+        "pub_clean": pub_clean,
         "cpu": _cpu_report(bcpu.used, wall, cpu),
         "broker_cpu_us_per_msg": (round(bcpu.used / received * 1e6, 2)
                                   if bcpu.used is not None and received else None),
@@ -415,24 +425,29 @@ def _pubsub(probe: Probe, *, qos: int, pub_topics: list[str], sub_filters: list[
 
 def fan_in(probe: Probe, qos: int, *, publishers: int = 8, count: int = 200_000,
            pub_procs: int = 1, cap_s: float = 20.0, window: int = WINDOW,
-           progress: Callable[[str], None] | None = None) -> Json:
+           progress: Callable[[str], None] | None = None, sub_clean: bool = True,
+           pub_clean: bool = True) -> Json:
     """``publishers`` publishers -> 1 subscriber on ``bench/in/+``; ``count`` messages in all.
-    msg/s = messages the subscriber received / (last delivery - first delivery)."""
+    msg/s = messages the subscriber received / (last delivery - first PUBLISH written).
+    ``sub_clean``/``pub_clean`` False: persistent sessions (clean session 0)."""
     per_pub = max(1, count // publishers)
     topics = [f"bench/in/{p:02d}" for p in range(publishers)]
     return _pubsub(probe, qos=qos, pub_topics=topics, sub_filters=[("bench/in/+", qos)],
                    n_subs=1, sub_procs=1, pub_procs=pub_procs, count=per_pub, cap_s=cap_s,
-                   window=window, progress=progress)
+                   window=window, progress=progress, sub_clean=sub_clean,
+                   pub_clean=pub_clean)
 
 
 def fan_out(probe: Probe, qos: int, *, subscribers: int = 50, count: int = 10_000,
             sub_procs: int = 2, cap_s: float = 20.0, window: int = WINDOW,
-            progress: Callable[[str], None] | None = None) -> Json:
+            progress: Callable[[str], None] | None = None, sub_clean: bool = True,
+            pub_clean: bool = True) -> Json:
     """1 publisher (``count`` messages) -> ``subscribers`` subscribers of ``bench/out``.
     msg/s = deliveries (all subscribers) / (last delivery - first delivery)."""
     return _pubsub(probe, qos=qos, pub_topics=["bench/out"], sub_filters=[("bench/out", qos)],
                    n_subs=subscribers, sub_procs=sub_procs, pub_procs=1, count=count,
-                   cap_s=cap_s, window=window, progress=progress)
+                   cap_s=cap_s, window=window, progress=progress, sub_clean=sub_clean,
+                   pub_clean=pub_clean)
 
 
 # --- idle connections: connect rate and memory ----------------------------------------------

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run [--quick] [--rounds 3] [--brokers ours,mosquitto,amqtt]
                              [--scenarios fanin_q0,...] [--out benchmarks/results]
+                             [--ours-config FILE] [--persistent-sub]
 
 Round 1 runs every scenario against every broker (the broker order rotates each round), then
 round 2, ...; the table gives each broker's median over the rounds, our ratio to Mosquitto and
@@ -166,8 +167,12 @@ def _sub_progress(say: Progress, label: str, msg: str) -> None:
     say(f"  {label}: {msg}")
 
 
-def run_one(sc: Scenario, broker: str, kwargs: Json, progress: Progress) -> Json:
-    with brokers.running(broker, **sc.broker_opts) as b:
+def run_one(sc: Scenario, broker: str, kwargs: Json, progress: Progress,
+            ours_config: str | None = None) -> Json:
+    opts = dict(sc.broker_opts)
+    if broker == "ours" and ours_config:
+        opts["config"] = ours_config  # with the benchmark's limits laid over it
+    with brokers.running(broker, **opts) as b:
         probe = loadgen.Probe(b.port, b.pid)
         result = sc.run(probe, progress, **kwargs)
         result["broker_pid"] = b.pid
@@ -193,6 +198,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="processes opening idle connections (default 2)")
     p.add_argument("--tag", default=None,
                    help="file name stem for the outputs (default latest, or quick)")
+    p.add_argument("--ours-config", default=None, metavar="FILE",
+                   help="run ours from a copy of this config file (its persistence database "
+                        "in a temporary folder; listener, $SYS, log level, in-flight window "
+                        "and queue limit set as for every run)")
+    p.add_argument("--persistent-sub", action="store_true",
+                   help="fan-in/fan-out subscribers connect with clean session 0 (a stored "
+                        "session: what makes a persistent broker write every message)")
     args = p.parse_args(argv)
     args.broker_list = [b.strip() for b in args.brokers.split(",") if b.strip()]
     args.scenario_list = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -204,6 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"unknown scenario {s!r}")
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
+    if args.ours_config and not Path(args.ours_config).is_file():
+        p.error(f"--ours-config: no such file {args.ours_config!r}")
     return args
 
 
@@ -213,6 +227,8 @@ def kwargs_for(sc: Scenario, broker: str, args: argparse.Namespace) -> Json:
         kw |= sc.amqtt_quick if args.quick else sc.amqtt_full
     if sc.key.startswith("fanin"):
         kw["pub_procs"] = args.pub_procs
+    if sc.key.startswith(("fanin", "fanout")) and args.persistent_sub:
+        kw["sub_clean"] = False
     if sc.key == "connect":
         kw["procs"] = args.connect_procs
     return kw
@@ -232,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(), "versions": brokers.versions(), "rounds": args.rounds,
         "quick": args.quick, "brokers": args.broker_list, "scenarios": args.scenario_list,
+        "ours_config": args.ours_config, "persistent_sub": args.persistent_sub,
         "notes": NOTES,
         "counts": {s: {b: kwargs_for(SCENARIOS[s], b, args) for b in args.broker_list}
                    for s in args.scenario_list},
@@ -256,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                                "params": {k: list(v) if isinstance(v, tuple) else v
                                           for k, v in kw.items()}}
                 try:
-                    res = run_one(sc, broker, kw, partial(_sub_progress, say, label))
+                    res = run_one(sc, broker, kw, partial(_sub_progress, say, label),
+                                  args.ours_config)
                     entry["result"] = res
                     say(f"{label}: {headline(key, res)}")
                 except (loadgen.LoadgenError, brokers.BrokerError, OSError) as exc:
