@@ -245,7 +245,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _process(self, frames: list[tuple[int, bytes]]) -> None:
         """Handle complete packets in order; over the publish rate, keep the rest for later."""
-        for i, (first, body) in enumerate(frames):
+        it = iter(frames)
+        for first, body in it:
             state = self.state
             if state is ConnState.CLOSED:
                 return  # a previous packet in this read closed the connection
@@ -259,7 +260,7 @@ class ClientConnection(asyncio.Protocol):
             if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
                 self._on_publish(cast(Publish, decode(first, body, self.level)), body)
                 if self._limiter is not None and self._rate_limit(len(body)):
-                    self._stash = frames[i + 1:]
+                    self._stash = list(it)
                     break
             elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
                 self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
@@ -708,8 +709,10 @@ class ClientConnection(asyncio.Protocol):
             assert pid is not None
             if code and self.level == V5:  # [MQTT-3.4.2] PUBACK with a reason code
                 self.send_packet(Puback(pid, code), durable=True)
+            elif self.gate is None:
+                self.send(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.2-2] PUBACK
             else:
-                self.send_durable(bytes((0x40, 2, pid >> 8, pid & 0xFF)))  # [MQTT-4.3.2-2]
+                self.send_durable(bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         elif qos == 2:
             assert pid is not None
             if code and self.level == V5:
@@ -911,7 +914,13 @@ class ClientConnection(asyncio.Protocol):
         if result.send_pubrel:
             self.send_durable(_PUBREL_HEAD + pid.to_bytes(2, "big"))
         elif result.freed and session.queue:  # a slot opened: the next one may go
-            self._pump()
+            out = None
+            if not self.congested_since and self.held_bytes < self.write_limit:
+                out = session.start_head()
+            if out is not None:
+                self._send_outbound(out, dup=False)
+            else:
+                self._pump()
 
     # -- SUBSCRIBE / UNSUBSCRIBE / PING / DISCONNECT --------------------------------------------
 

@@ -11,8 +11,8 @@ from .protocol.primitives import encode_varint
 class Message:
     """One published message: routed to many sessions, encoded once per (level, qos, retain)."""
 
-    __slots__ = ("_wire", "expires_at", "payload", "properties", "qos", "refs", "retain",
-                 "sender", "store_id", "topic")
+    __slots__ = ("_wire", "expires_at", "payload", "properties", "qos", "retain", "sender",
+                 "topic")
 
     def __init__(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False,
                  properties: dict[int, Any] | None = None, sender: str | None = None,
@@ -27,10 +27,6 @@ class Message:
         self.sender = sender
         self.expires_at = expires_at  # event-loop time after which it is not delivered
         self._wire: dict[tuple[int, int, bool], tuple[bytes, bytes]] | None = None
-        # persistence: its row in the store (0: not stored) and how many stored items and
-        # retained entries refer to it
-        self.store_id = 0
-        self.refs = 0
 
     def expired(self, now: float) -> bool:
         """[MQTT-3.3.2-5] past its Message Expiry Interval: never delivered."""

@@ -64,6 +64,13 @@ class AckResult(NamedTuple):
     freed: bool  # the flow is complete and its slot is free
 
 
+# the four possible answers, made once (ack() runs for every acknowledgement)
+_UNKNOWN = AckResult(False, False, False)
+_FREED = AckResult(True, False, True)
+_PUBREL = AckResult(True, True, False)
+_KEPT = AckResult(True, False, False)
+
+
 class Session:
     """The server side of one client's session.
 
@@ -133,12 +140,20 @@ class Session:
             # else: behind queued messages, to keep order [MQTT-4.6.0-5]
         elif qos == 0 and not self.queue_qos0 and not force:
             return None
+        # the hot path when a subscriber's window is full and every message queues: the
+        # common case inline, tuple.__new__ skipping the named tuple's Python constructor
+        q = self.queue
+        size = len(message.payload)
         store = self.store
+        if store is None and not force and q and len(q) < self.max_queued \
+                and not self.dropping and (not self.max_queued_bytes
+                                           or self.queued_bytes + size <= self.max_queued_bytes):
+            q.append(_new_queued(Queued, (message, qos, retain, identifiers, share, 0)))
+            self.queued_bytes += size
+            return None
         seq = store.next_seq() if store is not None else 0
-        # tuple.__new__ skips the named tuple's Python-level constructor (hot when a
-        # subscriber's window is full and every message queues)
         self._enqueue(_new_queued(Queued, (message, qos, retain, identifiers, share, seq)),
-                      force)
+                      size, force)
         return None
 
     def _start(self, message: Message, qos: int, retain: bool,
@@ -162,10 +177,9 @@ class Session:
         return len(q) >= self.max_queued or bool(
             self.max_queued_bytes and q and self.queued_bytes + size > self.max_queued_bytes)
 
-    def _enqueue(self, item: Queued, force: bool = False) -> None:
+    def _enqueue(self, item: Queued, size: int, force: bool = False) -> None:
         if not isinstance(self.queue, deque):
             self.queue = deque()
-        size = len(item.message.payload)
         if not force and self._full(size):
             if self.drop_oldest:
                 while self.queue and self._full(size):
@@ -225,23 +239,38 @@ class Session:
         if not q:
             return out
         assert isinstance(q, deque)
+        inflight = self.inflight
         while q:
             item = q[0]
-            if item.message.expires_at is not None and item.message.expired(now):
+            message, qos, retain, identifiers, share, seq = item
+            if message.expires_at is not None and message.expired(now):
                 self._unqueued(q.popleft())
-            elif item.qos == 0:
+            elif qos == 0:
                 self._unqueued(q.popleft())
                 out.append(item)
-            elif len(self.inflight) < self.max_inflight:
+            elif len(inflight) < self.max_inflight:
                 q.popleft()
-                self.queued_bytes -= len(item.message.payload)
-                out.append(self._start(item.message, item.qos, item.retain, item.identifiers,
-                                       item.share, item.seq))
+                self.queued_bytes -= len(message.payload)
+                out.append(self._start(message, qos, retain, identifiers, share, seq))
             else:
                 break
             if limit and len(out) >= limit:
                 break
         return out
+
+    def start_head(self) -> Outbound | None:
+        """The head of the queue into the window, when that is all there is to do: a QoS 1/2
+        message without an expiry and a free slot (the common case after an acknowledgement).
+        None when :meth:`pump` must decide."""
+        q = self.queue
+        if not q or len(self.inflight) >= self.max_inflight:
+            return None
+        message, qos, retain, identifiers, share, seq = q[0]
+        if not qos or message.expires_at is not None:
+            return None
+        q.popleft()
+        self.queued_bytes -= len(message.payload)
+        return self._start(message, qos, retain, identifiers, share, seq)
 
     def take_shared(self) -> list[Queued]:
         """Remove and return what came through shared subscriptions and is not acknowledged
@@ -271,21 +300,21 @@ class Session:
         """Apply PUBACK / PUBREC / PUBCOMP for ``packet_id``."""
         out = self.inflight.get(packet_id)
         if out is None:
-            return AckResult(False, False, False)
+            return _UNKNOWN
         state = next_state(out.state, packet)
         if state is None:
-            return AckResult(False, False, False)
+            return _UNKNOWN
         store = self.store
         if state is OutState.DONE:
             del self.inflight[packet_id]
             if store is not None and out.seq:
                 store.delete_item(out.seq, out.message)
-            return AckResult(True, False, True)
+            return _FREED
         out.state = state
         if store is not None:
             store.update_item(self.client_id, out.seq, out.message, out.qos, out.retain,
                               out.identifiers, out.share, packet_id, state)
-        return AckResult(True, state is OutState.AWAIT_PUBCOMP, False)
+        return _PUBREL if state is OutState.AWAIT_PUBCOMP else _KEPT
 
     def complete(self, packet_id: int) -> None:
         """Forget an outbound flow as if it had completed (a message too big to send)."""

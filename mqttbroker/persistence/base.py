@@ -7,7 +7,7 @@ durable in its own time, and the :class:`Snapshot` it reads back when the broker
 Keys: sessions by client id, subscriptions by (client id, filter), session items (outbound
 messages in flight or queued) by ``seq`` (one counter for the whole store, so a session's items
 load back in order), inbound QoS 2 ids by (client id, packet id), retained messages by topic.
-A message stored for several sessions (and as retained) is stored once: ``put_item`` and
+A message stored for several sessions (and as retained) is stored once: ``add_item`` and
 ``put_retained`` take a reference, ``delete_item`` and ``delete_retained`` drop one.
 
 Times in records are wall-clock (``time.time()``): the event loop's clock restarts with the

@@ -128,6 +128,9 @@ class SqliteStorage:
         self._holds: dict[int, dict[ClientConnection, list[bytes]]] = {}
         self._seq = 0
         self._msg_id = 0
+        # stored message -> [its row id, how many items and retained entries refer to it]
+        # (kept here, not on Message: an in-memory broker should not pay for it)
+        self._stored: dict[Message, list[int]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.commits = 0
@@ -176,11 +179,12 @@ class SqliteStorage:
         assert self._loop is not None
         loop = self._loop
         messages: dict[int, Message] = {}
+        stored = self._stored
         for mid, topic, payload, qos, retain, props, sender, expires in db.execute(
                 "SELECT id, topic, payload, qos, retain, props, sender, expires FROM messages"):
             m = Message(topic, bytes(payload), qos, bool(retain), _unpack_props(props), sender,
                         None if expires is None else from_wall(expires, loop))
-            m.store_id = mid
+            stored[m] = [mid, 0]
             messages[mid] = m
             self._msg_id = max(self._msg_id, mid)
         sessions: dict[str, StoredSession] = {}
@@ -204,7 +208,7 @@ class SqliteStorage:
             if s is None or item_msg is None:
                 orphans.append(seq)
                 continue
-            item_msg.refs += 1
+            stored[item_msg][1] += 1
             s.items.append(StoredItem(seq, item_msg, qos, bool(retain),
                                       tuple(msgpack.unpackb(ids)) if ids else (), share, pid,
                                       state))
@@ -216,17 +220,16 @@ class SqliteStorage:
         for _topic, mid in db.execute("SELECT topic, message FROM retained"):
             kept = messages.get(mid)
             if kept is not None:
-                kept.refs += 1
+                stored[kept][1] += 1
                 retained.append(kept)
         # rows nothing refers to any more (an interrupted clean-up): gone now
         if orphans:
             db.executemany("DELETE FROM items WHERE seq=?", [(s,) for s in orphans])
-        unused = [(mid,) for mid, m in messages.items() if m.refs == 0]
+        unused = [m for m in messages.values() if stored[m][1] == 0]
         if unused:
-            db.executemany("DELETE FROM messages WHERE id=?", unused)
-        for m in messages.values():
-            if m.refs == 0:
-                m.store_id = 0
+            db.executemany("DELETE FROM messages WHERE id=?", [(stored[m][0],) for m in unused])
+        for m in unused:
+            del stored[m]
         return Snapshot(list(sessions.values()), retained)
 
     def _unpack_will(self, blob: bytes) -> StoredWill:
@@ -288,23 +291,30 @@ class SqliteStorage:
         self._seq += 1
         return self._seq
 
+    def refs(self, m: Message) -> tuple[int, int]:
+        """``(row id, references)`` of a message; ``(0, 0)`` when it is not stored."""
+        ref = self._stored.get(m)
+        return (ref[0], ref[1]) if ref is not None else (0, 0)
+
     def _ref(self, m: Message) -> int:
-        if m.refs == 0:
+        ref = self._stored.get(m)
+        if ref is None:
             assert self._loop is not None
             self._msg_id += 1
-            m.store_id = self._msg_id
+            ref = self._stored[m] = [self._msg_id, 0]
             expires = None if m.expires_at is None else to_wall(m.expires_at, self._loop)
-            self._pending.messages[m.store_id] = (
-                m.store_id, m.topic, m.payload, m.qos, int(m.retain),
+            self._pending.messages[ref[0]] = (
+                ref[0], m.topic, m.payload, m.qos, int(m.retain),
                 _pack_props(m.properties), m.sender, expires)
-        m.refs += 1
-        return m.store_id
+        ref[1] += 1
+        return ref[0]
 
     def _unref(self, m: Message) -> None:
-        m.refs -= 1
-        if m.refs == 0:
-            sid = m.store_id
-            m.store_id = 0
+        ref = self._stored[m]
+        ref[1] -= 1
+        if ref[1] == 0:
+            sid = ref[0]
+            del self._stored[m]
             msgs = self._pending.messages
             if msgs.get(sid) is not None:
                 del msgs[sid]  # inserted in this same batch: never written
@@ -346,7 +356,7 @@ class SqliteStorage:
                     identifiers: tuple[int, ...], share: str | None, packet_id: int,
                     state: int) -> None:
         self._pending.items[seq] = (
-            seq, client_id, message.store_id, qos, int(retain),
+            seq, client_id, self._stored[message][0], qos, int(retain),
             msgpack.packb(identifiers) if identifiers else None, share, packet_id, state)
         self._touch()
 
