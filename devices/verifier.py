@@ -54,8 +54,10 @@ class Verifier:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = SESSION_EXPIRY
         props.ReceiveMaximum = 65535
-        self.client.connect(self.host, self.port, keepalive=30, clean_start=True,
-                            properties=props)
+        # a clean start the first time only: reconnects resume the session, or what the
+        # broker queued for us while we were away would be thrown out
+        self.client.connect(self.host, self.port, keepalive=30,
+                            clean_start=mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(timeout):
             raise RuntimeError(f"verifier could not subscribe at {self.host}:{self.port}")
