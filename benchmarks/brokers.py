@@ -174,6 +174,9 @@ def ours_config(source: str | os.PathLike[str], workdir: Path, *, port: int | No
         mqtt = dict(mqtt) if isinstance(mqtt, dict) else {}
         _put(mqtt, "max_inflight_messages", inflight)
         _put(mqtt, "max_queued_messages", max_queued)
+        # load generators open thousands of connections from a few addresses at once; Mosquitto
+        # has no per-address rate limit either
+        _put(mqtt, "max_connection_rate_per_address", 0)
         _put(raw, "mqtt", mqtt)
     section = _get(raw, "persistence")
     backend, db_path, sync = "memory", None, None
@@ -223,6 +226,7 @@ def command(name: str, port: int, workdir: Path, *, max_queued: int = MAX_QUEUED
             "mqtt:\n"
             f"  max_inflight_messages: {inflight}\n"
             f"  max_queued_messages: {max_queued}\n"
+            "  max_connection_rate_per_address: 0\n"  # (load from a few addresses)
             "log_level: WARNING\n")
         return [str(VENV_BIN / "python"), "-m", "mqttbroker", "serve", "-c", str(conf),
                 "--port", str(port)]

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import __version__
+from .abuse import ConnectionRateLimiter, LoginFailures, address_key
+from .acl import ClientAcl
 from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
@@ -32,9 +34,10 @@ from .protocol.packets import Connect, Suback, Subscribe, Unsuback, Unsubscribe,
 from .protocol.properties import PropertyId as Prop
 from .protocol.topics import topic_filter_problem, validate_topic_name
 from .retained import RetainedStore
-from .router import Router, parse_share
+from .router import Delivery, Router, parse_share
 from .session import Outbound, Queued, Session
 from .transports.tcp import serve_tcp
+from .transports.tls import ListenerTLS, peer_common_name
 
 log = logging.getLogger("mqttbroker")
 
@@ -54,10 +57,6 @@ class Broker:
     def __init__(self, config: Config | Mapping[str, Any] | None = None) -> None:
         self.config = config if isinstance(config, Config) else load_config(
             dict(config) if config is not None else None)
-        if self.config.auth.password_file is not None:
-            raise ConfigError([ConfigIssue(
-                "auth.password-file", None,
-                "password files are not supported yet; remove the key or use allow-anonymous")])
         self.metrics = Metrics()
         self.router = Router()
         cfg = self.config.mqtt
@@ -65,12 +64,22 @@ class Broker:
         # persistence: None keeps everything in memory only
         self.storage: Storage | None = open_storage(self.config.persistence)
         self.retained.storage = self.storage
-        self.authorizer = Authorizer(self.config.auth, self.config.topic_check)
+        # reads the password and ACL files: ConfigError naming the file and line
+        self.authorizer = Authorizer(self.config.auth, self.config.topic_check,
+                                     self.config.listeners)
         self.enhanced_auth = EnhancedAuth.from_config(self.config.auth.scram_users)
+        # per-address defences (abuse.py); None when switched off
+        self.connection_rate = ConnectionRateLimiter(
+            cfg.max_connection_rate_per_address, cfg.connection_burst_per_address,
+        ) if cfg.max_connection_rate_per_address else None
+        self.login_failures = LoginFailures(
+            cfg.auth_failure_threshold, cfg.auth_failure_delay, cfg.auth_failure_max_delay,
+        ) if cfg.auth_failure_delay else None
         self.sessions: dict[str, Session] = {}
         self.connections: dict[str, ClientConnection] = {}
         self.addresses: list[tuple[str, str, int]] = []
         self._servers: list[asyncio.Server] = []
+        self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
         self._open: set[ClientConnection] = set()
         self._per_listener: dict[str, int] = {}
         self._total = 0  # connections open over every listener
@@ -113,22 +122,26 @@ class Broker:
                     raise ConfigError([ConfigIssue(
                         f"listeners.{lc.name}.type", None,
                         f"listener type {lc.type!r} is not supported yet (only tcp)")])
-                if lc.ssl:
-                    raise ConfigError([ConfigIssue(
-                        f"listeners.{lc.name}.ssl", None, "TLS listeners are not supported yet")])
                 name = lc.name
+                # TLS: ConfigError naming the listener key if a file does not load or fit
+                tls = ListenerTLS(lc) if lc.ssl else None
+                if tls is not None:
+                    self._tls[name] = tls
                 self._per_listener[name] = 0
                 self._limits[name] = lc.max_connections
 
                 def factory(name: str = name) -> ClientConnection:
                     return ClientConnection(self, name)
 
-                server = await serve_tcp(lc.host, lc.port, factory)
+                server = await serve_tcp(
+                    lc.host, lc.port, factory, ssl=None if tls is None else tls.context,
+                    handshake_timeout=self.config.mqtt.connect_timeout)
                 self._servers.append(server)
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
                     self.addresses.append((name, host, port))
-                    log.info("listener %s: listening on %s:%d (tcp)", name, host, port)
+                    log.info("listener %s: listening on %s:%d (%s)", name, host, port,
+                             "tcp" if tls is None else f"tls, {lc.tls_version} minimum")
         except BaseException:
             await self._close_servers()
             if self.storage is not None:
@@ -208,6 +221,37 @@ class Broker:
             session.inbound_qos2 = set(rec.inbound_qos2)
         return session
 
+    def reload(self) -> bool:
+        """SIGHUP: load every TLS listener's certificate, key and CA files again, and the
+        password and ACL files (``authorizer.reload()``, when the authorizer has one).
+
+        Handshakes and CONNECTs from now on see the new files; connected clients keep their
+        connections. Whatever fails to load is logged and keeps its previous state, so a
+        half-copied certificate never takes a listener down. True when everything reloaded.
+        """
+        ok = True
+        for name, tls in self._tls.items():
+            try:
+                tls.reload()
+            except ConfigError as exc:
+                ok = False
+                log.error("reload: listener %s keeps its previous certificates: %s", name, exc)
+            else:
+                log.info("reload: listener %s: certificates loaded from %s", name,
+                         tls.config.certfile)
+        reload_auth = getattr(self.authorizer, "reload", None)
+        if callable(reload_auth):
+            try:
+                loaded = reload_auth()  # False: it logged why and kept the files in use
+            except Exception as exc:  # noqa: BLE001 - a bad file: keep the previous ones
+                loaded = False
+                log.error("reload: keeping the previous password/ACL files: %s", exc)
+            if loaded is False:
+                ok = False
+            else:
+                log.info("reload: password and ACL files loaded")
+        return ok
+
     async def shutdown(self) -> None:
         """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
         for timer in (self._sys_timer, self._keepalive_timer):
@@ -258,6 +302,8 @@ class Broker:
         when too many refusals are pending already, drop it now (None)."""
         if not self.running:
             return None
+        if self.connection_rate is not None and self._over_rate(conn):
+            return None  # closed at once, before it costs more than the accept
         name = conn.listener
         limit = self._limits.get(name, 0)
         total = self.config.mqtt.max_connections
@@ -281,6 +327,62 @@ class Broker:
         if limit and self._per_listener[conn.listener] >= limit:
             return f"listener {conn.listener} is at max-connections {limit}"
         return f"the broker is at max_connections {self.config.mqtt.max_connections}"
+
+    # -- abuse: per-address connection rate and failed logins (abuse.py) -------------------------
+
+    @staticmethod
+    def address(conn: ClientConnection) -> str:
+        """The source address the per-address limits count ``conn`` under (IPv6: its /64)."""
+        return address_key(conn.peer.rpartition(":")[0])
+
+    def _over_rate(self, conn: ClientConnection) -> bool:
+        """Charge a new connection to its address's rate; True when it is over the rate and
+        must be closed now. Logged once per episode (a flood), not per connection."""
+        assert self.connection_rate is not None
+        address = self.address(conn)
+        allowed, refused = self.connection_rate.take(address, self.now())
+        if allowed:
+            if refused:
+                log.warning("address %s is back under max_connection_rate_per_address: %d "
+                            "connection(s) from it were closed", address, refused)
+            return False
+        self.metrics.connections_rate_limited += 1
+        if refused == 1:
+            rate = self.connection_rate
+            log.warning("address %s opens connections faster than "
+                        "max_connection_rate_per_address (%g/s, burst %g): closing its new "
+                        "connections at accept until it slows down", address, rate.rate,
+                        rate.burst)
+        return True
+
+    def connect_hold(self, conn: ClientConnection) -> float | None:
+        """``conn`` sent CONNECT: how long to hold it before looking at it (0.0: not at all),
+        because its address keeps failing to log in; None: refuse it at once, unread
+        (its address already has CONNECTs held for auth_failure_max_delay)."""
+        guard = self.login_failures
+        if guard is None:
+            return 0.0
+        wait = guard.hold(self.address(conn), self.now())
+        if wait != 0.0:
+            self.metrics.auth_held += 1
+        return wait
+
+    def login_failed(self, conn: ClientConnection) -> None:
+        """``conn``'s credentials were refused: count it against its address."""
+        self.metrics.auth_failures += 1
+        guard = self.login_failures
+        if guard is None:
+            return
+        address = self.address(conn)
+        failures = guard.failed(address, self.now())
+        if failures == max(guard.threshold, 1):
+            log.warning("address %s: %d failed logins in a row; its CONNECTs are now answered "
+                        "after a delay (%gs, doubling up to %gs) until one succeeds", address,
+                        failures, guard.delay_after(failures), guard.max_delay)
+
+    def _login_succeeded(self, conn: ClientConnection) -> None:
+        if self.login_failures is not None:
+            self.login_failures.succeeded(self.address(conn))
 
     def cap_session_expiry(self, requested: int) -> int:
         """The Session Expiry Interval granted for ``requested`` (max_session_expiry_interval
@@ -322,20 +424,40 @@ class Broker:
             return
         if p.will is not None:
             validate_topic_name(p.will.topic)  # [MQTT-3.1.3-11] raises: the connection closes
+            if cfg.max_topic_levels and p.will.topic.count("/") >= cfg.max_topic_levels:
+                raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
+                                    f"will topic deeper than max_topic_levels "
+                                    f"{cfg.max_topic_levels}")
             if v5 and p.will.qos > cfg.max_qos:
                 conn.refuse(ReasonCode.QOS_NOT_SUPPORTED, "will QoS over Maximum QoS")
                 return
             if v5 and p.will.retain and not cfg.retain_available:
                 conn.refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "will RETAIN not available")
                 return
-        if auth_props is None:
-            code = self.authorizer.authenticate(client_id, p.username, p.password)
+        # TLS use-identity-as-username: the client certificate's CN replaces the user name and
+        # stands for the password, as in Mosquitto (False: refused, no usable certificate)
+        by_certificate = self._certificate_user(conn, p)
+        if by_certificate is False:
+            return
+        if auth_props is None and by_certificate is None:
+            code = self.authorizer.authenticate(client_id, p.username, p.password,
+                                                conn.listener)
             if code != ReasonCode.SUCCESS:
+                self.login_failed(conn)  # slows its address down (abuse.py)
                 conn.refuse(code, "not authorised" if code == ReasonCode.NOT_AUTHORIZED
                             else "bad user name or password")
                 return
-        else:
+        elif auth_props is not None:
             props.update(auth_props)
+        if p.username is not None:  # real credentials (an anonymous login forgives nothing)
+            self._login_succeeded(conn)
+        if p.will is not None and self.authorizer.publish_checked and \
+                not self.authorizer.may_publish(client_id, p.username, p.will.topic):
+            # a will is a PUBLISH like any other: one the client may not make never goes out
+            # (Mosquitto checks it when it would be sent, and drops it likewise)
+            log.info("client %r: will to %r not authorised; it will not be published",
+                     client_id, p.will.topic)
+            p.will = None
         # session expiry: 3.1.1 clean session 0 never expires (unless capped)
         if v5:
             requested = p.properties.get(Prop.SESSION_EXPIRY_INTERVAL, 0)
@@ -391,6 +513,8 @@ class Broker:
             session.max_inflight = min(cfg.max_inflight_messages,
                                        p.properties.get(Prop.RECEIVE_MAXIMUM, 65535))
             props.update(self._connack_properties(client_id, p))
+        if self.authorizer.acl is not None:
+            self._bind_acl(client_id, p.username, session)
         self.connections[client_id] = conn
         conn.keep_alive = keep_alive
         m = self.metrics
@@ -400,6 +524,37 @@ class Broker:
                  conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
                  keep_alive, ", session resumed" if present else "")
         conn.accept(client_id, session, present, p, props)
+
+    def _bind_acl(self, client_id: str, username: str | None, session: Session) -> None:
+        """ACL file: the client's entries for the user name it connected with (perhaps not
+        the one that made the session, or unknown after a restart), and whether its
+        subscriptions need each delivery checked. Messages waiting in the session that it
+        may not read are dropped, as Mosquitto does on reconnect."""
+        filters = [share[1] if (share := parse_share(f)) is not None else f
+                   for f in session.subscriptions]
+        client = self.authorizer.bind(client_id, username, filters)
+        if client is not None and (session.queue or session.inflight):
+            dropped = session.discard(lambda m: client.may_read(m.topic))
+            if dropped:
+                self.metrics.publish_dropped += dropped
+                log.info("client %r: %d queued message(s) it may not read dropped", client_id,
+                         dropped)
+
+    def _certificate_user(self, conn: ClientConnection, p: Connect) -> bool | None:
+        """``use-identity-as-username`` (Mosquitto's): on such a listener the CN of the
+        client's verified certificate becomes ``p.username``, whatever the CONNECT said, and
+        the certificate authenticates it (no password is checked; ACLs apply to the CN).
+        None: not such a listener; True: done; False: no certificate with a CN, refused."""
+        tls = self._tls.get(conn.listener)
+        if tls is None or not tls.config.use_identity_as_username:
+            return None
+        cn = peer_common_name(conn.transport)
+        if cn is None:
+            conn.refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+                        "use-identity-as-username: no client certificate with a CN")
+            return False
+        p.username, p.password = cn, None
+        return True
 
     def _new_session(self, client_id: str, expiry: int) -> Session:
         cfg = self.config.mqtt
@@ -525,6 +680,7 @@ class Broker:
         if self.sessions.get(cid) is session:
             del self.sessions[cid]
             self._offline.pop(cid, None)
+            self.authorizer.forget(cid)
         if session.store is not None:
             self._forget_stored(session)
         self._cancel_expiry(cid)
@@ -569,7 +725,8 @@ class Broker:
             assert item.share is not None
             group = self.router.group(item.share)
             picked = group.pick(self._available, exclude=session.client_id) if group else None
-            if picked is None:
+            reader = self.authorizer.readers.get(picked[0]) if picked is not None else None
+            if picked is None or (reader is not None and not reader.may_read(item.message.topic)):
                 keep.append(item)
                 continue
             cid, sub = picked
@@ -597,7 +754,10 @@ class Broker:
             log.debug("client %s: PUBLISH to %r refused ($ topics are the broker's)",
                       conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
-        if not self.authorizer.may_publish(conn.username, message.topic):
+        auth = self.authorizer
+        if auth.publish_checked and not auth.may_publish(conn.client_id or "", conn.username,
+                                                         message.topic):
+            # dropped; 3.1.1 cannot say so (acknowledged as usual), v5 gets 0x87
             self.metrics.publish_dropped += 1
             log.info("client %s: PUBLISH to %r not authorised", conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
@@ -630,6 +790,9 @@ class Broker:
             else:
                 self._retained_full(message, source, "delivered, not retained")
         direct, shared = self.router.route(message.topic, message.sender, self._available)
+        readers = self.authorizer.readers  # empty unless an ACL file needs deliveries checked
+        if readers:
+            direct, shared = _readable(message.topic, direct, shared, readers)
         mqos = message.qos
         for cid, d in direct.items():
             # [MQTT-3.3.1-9] RETAIN is 0 on forwarding, unless Retain As Published [MQTT-3.3.1-13]
@@ -689,8 +852,11 @@ class Broker:
             # Retain Handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9/10]
             if sub.retain_handling == 0 or (sub.retain_handling == 1 and new):
                 ident: tuple[int, ...] = (identifier,) if identifier else ()
+                # ACL file: a filter wider than the read grants brings only what may be read
+                reader = self.authorizer.readers.get(conn.client_id)
                 for m in self.retained.match(f, now):
-                    retained.append((m, min(m.qos, granted), True, ident))
+                    if reader is None or reader.may_read(m.topic):
+                        retained.append((m, min(m.qos, granted), True, ident))
         # durable: after a crash, a session said to be present must hold this subscription
         # (matching PUBLISH may go first: [MQTT-3.8.4-4] lets them)
         conn.send_packet(Suback(p.packet_id, codes), durable=True)
@@ -702,6 +868,7 @@ class Broker:
         """Why a filter cannot be subscribed to (a SUBACK reason code), or None."""
         problem = topic_filter_problem(f)
         code = ReasonCode.TOPIC_FILTER_INVALID
+        inner = f  # what the ACLs judge: a shared subscription's own filter
         if problem is None:
             try:
                 share = parse_share(f)
@@ -709,9 +876,16 @@ class Broker:
                 problem = str(exc)
             else:
                 if share is not None:
-                    problem = topic_filter_problem(share[1])
-        if problem is None and not self.authorizer.may_subscribe(conn.username, f):
-            problem, code = "not authorised", ReasonCode.NOT_AUTHORIZED
+                    inner = share[1]
+                    problem = topic_filter_problem(inner)
+        levels = self.config.mqtt.max_topic_levels  # each level is a node in the tree
+        if problem is None and levels and inner.count("/") >= levels:
+            problem = f"more than max_topic_levels ({levels}) levels"
+        if problem is None and not self.authorizer.may_subscribe(conn.client_id or "",
+                                                                 conn.username, inner):
+            # 3.1.1: 0x80 [MQTT-3.9.3]; v5: auth.v5-subscribe-refusal (0x80 or 0x87)
+            problem = "not authorised"
+            code = ReasonCode(self.config.auth.v5_subscribe_refusal)
         limit = self.config.mqtt.max_subscriptions_per_client
         if problem is None and limit and f not in session.subscriptions \
                 and len(session.subscriptions) >= limit:
@@ -773,6 +947,22 @@ class Broker:
             self.publish(Message(topic, value.encode(), 0, True))
         assert self._loop is not None
         self._sys_timer = self._loop.call_later(self.config.sys_interval, self._publish_sys)
+
+
+def _readable(topic: str, direct: dict[str, Delivery], shared: list[tuple[str, Delivery]],
+              readers: Mapping[str, ClientAcl]) -> tuple[dict[str, Delivery],
+                                                         list[tuple[str, Delivery]]]:
+    """The deliveries of a message on ``topic`` that the ACL file lets through: Mosquitto
+    checks read access per message, so a subscription wider than the client's read grants
+    (``#`` with read on ``a/#``) brings only what it may read. The router's result is cached
+    and shared: filtered copies are made, only when something is filtered out."""
+    if any((r := readers.get(cid)) is not None and not r.may_read(topic) for cid in direct):
+        direct = {cid: d for cid, d in direct.items()
+                  if (r := readers.get(cid)) is None or r.may_read(topic)}
+    if shared:
+        shared = [(cid, d) for cid, d in shared
+                  if (r := readers.get(cid)) is None or r.may_read(topic)]
+    return direct, shared
 
 
 __all__ = ["Broker", "ConnState", "ProtocolError"]

@@ -1,4 +1,4 @@
-"""Command line: ``mqttbroker serve`` and ``mqttbroker check-config``.
+"""Command line: ``mqttbroker serve``, ``check-config``, ``passwd`` and ``scram-credential``.
 
 Exit codes: 0 success (and clean shutdown on SIGINT/SIGTERM), 1 a runtime failure such as a
 port already in use (or an invalid file for ``check-config``), 2 an invalid config for ``serve``
@@ -48,7 +48,7 @@ def cli() -> None:
               help="Override log_level from the config.")
 def serve(config_file: str | None, host: str | None, port: int | None,
           log_level: str | None) -> None:
-    """Run the broker until SIGINT or SIGTERM."""
+    """Run the broker until SIGINT or SIGTERM (SIGHUP reloads certificates, passwords, ACLs)."""
     try:
         config = load_config(config_file).with_overrides(host, port, log_level)
     except ConfigError as exc:
@@ -70,8 +70,16 @@ def serve(config_file: str | None, host: str | None, port: int | None,
 @click.argument("file", metavar="FILE")
 def check_config(file: str) -> None:
     """Validate FILE; print every problem as FILE:LINE: key.path: problem."""
+    from .transports.tls import build_context
+
     try:
-        load_config(file)
+        config = load_config(file)
+        for lc in config.listeners:  # TLS files load, and each key fits its certificate
+            if lc.ssl:
+                try:
+                    build_context(lc)
+                except ConfigError as exc:
+                    raise ConfigError(exc.issues, file) from None
     except ConfigError as exc:
         _print_config_error(exc, err=False)
         sys.exit(1)
@@ -92,7 +100,8 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
 
 
 async def _serve(config: Config) -> int:
-    """Start the broker, wait for SIGINT/SIGTERM, shut down; return the exit code."""
+    """Start the broker, wait for SIGINT/SIGTERM (reloading on SIGHUP), shut down; return the
+    exit code."""
     from .broker import Broker  # imported late: config errors are reported without it
 
     try:
@@ -123,9 +132,19 @@ async def _serve(config: Config) -> int:
         received.append(sig.name)
         stop.set()
 
+    def on_hangup() -> None:
+        # SIGHUP reloads (as Mosquitto does) and never stops the broker
+        log.info("received SIGHUP, reloading certificates and password/ACL files")
+        try:
+            broker.reload()
+        except Exception:  # reload logs its own failures; this is a backstop
+            log.exception("reload failed; the broker keeps running")
+
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await stop.wait()
         log.info("received %s, shutting down", received[0])
@@ -185,6 +204,50 @@ def scram_credential(user: str, password: str | None, iterations: int) -> None:
         "y", "n", "yes", "no", "on", "off", "true", "false", "null"}
     key = user if plain else json.dumps(user, ensure_ascii=False)
     click.echo(f'  {key}: "{credential}"')
+
+
+@cli.command("passwd")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("user")
+@click.option("--password", help="The password (default: prompt twice without echo; a "
+              "password on the command line can end up in shell history and ps).")
+@click.option("-D", "--delete", is_flag=True, help="Remove USER from FILE.")
+@click.option("--iterations", type=click.IntRange(1, 10_000_000), default=101,
+              show_default=True, help="PBKDF2-SHA512 iterations (mosquitto_passwd 2.0 writes "
+              "101; each is paid on the broker's event loop at every new login).")
+def passwd(file: str, user: str, password: str | None, delete: bool, iterations: int) -> None:
+    """Add USER to a password file, change its password, or --delete it.
+
+    Writes Mosquitto's format (user:$7$<iterations>$<salt>$<hash>, PBKDF2-SHA512, what
+    mosquitto_passwd 2.x writes), never the password; the file is created if missing and
+    replaced atomically, with mode 0600. Other lines are kept as they are.
+    """
+    from .passwd import delete_user, set_password, user_problem
+
+    try:
+        if delete:
+            if password is not None:
+                raise click.UsageError("--delete takes no --password")
+            if not delete_user(file, user):
+                click.echo(f"mqttbroker: error: user {user!r} is not in {file}", err=True)
+                sys.exit(1)
+            click.echo(f"{file}: deleted {user}")
+            return
+        problem = user_problem(user)
+        if problem:
+            raise click.BadParameter(problem, param_hint="USER")
+        if password is None:
+            password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        if not password:
+            raise click.BadParameter("must not be empty", param_hint="--password")
+        added = set_password(file, user, password, iterations)
+    except ConfigError as exc:  # the file is there but is not a password file
+        _print_config_error(exc, err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"mqttbroker: error: {file}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{file}: {'added' if added else 'changed the password of'} {user}")
 
 
 def main() -> None:

@@ -54,12 +54,21 @@ log = logging.getLogger("mqttbroker.client")
 
 V5 = ProtocolLevel.MQTT_5
 LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
-MAX_CONNECT_SIZE = 512 * 1024  # room for every CONNECT field at its largest, and properties
 SLOW_CONSUMER_GRACE = 5.0  # seconds a congested client may hold publishers back
 PUMP_BATCH = 256  # queued messages sent between checks of the socket's buffer
 WRITE_BATCH = 256  # packets gathered into one transport write at most
 _PUBREL_HEAD = b"\x62\x02"
 _PINGRESP = b"\xd0\x00"
+
+
+def _connect_level(data: bytes) -> int | None:
+    """The protocol level of the CONNECT that ``data`` starts with, if it is there yet."""
+    if not data or data[0] != 0x10:
+        return None
+    i = 1
+    while i < min(len(data), 5) and data[i] & 0x80:  # the Remaining Length's bytes
+        i += 1
+    return peek_protocol_level(data[i + 1:i + 16])
 
 
 class ConnState(IntEnum):
@@ -100,6 +109,7 @@ class ClientConnection(asyncio.Protocol):
         "_auth",
         "_limiter",
         "_loop",
+        "_max_levels",
         "_pending_connect",
         "_stash",
         "_timer",
@@ -142,9 +152,10 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.metrics = broker.metrics
         cfg = broker.config.mqtt
-        # until CONNECT, only a CONNECT-sized packet is read (a peer that never connects cannot
-        # make us buffer the configured maximum); the limit opens up at CONNACK
-        self.reader = FrameReader(min(cfg.max_packet_size, MAX_CONNECT_SIZE))
+        # until CONNACK, only a packet of max_connect_size is read (a peer that never logs in
+        # cannot make us buffer the configured maximum); the limit opens up at CONNACK
+        self.reader = FrameReader(min(cfg.max_packet_size, cfg.max_connect_size))
+        self._max_levels = cfg.max_topic_levels or 65536  # (a topic has at most 65535 "/")
         self.write_limit = cfg.write_buffer_limit
         self.state = ConnState.AWAIT_CONNECT
         self.level: int = ProtocolLevel.MQTT_3_1_1
@@ -238,6 +249,10 @@ class ClientConnection(asyncio.Protocol):
                 else:
                     self._process(frames)
         except ProtocolError as exc:
+            if exc.code == ReasonCode.PACKET_TOO_LARGE and self.state is ConnState.AWAIT_CONNECT:
+                # over max_connect_size, refused from its header: answer in its protocol
+                # version (MQTT 5: CONNACK 0x95) when the bytes read so far say which
+                self.level = _connect_level(data) or self.level
             self.fail(exc)
         except Exception:  # a bug must cost one connection, never the broker
             log.exception("internal error handling client %s; closing it", self.name)
@@ -257,6 +272,9 @@ class ClientConnection(asyncio.Protocol):
             if ptype == _P.CONNECT:
                 # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
                 self.level = peek_protocol_level(body) or self.level
+                if self.broker.login_failures is not None and \
+                        self._hold_connect(first, body, list(it)):
+                    break
             if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
                 self._on_publish(cast(Publish, decode(first, body, self.level)), body)
                 if self._limiter is not None and self._rate_limit(len(body)):
@@ -270,6 +288,55 @@ class ClientConnection(asyncio.Protocol):
             # our own answers (acks, the next messages a PUBACK let through) go now, not
             # after every other connection's work in this loop turn
             self._flush()
+
+    def _hold_connect(self, first: int, body: bytes, rest: list[tuple[int, bytes]]) -> bool:
+        """The CONNECT's address keeps failing to log in (abuse.py): hold the CONNECT, and
+        what came after it, on a timer (the event loop goes on), not reading meanwhile; or
+        refuse it at once, unread, when the address has CONNECTs held long enough already.
+        True when held or refused; False: handle it now."""
+        wait = self.broker.connect_hold(self)
+        if wait is None:
+            self.refuse(ReasonCode.SERVER_BUSY,
+                        "too many failed logins from this address, try again later", quiet=True)
+            return True
+        if wait <= 0.0:
+            return False
+        log.debug("client %s: CONNECT held %.2fs (failed logins from its address)", self.name,
+                  wait)
+        self._stash = [(first, body), *rest]
+        if self.transport is not None:
+            self.transport.pause_reading()
+        if self._timer is not None:  # the hold replaces connect_timeout
+            self._timer.cancel()
+        self._timer = self._loop.call_later(wait, self._connect_resume)
+        return True
+
+    def _connect_resume(self) -> None:
+        """A held CONNECT's time has come: handle it and the packets read after it."""
+        self._timer = None  # (closing cancels it: we are still awaiting CONNECT)
+        stash, self._stash = self._stash, None
+        if not stash:
+            return
+        # the client has connect_timeout again to finish (MQTT 5 enhanced authentication)
+        self._timer = self._loop.call_later(self.broker.config.mqtt.connect_timeout,
+                                            self._connect_timeout)
+        first, body = stash[0]
+        try:
+            self._on_connect(cast(Connect, decode(first, body, self.level)))
+            if len(stash) > 1 and self.state is not ConnState.CLOSED:
+                self._process(stash[1:])
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("internal error handling client %s; closing it", self.name)
+            self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
+            return
+        if self._wbuf:
+            self._flush()
+        if self.transport is not None and self.state is not ConnState.CLOSED \
+                and self._stash is None and not self.rate_paused and self.blocked_by == 0:
+            self.transport.resume_reading()
 
     def _unexpected(self, ptype: int) -> None:
         if ptype == _P.CONNECT:
@@ -586,6 +653,7 @@ class ClientConnection(asyncio.Protocol):
                 self.fail(ProtocolError(ReasonCode.NOT_AUTHORIZED,
                                         f"re-authentication failed: {result.reason}"))
             else:
+                self.broker.login_failed(self)  # slows its address down (abuse.py)
                 self.refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD,
                             f"{self.auth_method} authentication failed: {result.reason}")
             return
@@ -623,14 +691,16 @@ class ClientConnection(asyncio.Protocol):
                                 f"unexpected AUTH reason 0x{p.reason_code:02X}")
         self._auth_step(data)
 
-    def refuse(self, code: ReasonCode, why: str) -> None:
-        """Answer CONNECT with a refusal and close [MQTT-3.2.2-5]."""
+    def refuse(self, code: ReasonCode, why: str, quiet: bool = False) -> None:
+        """Answer CONNECT with a refusal and close [MQTT-3.2.2-5]. ``quiet``: log at DEBUG
+        only (a refusal the broker reports once per address, not per connection)."""
+        level = logging.DEBUG if quiet else logging.WARNING
         if self.level == V5:
-            log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, code)
+            log.log(level, "refusing client %s: %s (CONNACK 0x%02X)", self.name, why, code)
             self.send_packet(Connack(False, int(code), self._reason(why)))
         else:
             v3 = V3_CONNACK_FOR_REASON.get(code, ConnackCode.SERVER_UNAVAILABLE)
-            log.warning("refusing client %s: %s (CONNACK 0x%02X)", self.name, why, v3)
+            log.log(level, "refusing client %s: %s (CONNACK 0x%02X)", self.name, why, v3)
             self.send_packet(Connack(False, int(v3)))
         self.metrics.connections_refused += 1
         self.close(publish_will=False)
@@ -688,6 +758,10 @@ class ClientConnection(asyncio.Protocol):
                 if alias is not None or mei is not None:
                     props = {k: v for k, v in props.items() if k not in _HOP_PROPS}
         validate_topic_name(p.topic)
+        levels = self._max_levels  # (n levels take n - 1 "/": a shorter topic cannot have them)
+        if len(p.topic) >= levels and p.topic.count("/") >= levels:
+            raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
+                                f"topic name deeper than max_topic_levels {levels}")
         pid = p.packet_id
         if qos == 2:
             assert pid is not None

@@ -8,9 +8,12 @@ whose issues name the dotted key path (``listeners.default.bind``) and the 1-bas
 The file format is a superset of the hbmqtt/amqtt broker config:
 
 * ``listeners``: name -> ``type`` (tcp/ws), ``bind`` ("host:port"), ``max_connections``,
-  ``ssl``, ``certfile``, ``keyfile``, ``cafile``. A listener named ``default`` supplies the
+  ``ssl``, ``certfile``, ``keyfile``, ``cafile``, ``capath``, ``cadata``, and Mosquitto's
+  ``require-certificate``, ``use-identity-as-username``, ``tls-version`` (the minimum,
+  ``tlsv1.2`` or ``tlsv1.3``). A listener named ``default`` supplies the
   values other listeners leave out, and is itself a listener only if it has a ``bind``.
-* ``sys_interval``, ``auth`` (``allow-anonymous``, ``password-file``, ``acl-file``),
+* ``sys_interval``, ``auth`` (``allow-anonymous``, ``password-file``, ``acl-file``, our
+  ``v5-subscribe-refusal``; a listener may have its own ``allow-anonymous``),
   ``topic-check`` (``enabled``, ``acl``, ``publish-acl``), ``log_level`` and our own ``mqtt``.
 * amqtt's ``plugins`` (top level, in ``auth`` and in ``topic-check``) and
   ``timeout-disconnect-delay`` are accepted and **ignored**: our authentication and topic checks
@@ -66,15 +69,30 @@ class ListenerConfig:
     certfile: str | None = None
     keyfile: str | None = None
     cafile: str | None = None
+    # TLS (see mqttbroker/tls.py): CA folder and PEM text (hbmqtt/amqtt's keys), Mosquitto's
+    # client-certificate options, and the lowest TLS version accepted
+    capath: str | None = None
+    cadata: str | None = None
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    tls_version: str = "tlsv1.2"
+    # clients without a user name on this listener (Mosquitto's per-listener allow_anonymous);
+    # None: auth.allow-anonymous, and when that is not given either, loopback listeners only
+    allow_anonymous: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """The ``auth`` section: who may connect."""
 
-    allow_anonymous: bool = True
-    password_file: str | None = None
-    acl_file: str | None = None
+    # clients without a user name: True/False on every listener (hbmqtt's meaning), None (not
+    # given): only on loopback listeners, like Mosquitto 2 (a listener may say otherwise)
+    allow_anonymous: bool | None = None
+    password_file: str | None = None  # mosquitto_passwd or hbmqtt format (passwd.py)
+    acl_file: str | None = None  # Mosquitto's ACL file (acl.py)
+    # MQTT 5 SUBACK reason code for a filter the ACLs refuse: 0x80 Unspecified error (what the
+    # Paho interoperability suite expects) or 0x87 Not authorized. 3.1.1 has only 0x80.
+    v5_subscribe_refusal: int = 0x80
     # MQTT 5 enhanced authentication, SCRAM-SHA-256: user -> credential in PostgreSQL's
     # "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" form (never a password)
     scram_users: Mapping[str, str] = field(default_factory=_no_scram)
@@ -96,7 +114,7 @@ class MqttConfig:
     max_qos: int = 2
     max_packet_size: int = _MAX_PACKET
     max_keepalive: int = 0
-    connect_timeout: float = 10.0
+    connect_timeout: float = 5.0
     max_inflight_messages: int = 20
     max_queued_messages: int = 10000
     queue_qos0_messages: bool = False
@@ -119,6 +137,14 @@ class MqttConfig:
     max_retained_bytes: int = 1_073_741_824  # retained payload bytes
     max_publish_rate: float = 0.0  # PUBLISH packets per second per client
     max_publish_bytes_rate: float = 0.0  # PUBLISH bytes per second per client
+    # abuse (mqttbroker/abuse.py): what a peer may do before it has logged in
+    max_connect_size: int = 65_536  # bytes a packet may have before CONNACK (CONNECT, AUTH)
+    max_connection_rate_per_address: float = 50.0  # new connections/s per source address
+    connection_burst_per_address: int = 200  # ... of which this many at once
+    auth_failure_threshold: int = 5  # failed logins in a row from an address before delays
+    auth_failure_delay: float = 1.0  # first delay (s), doubling per failure; 0 = off
+    auth_failure_max_delay: float = 30.0  # the longest delay (s)
+    max_topic_levels: int = 200  # levels in a topic name or filter (Mosquitto's limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,6 +571,26 @@ def _file(v: _Validator, value: Any, _p: _KeyPath) -> str:
     return path
 
 
+def _folder(v: _Validator, value: Any, _p: _KeyPath) -> str:
+    """A folder that must exist (``capath``), resolved like :func:`_file`."""
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"expected a folder name, got {_describe(value)}")
+    path = os.path.expanduser(value)
+    if v.base_dir is not None and not os.path.isabs(path):
+        path = os.path.join(v.base_dir, path)
+    if not os.path.isdir(path):
+        raise _Bad(f"folder not found: {path}")
+    return path
+
+
+def _tls_version(text: str) -> str:
+    """Mosquitto's ``tlsv1.2`` spelling; ``1.2``, ``TLSv1.2`` and ``tls1.2`` mean the same."""
+    text = text.lower().replace(" ", "")
+    if text.startswith("tls1"):
+        text = "tlsv" + text[3:]
+    return text if text.startswith("tlsv") else "tlsv" + text
+
+
 def _path(v: _Validator, value: Any, _p: _KeyPath) -> str:
     """A file to create or open; relative names are resolved against the config file's
     folder. Its folder is made when the broker starts."""
@@ -644,6 +690,48 @@ def _acl(v: _Validator, value: Any, path: _KeyPath) -> Mapping[str, tuple[str, .
     return _INVALID if bad else MappingProxyType(out)
 
 
+def _password_file(v: _Validator, value: Any, path: _KeyPath) -> str:
+    """A password file (Mosquitto's or hbmqtt's format), read now so that a bad line is
+    reported with the config (FILE:LINE of the password file in the problem)."""
+    from .passwd import load_password_file
+
+    name = _file(v, value, path)
+    try:
+        load_password_file(name)
+    except ConfigError as exc:
+        _file_issues(v, path, exc)
+        return _INVALID  # type: ignore[no-any-return]
+    return name
+
+
+def _acl_file(v: _Validator, value: Any, path: _KeyPath) -> str:
+    """A Mosquitto ACL file, parsed now like :func:`_password_file`."""
+    from .acl import load_acl_file
+
+    name = _file(v, value, path)
+    try:
+        load_acl_file(name)
+    except ConfigError as exc:
+        _file_issues(v, path, exc)
+        return _INVALID  # type: ignore[no-any-return]
+    return name
+
+
+def _file_issues(v: _Validator, path: _KeyPath, exc: ConfigError) -> None:
+    for issue in exc.issues:
+        where = f"{exc.filename}:{issue.line}" if issue.line else f"{exc.filename}"
+        v.issue(path, f"{where}: {issue.problem}")
+
+
+def _refusal_code(_v: _Validator, value: Any, _p: _KeyPath) -> int:
+    """0x80 or 0x87 (YAML reads 0x80 as the number 128; "0x80" as a string works too)."""
+    if isinstance(value, str) and value.strip().lower() in ("0x80", "0x87"):
+        return int(value.strip(), 16)
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0x80, 0x87):
+        return value
+    raise _Bad(f"must be 0x80 (Unspecified error) or 0x87 (Not authorized), got {value!r}")
+
+
 _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "type": _choice(("tcp", "ws"), str.lower),
     "bind": _bind,
@@ -652,10 +740,16 @@ _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "certfile": _file,
     "keyfile": _file,
     "cafile": _file,
+    "capath": _folder,
+    "cadata": _str,
+    "require_certificate": _bool,
+    "use_identity_as_username": _bool,
+    "tls_version": _choice(("tlsv1.2", "tlsv1.3"), _tls_version),
+    "allow_anonymous": _bool,
 }
 _AUTH_FIELDS: Final[Mapping[str, _Conv]] = {
-    "allow_anonymous": _bool, "password_file": _file, "acl_file": _file,
-    "scram_users": _scram_users}
+    "allow_anonymous": _bool, "password_file": _password_file, "acl_file": _acl_file,
+    "scram_users": _scram_users, "v5_subscribe_refusal": _refusal_code}
 _TOPIC_CHECK_FIELDS: Final[Mapping[str, _Conv]] = {
     "enabled": _bool, "acl": _acl, "publish_acl": _acl}
 _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
@@ -684,6 +778,13 @@ _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
     "max_retained_bytes": _int(0),
     "max_publish_rate": _float(0),
     "max_publish_bytes_rate": _float(0),
+    "max_connect_size": _int(256, _MAX_PACKET),
+    "max_connection_rate_per_address": _float(0),
+    "connection_burst_per_address": _int(1),
+    "auth_failure_threshold": _int(0),
+    "auth_failure_delay": _float(0),
+    "auth_failure_max_delay": _float(0),
+    "max_topic_levels": _int(0),
 }
 _PERSISTENCE_FIELDS: Final[Mapping[str, _Conv]] = {
     "backend": _choice(("memory", "sqlite"), str.lower),
@@ -736,6 +837,16 @@ def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfi
                 continue
         elif bool(values.get("certfile")) != bool(values.get("keyfile")):
             v.issue(lpath, "certfile and keyfile must be given together")
+            failed = True
+            continue
+        # client certificates need TLS, and a CA to check them against
+        wants_cert = [k for k in ("require_certificate", "use_identity_as_username")
+                      if values.get(k)]
+        has_ca = any(values.get(k) for k in ("cafile", "capath", "cadata"))
+        if wants_cert and (not values.get("ssl") or not has_ca):
+            v.issue(eff[wants_cert[0]][1], f"{wants_cert[0].replace('_', '-')} needs "
+                    + ("ssl: true" if not values.get("ssl") else
+                       "cafile (or capath): the CA that signs the client certificates"))
             failed = True
             continue
         host, port = values.pop("bind")

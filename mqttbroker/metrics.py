@@ -7,10 +7,13 @@ class Metrics:
     """Plain counters, incremented on the hot path (no locks: one event loop)."""
 
     __slots__ = (
+        "auth_failures",
+        "auth_held",
         "bytes_received",
         "bytes_sent",
         "clients_connected",
         "clients_maximum",
+        "connections_rate_limited",
         "connections_refused",
         "connections_total",
         "messages_received",
@@ -36,6 +39,9 @@ class Metrics:
         self.clients_maximum = 0
         self.connections_total = 0
         self.connections_refused = 0
+        self.connections_rate_limited = 0  # closed at accept: over the per-address rate
+        self.auth_failures = 0  # CONNECTs refused for their credentials
+        self.auth_held = 0  # CONNECTs held back (or refused unread): their address kept failing
         self.protocol_errors = 0
         self.sys_publish_refused = 0
         self.sessions_evicted = 0  # offline sessions discarded to stay under max_sessions

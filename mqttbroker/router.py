@@ -70,6 +70,9 @@ class SharedGroup:
 
 
 CACHE_SIZE = 10_000  # topics remembered between subscription changes
+# longer topics are matched every time: the cache holds at most CACHE_SIZE x this many
+# characters of topic names (10 MB), not 10,000 topics of 64 KiB a publisher chose (640 MB)
+CACHE_TOPIC_MAX = 1024
 
 _Key = str | tuple[str, str]
 _Value = Subscription | SharedGroup
@@ -141,7 +144,7 @@ class Router:
             direct, groups = cached
         else:
             direct, groups, cacheable = self._match(topic, sender)
-            if cacheable:
+            if cacheable and len(topic) <= CACHE_TOPIC_MAX:
                 if len(self._cache) >= CACHE_SIZE:
                     self._cache.clear()
                 self._cache[topic] = (direct, groups)

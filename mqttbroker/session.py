@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from .message import Message
@@ -229,6 +230,25 @@ class Session:
             if store is not None and item.seq:
                 store.add_item(self.client_id, item.seq, item.message, item.qos, item.retain,
                                item.identifiers, item.share, 0, 0)
+
+    def discard(self, keep: Callable[[Message], bool]) -> int:
+        """Drop the queued messages, and those in flight whose PUBLISH is not acknowledged
+        yet, that ``keep`` refuses (e.g. ones the client may no longer read); how many."""
+        n = 0
+        for pid, out in list(self.inflight.items()):
+            if out.state is not OutState.AWAIT_PUBCOMP and not keep(out.message):
+                self.complete(pid)
+                n += 1
+        if self.queue and not all(keep(item.message) for item in self.queue):
+            kept: deque[Queued] = deque()
+            for item in self.queue:
+                if keep(item.message):
+                    kept.append(item)
+                else:
+                    self._unqueued(item)
+                    n += 1
+            self.queue = kept
+        return n
 
     def pump(self, now: float = 0.0, limit: int = 0) -> list[Outbound | Queued]:
         """Move queued messages, in order, into free in-flight slots; QoS 0 ones need no slot

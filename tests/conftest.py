@@ -25,14 +25,17 @@ T = TypeVar("T")
 
 
 def base_config(**mqtt: Any) -> dict[str, Any]:
-    """A config dict with one TCP listener on 127.0.0.1, port 0 (a free one)."""
+    """A config dict with one TCP listener on 127.0.0.1, port 0 (a free one).
+
+    Tests open connections from 127.0.0.1 by the thousand a second (the fuzz tests): no
+    per-address connection rate limit unless the test sets one (tests/integration/
+    test_abuse.py does)."""
     cfg: dict[str, Any] = {
         "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
         "sys_interval": 0,
         "auth": {"allow-anonymous": True},
+        "mqtt": {"max_connection_rate_per_address": 0, **mqtt},
     }
-    if mqtt:
-        cfg["mqtt"] = dict(mqtt)
     return cfg
 
 

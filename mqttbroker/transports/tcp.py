@@ -1,4 +1,4 @@
-"""TCP listeners (TLS joins them with the security work)."""
+"""TCP listeners, plain or TLS (the SSL context comes from :mod:`mqttbroker.transports.tls`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ from collections.abc import Callable
 
 
 async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
-                    ssl: _ssl.SSLContext | None = None, backlog: int = 1024) -> asyncio.Server:
+                    ssl: _ssl.SSLContext | None = None, backlog: int = 1024,
+                    handshake_timeout: float | None = None) -> asyncio.Server:
     """Listen on ``host:port`` (port 0 picks a free one); ``factory`` builds one protocol per
-    connection. asyncio and uvloop both set TCP_NODELAY on accepted sockets."""
+    connection. asyncio and uvloop both set TCP_NODELAY on accepted sockets.
+
+    With ``ssl`` the protocol sees the connection only once the TLS handshake is done, so a
+    peer that never finishes it is dropped after ``handshake_timeout`` seconds (asyncio's
+    default is 60).
+    """
     loop = asyncio.get_running_loop()
+    if ssl is None:
+        return await loop.create_server(factory, host or None, port, backlog=backlog,
+                                        reuse_address=True)
     return await loop.create_server(factory, host or None, port, ssl=ssl, backlog=backlog,
-                                    reuse_address=True)
+                                    reuse_address=True, ssl_handshake_timeout=handshake_timeout)

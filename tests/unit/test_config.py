@@ -49,7 +49,8 @@ def test_no_source_gives_one_localhost_tcp_listener_and_defaults() -> None:
     config = load_config()
     assert config == Config(listeners=(ListenerConfig("default", "tcp", "127.0.0.1", 1883),))
     assert config.sys_interval == 10.0
-    assert config.auth == AuthConfig(allow_anonymous=True, password_file=None, acl_file=None)
+    # allow-anonymous not given: anonymous clients on loopback listeners only (auth.py)
+    assert config.auth == AuthConfig(allow_anonymous=None, password_file=None, acl_file=None)
     assert config.topic_check.enabled is False
     assert dict(config.topic_check.acl) == {} and dict(config.topic_check.publish_acl) == {}
     assert config.mqtt == MqttConfig()
@@ -266,7 +267,9 @@ def test_topic_check_both_spellings(key: str) -> None:
 
 
 def test_password_file_both_spellings(tmp_path: Path) -> None:
-    (tmp_path / "passwd").write_text("alice:x\n")
+    (tmp_path / "passwd").write_text(  # made by mosquitto_passwd (password "secret")
+        "alice:$7$101$WhrfaIBjuVKX7MU2$RPNTYOppYPlE2w4mvOUS55nTZ88FXCb/lMA05FkFUbpTFDwmZi3oBhJoeJ"
+        "eKwSsqMXxeaQMiZU50TeTeAlOtcw==\n")
     for key in ("password-file", "password_file"):
         path = write(tmp_path, f"auth:\n  {key}: passwd\n")
         assert load_config(path).auth.password_file == str(tmp_path / "passwd")
@@ -333,7 +336,7 @@ def test_unknown_key_without_close_match_lists_the_known_keys(tmp_path: Path) ->
     assert only_issue(path) == (
         "auth.zzz", 2,
         ("unknown key (expected one of: acl_file, allow_anonymous, password_file, "
-         "scram_users)"))
+         "scram_users, v5_subscribe_refusal)"))
 
 
 def test_section_key_at_top_level_says_where_it_belongs(tmp_path: Path) -> None:
@@ -533,11 +536,14 @@ def test_all_problems_are_collected_and_sorted_by_line(tmp_path: Path) -> None:
         f"{path}:6: mqtt.max_qos: must be between 0 and 2, got 3",
         f"{path}:7: mqtt.max_qos: duplicate key (first given on line 6)",
         (f"{path}:8: mqtt.bogus: unknown key (expected one of: allow_zero_length_clientid, "
-        "connect_timeout, max_client_id_length, max_connections, max_inflight_messages, "
+        "auth_failure_delay, auth_failure_max_delay, auth_failure_threshold, "
+        "connect_timeout, connection_burst_per_address, max_client_id_length, "
+        "max_connect_size, max_connection_rate_per_address, max_connections, "
+        "max_inflight_messages, "
         "max_keepalive, max_packet_size, max_publish_bytes_rate, max_publish_rate, max_qos, "
         "max_queued_bytes, max_queued_messages, max_retained_bytes, max_retained_messages, "
         "max_session_expiry_interval, max_sessions, max_subscriptions_per_client, "
-        "max_write_buffer, "
+        "max_topic_levels, max_write_buffer, "
         "queue_full_policy, queue_qos0_messages, receive_maximum, response_information, "
         "retain_available, topic_alias_maximum, write_buffer_limit)"),
     ]
