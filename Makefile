@@ -37,6 +37,12 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
+# Fuzzing: every target (tests/fuzz/) until Ctrl-C, or FUZZ_SECONDS seconds each; `make test`
+# runs them for a bounded time. Crashes land in tests/fuzz/crashes/ (see docs/fuzzing.md).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz.runner
+
 # Benchmarks: this broker, Mosquitto and amqtt side by side (see benchmarks/README.md).
 .PHONY: bench
 bench: $(STAMP) $(MOSQUITTO)
