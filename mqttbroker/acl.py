@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Final
 
-from .errors import ConfigError, ConfigIssue
+from .errors import ConfigError, ConfigIssue, read_text_file
 from .protocol.topics import topic_filter_problem
 
 __all__ = ["READ", "WRITE", "AclFile", "ClientAcl", "filter_covers", "filters_meet",
@@ -157,17 +157,7 @@ class AclFile:
 
 def load_acl_file(path: str) -> AclFile:
     """Parse a Mosquitto ACL file; ConfigError naming the file and every bad line."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(KEY, None, f"cannot read: {exc.strerror or exc}")],
-                          path) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        at = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([ConfigIssue(KEY, at, "not valid UTF-8 text")], path) from None
+    text = read_text_file(path, KEY)
     issues: list[ConfigIssue] = []
     anonymous: list[Entry] = []
     users: dict[str, list[Entry]] = {}

@@ -695,22 +695,21 @@ def _password_file(v: _Validator, value: Any, path: _KeyPath) -> str:
     reported with the config (FILE:LINE of the password file in the problem)."""
     from .passwd import load_password_file
 
-    name = _file(v, value, path)
-    try:
-        load_password_file(name)
-    except ConfigError as exc:
-        _file_issues(v, path, exc)
-        return _INVALID  # type: ignore[no-any-return]
-    return name
+    return _parsed_file(v, value, path, load_password_file)
 
 
 def _acl_file(v: _Validator, value: Any, path: _KeyPath) -> str:
     """A Mosquitto ACL file, parsed now like :func:`_password_file`."""
     from .acl import load_acl_file
 
+    return _parsed_file(v, value, path, load_acl_file)
+
+
+def _parsed_file(v: _Validator, value: Any, path: _KeyPath,
+                 load: Callable[[str], object]) -> str:
     name = _file(v, value, path)
     try:
-        load_acl_file(name)
+        load(name)
     except ConfigError as exc:
         _file_issues(v, path, exc)
         return _INVALID  # type: ignore[no-any-return]

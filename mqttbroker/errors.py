@@ -72,3 +72,19 @@ class ConfigError(MQTTBrokerError):
     def line(self) -> int | None:
         """The line of the first problem (1-based), when it came from a file."""
         return self.issues[0].line if self.issues else None
+
+
+def read_text_file(path: str, key: str) -> str:
+    """A file named by config key ``key`` (a password or ACL file), as UTF-8 text; a
+    :class:`ConfigError` naming the file (and the line of bad UTF-8) otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(key, None, f"cannot read: {exc.strerror or exc}")],
+                          path) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(key, line, "not valid UTF-8 text")], path) from None

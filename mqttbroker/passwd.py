@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import ConfigError, ConfigIssue
+from .errors import ConfigError, ConfigIssue, read_text_file
 
 __all__ = ["DEFAULT_ITERATIONS", "PasswordFile", "PasswordHash", "delete_user", "hash_password",
            "load_password_file", "parse_hash", "set_password", "sha512_crypt", "user_problem"]
@@ -223,18 +223,7 @@ def user_problem(user: str) -> str | None:
 
 
 def _read_lines(path: str) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(KEY, None, f"cannot read: {exc.strerror or exc}")],
-                          path) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError([ConfigIssue(KEY, line, "not valid UTF-8 text")], path) from None
-    return text.splitlines()
+    return read_text_file(path, KEY).splitlines()
 
 
 def _parse(lines: list[str], path: str) -> tuple[dict[str, PasswordHash], dict[str, int]]:
