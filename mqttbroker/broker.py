@@ -503,10 +503,8 @@ class Broker:
             if session.store is None:
                 session.store = storage
             will = p.will
-            storage.put_session(client_id, expiry, None, None if will is None else StoredWill(
-                Message(will.topic, will.payload, will.qos, will.retain,
-                        will.properties or None, client_id),
-                will.properties.get(Prop.WILL_DELAY_INTERVAL, 0) if will.properties else 0))
+            storage.put_session(client_id, expiry, None,
+                                None if will is None else _pending_will(will, client_id))
         session.max_inflight = cfg.max_inflight_messages
         if v5:
             # the client's Receive Maximum bounds what we send unacknowledged [MQTT-3.3.4-7]
@@ -628,10 +626,7 @@ class Broker:
             self.publish(message)
         elif will is not None and not self.running and session.persistent:
             # closed by a shutdown: the will goes out when the broker is back
-            stored = StoredWill(Message(will.topic, will.payload, will.qos, will.retain,
-                                        will.properties or None, cid),
-                                will.properties.get(Prop.WILL_DELAY_INTERVAL, 0)
-                                if will.properties else 0)
+            stored = _pending_will(will, cid)
         if session.persistent and self.sessions.get(cid) is session:
             self._offline[cid] = None
         if session.store is not None and self.sessions.get(cid) is session:
@@ -963,6 +958,14 @@ def _readable(topic: str, direct: dict[str, Delivery], shared: list[tuple[str, D
         shared = [(cid, d) for cid, d in shared
                   if (r := readers.get(cid)) is None or r.may_read(topic)]
     return direct, shared
+
+
+def _pending_will(will: Will, client_id: str) -> StoredWill:
+    """A will as stored while its connection lasts (or after a shutdown ended it): the
+    CONNECT's form, turned into the message to publish only when it goes out."""
+    delay = will.properties.get(Prop.WILL_DELAY_INTERVAL, 0) if will.properties else 0
+    return StoredWill(Message(will.topic, will.payload, will.qos, will.retain,
+                              will.properties or None, client_id), delay)
 
 
 __all__ = ["Broker", "ConnState", "ProtocolError"]

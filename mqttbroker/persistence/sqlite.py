@@ -109,6 +109,14 @@ def _unpack_props(blob: bytes | None) -> dict[int, Any] | None:
     return props
 
 
+def _item_row(seq: int, client_id: str, message_id: int, qos: int, retain: bool,
+              identifiers: tuple[int, ...], share: str | None, packet_id: int,
+              state: int) -> _Row:
+    """An ``items`` row."""
+    return (seq, client_id, message_id, qos, int(retain),
+            msgpack.packb(identifiers) if identifiers else None, share, packet_id, state)
+
+
 class SqliteStorage:
     """The SQLite backend (see the module docstring)."""
 
@@ -344,20 +352,17 @@ class SqliteStorage:
     def add_item(self, client_id: str, seq: int, message: Message, qos: int, retain: bool,
                  identifiers: tuple[int, ...], share: str | None, packet_id: int,
                  state: int) -> None:
-        mid = self._ref(message)
         p = self._pending
-        p.items[seq] = (seq, client_id, mid, qos, int(retain),
-                        msgpack.packb(identifiers) if identifiers else None, share, packet_id,
-                        state)
+        p.items[seq] = _item_row(seq, client_id, self._ref(message), qos, retain, identifiers,
+                                 share, packet_id, state)
         p.new_items.add(seq)
         self._touch()
 
     def update_item(self, client_id: str, seq: int, message: Message, qos: int, retain: bool,
                     identifiers: tuple[int, ...], share: str | None, packet_id: int,
                     state: int) -> None:
-        self._pending.items[seq] = (
-            seq, client_id, self._stored[message][0], qos, int(retain),
-            msgpack.packb(identifiers) if identifiers else None, share, packet_id, state)
+        self._pending.items[seq] = _item_row(seq, client_id, self._stored[message][0], qos,
+                                             retain, identifiers, share, packet_id, state)
         self._touch()
 
     def delete_item(self, seq: int, message: Message) -> None:
