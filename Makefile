@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test setup peers lint clean
+.PHONY: run test setup peers browser dashboard lint clean
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -18,7 +18,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+# The dashboard's JavaScript: npm packages (package-lock.json) bundled by esbuild into
+# mqttbroker/web/dashboard/dist/, which the HTTP listener serves. Rebuilt when a source changes.
+DASH     := mqttbroker/web/dashboard
+DASH_SRC := $(DASH)/package.json $(DASH)/package-lock.json $(DASH)/build.mjs \
+            $(wildcard $(DASH)/src/*)
+$(DASH)/dist/.built: $(DASH_SRC)
+	cd $(DASH) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	touch $@
+
+dashboard: $(DASH)/dist/.built
+
+run: $(STAMP) $(DASH)/dist/.built
 	$(BIN)/mqttbroker serve -c $(CONFIG)
 
 $(MOSQUITTO):
@@ -26,7 +37,14 @@ $(MOSQUITTO):
 
 peers: $(MOSQUITTO)
 
-test: $(STAMP) $(MOSQUITTO)
+# Headless Chromium and its WebDriver for the dashboard's browser test (Debian packages).
+CHROMIUM := /usr/bin/chromedriver
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+browser: $(CHROMIUM)
+
+test: $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(DASH)/dist/.built
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -161,6 +161,14 @@ def ours_config(source: str | os.PathLike[str], workdir: Path, *, port: int | No
     if not isinstance(raw, dict):
         raise BrokerError(f"{source}: not a mapping")
     _absolute_files(raw, source.resolve().parent)
+    # runs measure MQTT over TCP: no HTTP listener (nor its token file), no WebSocket
+    # listener on a fixed port that two runs (or a `make run`) would fight over
+    for k in [k for k in raw if _norm(k) == "http"]:
+        del raw[k]
+    listeners = _get(raw, "listeners")
+    if isinstance(listeners, dict):
+        _put(raw, "listeners", {name: lc for name, lc in listeners.items()
+                                if not (isinstance(lc, dict) and _get(lc, "type") == "ws")})
     if bench_limits:
         inflight = max_inflight or OURS_MAX_INFLIGHT
         _put(raw, "listeners", {"default": {"type": "tcp", "bind": f"127.0.0.1:{port or 0}"}})

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .abuse import ConnectionRateLimiter, LoginFailures, address_key
@@ -22,7 +22,7 @@ from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
 from .enhanced_auth import EnhancedAuth
-from .errors import ConfigError, ConfigIssue, ProtocolError
+from .errors import ConfigError, ProtocolError
 from .keepalive import KeepAliveWheel
 from .message import Message
 from .metrics import Metrics
@@ -38,6 +38,10 @@ from .router import Delivery, Router, parse_share
 from .session import Outbound, Queued, Session
 from .transports.tcp import serve_tcp
 from .transports.tls import ListenerTLS, peer_common_name
+from .transports.websocket import serve_websocket
+
+if TYPE_CHECKING:
+    from .web.server import HttpServer
 
 log = logging.getLogger("mqttbroker")
 
@@ -96,12 +100,27 @@ class Broker:
         self._wills: dict[str, tuple[asyncio.TimerHandle, Message]] = {}
         self._started = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.http: HttpServer | None = None  # the HTTP listener (http.enabled)
         self.running = False
 
     @property
     def port(self) -> int:
         """The bound port of the first listener (handy when it was configured as 0)."""
         return self.addresses[0][2]
+
+    @property
+    def http_port(self) -> int:
+        """The bound port of the HTTP listener (http.enabled)."""
+        assert self.http is not None, "http.enabled is false"
+        return self.http.port
+
+    def uptime(self) -> float:
+        """Seconds since :meth:`start`."""
+        return time.monotonic() - self._started
+
+    def listener_connections(self) -> dict[str, int]:
+        """Open connections per listener name."""
+        return dict(self._per_listener)
 
     def now(self) -> float:
         """The event loop's clock, which every expiry in the broker is measured on."""
@@ -118,10 +137,6 @@ class Broker:
             self._restore(await self.storage.open(self._loop))
         try:
             for lc in self.config.listeners:
-                if lc.type != "tcp":
-                    raise ConfigError([ConfigIssue(
-                        f"listeners.{lc.name}.type", None,
-                        f"listener type {lc.type!r} is not supported yet (only tcp)")])
                 name = lc.name
                 # TLS: ConfigError naming the listener key if a file does not load or fit
                 tls = ListenerTLS(lc) if lc.ssl else None
@@ -133,15 +148,26 @@ class Broker:
                 def factory(name: str = name) -> ClientConnection:
                     return ClientConnection(self, name)
 
-                server = await serve_tcp(
-                    lc.host, lc.port, factory, ssl=None if tls is None else tls.context,
-                    handshake_timeout=self.config.mqtt.connect_timeout)
+                context = None if tls is None else tls.context
+                timeout = self.config.mqtt.connect_timeout
+                if lc.type == "ws":
+                    server = await serve_websocket(lc.host, lc.port, factory, path=lc.path,
+                                                   ssl=context, handshake_timeout=timeout)
+                    kind = f"MQTT over WebSocket at {lc.path}"
+                else:
+                    server = await serve_tcp(lc.host, lc.port, factory, ssl=context,
+                                             handshake_timeout=timeout)
+                    kind = "tcp"
                 self._servers.append(server)
                 for sock in server.sockets:
                     host, port = sock.getsockname()[:2]
                     self.addresses.append((name, host, port))
                     log.info("listener %s: listening on %s:%d (%s)", name, host, port,
-                             "tcp" if tls is None else f"tls, {lc.tls_version} minimum")
+                             kind if tls is None else f"{kind}, tls, {lc.tls_version} minimum")
+            if self.config.http.enabled:
+                from .web.server import HttpServer  # aiohttp is imported only when it is used
+                self.http = HttpServer(self)
+                await self.http.start()
         except BaseException:
             await self._close_servers()
             if self.storage is not None:
@@ -276,6 +302,9 @@ class Broker:
         log.info("broker stopped")
 
     async def _close_servers(self) -> None:
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
         for server in self._servers:
             server.close()
             try:
@@ -681,6 +710,31 @@ class Broker:
         self._cancel_expiry(cid)
         self._publish_delayed_will(cid)
 
+    def admin_disconnect(self, client_id: str, code: ReasonCode,
+                         discard_session: bool = False) -> bool:
+        """Close a client's connection on an operator's word (MQTT 5: DISCONNECT ``code``);
+        its will is published, as on every close that is not its own DISCONNECT
+        [MQTT-3.1.2-8]. False when it is not connected."""
+        conn = self.connections.get(client_id)
+        if conn is None:
+            return False
+        conn.disconnect(code, "disconnected by an operator (admin API)", publish_will=True)
+        if discard_session:
+            self.discard_session(client_id)
+        return True
+
+    def discard_session(self, client_id: str) -> bool:
+        """End a session now, as if it had expired (a connected client is disconnected first,
+        its will published). False when there is no such session."""
+        if client_id in self.connections:
+            self.admin_disconnect(client_id, ReasonCode.ADMINISTRATIVE_ACTION)
+        session = self.sessions.get(client_id)
+        if session is None:
+            return False
+        log.info("client %r: session discarded", client_id)
+        self._end_session(session)
+        return True
+
     def _evict_offline(self) -> bool:
         """max_sessions is reached: end the session that has been offline longest (as if it
         had expired: its will goes out), to make room. False when every session is online."""
@@ -917,7 +971,7 @@ class Broker:
         total = len(self.sessions)
         return {
             "$SYS/broker/version": f"mqttbroker version {__version__}",
-            "$SYS/broker/uptime": f"{int(time.monotonic() - self._started)} seconds",
+            "$SYS/broker/uptime": f"{int(self.uptime())} seconds",
             "$SYS/broker/clients/connected": str(connected),
             "$SYS/broker/clients/active": str(connected),
             "$SYS/broker/clients/disconnected": str(total - connected),

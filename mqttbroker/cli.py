@@ -41,9 +41,10 @@ def cli() -> None:
 @cli.command()
 @click.option("-c", "--config", "config_file", metavar="FILE",
               help="YAML config file (default: built-in defaults, 127.0.0.1:1883).")
-@click.option("--host", help="Listen on this address (applies to every listener).")
+@click.option("--host", help="Listen on this address (applies to every MQTT listener).")
 @click.option("--port", type=click.IntRange(0, 65535),
-              help="Listen on this port (applies to every listener; 0 = any free port).")
+              help="Listen on this port (the first listener's; 0 = every listener, the HTTP "
+                   "one too, on any free port).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="Override log_level from the config.")
 def serve(config_file: str | None, host: str | None, port: int | None,
@@ -55,8 +56,9 @@ def serve(config_file: str | None, host: str | None, port: int | None,
         _print_config_error(exc, err=True)
         sys.exit(2)
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
-    if port is not None and len(config.listeners) > 1:
-        log.warning("--port %d applies to all %d listeners", port, len(config.listeners))
+    if port and len(config.listeners) > 1:
+        log.warning("--port %d applies to the first listener (%s); the others keep theirs",
+                    port, config.listeners[0].name)
     log.info("mqttbroker %s starting (config: %s)", __version__,
              config_file or "built-in defaults")
     try:
@@ -166,6 +168,8 @@ async def _quiet_shutdown(broker: Any) -> None:
 def _describe_os_error(exc: OSError, config: Config) -> str:
     """One line for a listener that cannot bind, naming the address when we can tell."""
     addresses = ", ".join(f"{lst.host}:{lst.port}" for lst in config.listeners)
+    if config.http.enabled:
+        addresses += f" (http {config.http.host}:{config.http.port})"
     if exc.errno == errno.EADDRINUSE:
         return (f"cannot listen on {addresses}: address already in use "
                 f"(is another broker running? try --port)")

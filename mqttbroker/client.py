@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, cast
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .enhanced_auth import AuthExchange, AuthStatus
 from .errors import ProtocolError
 from .message import Message
+from .metrics import packet_size
 from .protocol.codec import decode, encode, encode_publish_parts, peek_protocol_level
 from .protocol.constants import (
     V3_CONNACK_FOR_REASON,
@@ -125,6 +127,7 @@ class ClientConnection(asyncio.Protocol):
         "client_id",
         "congested_since",
         "connect_expiry",
+        "connected_at",
         "gate",
         "held_bytes",
         "keep_alive",
@@ -199,6 +202,7 @@ class ClientConnection(asyncio.Protocol):
             cfg.max_publish_bytes_rate else None
         self.rate_paused = False
         self._stash: list[tuple[int, bytes]] | None = None  # packets read, held by the rate
+        self.connected_at: float | None = None  # wall clock at CONNACK (the admin API's)
 
     def __repr__(self) -> str:
         return f"<client {self.client_id or '-'} {self.peer}>"
@@ -229,6 +233,15 @@ class ClientConnection(asyncio.Protocol):
         timeout = self.broker.config.mqtt.connect_timeout
         self._timer = self._loop.call_later(timeout if admitted else min(timeout, 2.0),
                                             self._connect_timeout)
+
+    def read_limit(self) -> int:
+        """The largest packet read now (small until CONNACK): a WebSocket frame over it is
+        refused before it is buffered (transports/websocket.py)."""
+        return self.reader.max_packet_size
+
+    def fail_transport(self, why: str) -> None:
+        """The transport under us saw a protocol violation (a WebSocket text frame)."""
+        self.fail(ProtocolError(ReasonCode.PROTOCOL_ERROR, why))
 
     def data_received(self, data: bytes) -> None:
         if self.state is ConnState.CLOSED:
@@ -717,6 +730,7 @@ class ClientConnection(asyncio.Protocol):
         self.username = p.username
         self.will = p.will
         self.state = ConnState.CONNECTED
+        self.connected_at = time.time()
         self.reader.max_packet_size = self.broker.config.mqtt.max_packet_size
         self.send_packet(Connack(present, 0, props))
         if self.keep_alive:
@@ -729,10 +743,13 @@ class ClientConnection(asyncio.Protocol):
     # -- PUBLISH in ---------------------------------------------------------------------------
 
     def _on_publish(self, p: Publish, body: bytes | None = None) -> None:
-        self.metrics.publish_received += 1
         session = self.session
         assert session is not None
         qos = p.qos
+        m = self.metrics
+        m.publish_in[qos] += 1
+        if body is not None:
+            m.publish_in_bytes[qos] += packet_size(len(body))
         props = p.properties
         expires_at = None
         if self.level == V5:
@@ -917,7 +934,9 @@ class ClientConnection(asyncio.Protocol):
         else:
             data = self._publish_bytes(message, 0, retain, False, 0, identifiers)
         if data is not None:
-            self.metrics.publish_sent += 1
+            m = self.metrics
+            m.publish_out[0] += 1
+            m.publish_out_bytes[0] += len(data)
             if self._after_hold:
                 self.send_durable(data)
             else:
@@ -938,7 +957,9 @@ class ClientConnection(asyncio.Protocol):
             assert self.session is not None
             self.session.complete(pid)
             return
-        self.metrics.publish_sent += 1
+        m = self.metrics
+        m.publish_out[out.qos] += 1
+        m.publish_out_bytes[out.qos] += len(data)
         if out.qos == 2 or self._after_hold:
             # its packet identifier must be stored first: resent after a crash under another
             # identifier, the client would take it for a new message [MQTT-4.3.3]

@@ -79,6 +79,8 @@ class ListenerConfig:
     # clients without a user name on this listener (Mosquitto's per-listener allow_anonymous);
     # None: auth.allow-anonymous, and when that is not given either, loopback listeners only
     allow_anonymous: bool | None = None
+    # ws listeners: the HTTP path of the WebSocket upgrade (others get 404)
+    path: str = "/mqtt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,20 @@ class PersistenceConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The ``http`` section: /metrics, the admin API and the dashboard (docs/web.md)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # the admin API's bearer token, given or read from token_file (created when missing);
+    # neither: the admin API answers 403
+    token: str | None = None
+    token_file: str | None = None
+    dashboard: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated broker configuration; build it with :func:`load_config`."""
 
@@ -174,11 +190,14 @@ class Config:
     mqtt: MqttConfig = MqttConfig()
     log_level: str = "INFO"
     persistence: PersistenceConfig = PersistenceConfig()
+    http: HttpConfig = HttpConfig()
 
     def with_overrides(
         self, host: str | None = None, port: int | None = None, log_level: str | None = None
     ) -> Config:
-        """Return a copy with ``host``/``port`` applied to *every* listener and a new log level.
+        """Return a copy with ``host`` applied to every MQTT listener, ``port`` to the first
+        one (``port=0``: every listener, the HTTP one included, takes a free port) and a new
+        log level.
 
         These are the CLI's ``--host``/``--port``/``--log-level``. Raises :class:`ConfigError`
         for a port outside 0..65535, an empty host or an unknown log level.
@@ -197,10 +216,11 @@ class Config:
             raise ConfigError(issues)
         listeners = tuple(
             replace(lst, host=lst.host if host is None else host,
-                    port=lst.port if port is None else port)
-            for lst in self.listeners
+                    port=lst.port if port is None or (port and i) else port)
+            for i, lst in enumerate(self.listeners)
         )
-        return replace(self, listeners=listeners, log_level=level)
+        http = self.http if port != 0 else replace(self.http, port=0)
+        return replace(self, listeners=listeners, log_level=level, http=http)
 
 
 def load_config(
@@ -604,6 +624,20 @@ def _path(v: _Validator, value: Any, _p: _KeyPath) -> str:
     return os.path.normpath(path)
 
 
+def _url_path(_v: _Validator, value: Any, _p: _KeyPath) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(
+            c in value for c in " ?#"):
+        raise _Bad(f"expected an HTTP path starting with '/', e.g. '/mqtt', got {value!r}")
+    return value
+
+
+def _token(_v: _Validator, value: Any, _p: _KeyPath) -> str:
+    if not isinstance(value, str) or len(value.strip()) < 8:
+        raise _Bad("expected a token of at least 8 characters (e.g. the output of "
+                   "`python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+    return value.strip()
+
+
 _DIGITS: Final = re.compile(r"[0-9]+")
 _HOSTNAME: Final = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -745,6 +779,7 @@ _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "use_identity_as_username": _bool,
     "tls_version": _choice(("tlsv1.2", "tlsv1.3"), _tls_version),
     "allow_anonymous": _bool,
+    "path": _url_path,
 }
 _AUTH_FIELDS: Final[Mapping[str, _Conv]] = {
     "allow_anonymous": _bool, "password_file": _password_file, "acl_file": _acl_file,
@@ -792,6 +827,13 @@ _PERSISTENCE_FIELDS: Final[Mapping[str, _Conv]] = {
     "flush_interval": _float(0, exclusive=True),
     "fsync": _bool,
 }
+_HTTP_FIELDS: Final[Mapping[str, _Conv]] = {
+    "enabled": _bool,
+    "bind": _bind,
+    "token": _token,
+    "token_file": _path,
+    "dashboard": _bool,
+}
 _PLUGINS: Final = frozenset({"plugins"})  # amqtt plugin lists: accepted, ignored
 
 
@@ -800,6 +842,18 @@ def _subsection(cls: Callable[..., Any], fields: Mapping[str, _Conv]) -> _Conv:
         return v.built(cls, v.section(value, path, fields, _PLUGINS))
 
     return conv
+
+
+def _http(v: _Validator, value: Any, path: _KeyPath) -> HttpConfig:
+    got = v.section(value, path, _HTTP_FIELDS)
+    if "token" in got and "token_file" in got:
+        v.issue(got["token_file"][1], "give token or token-file, not both")
+    values = {k: val for k, (val, _) in got.items()}
+    if any(val is _INVALID for val in values.values()):
+        return _INVALID  # type: ignore[no-any-return]
+    if "bind" in values:
+        values["host"], values["port"] = values.pop("bind")
+    return HttpConfig(**values)
 
 
 def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfig, ...]:
@@ -872,6 +926,7 @@ _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "mqtt": _subsection(MqttConfig, _MQTT_FIELDS),
     "log_level": _choice(LOG_LEVELS, str.upper),
     "persistence": _subsection(PersistenceConfig, _PERSISTENCE_FIELDS),
+    "http": _http,
 }
 _TOP_IGNORED: Final = frozenset({"plugins", "timeout_disconnect_delay"})
 _ELSEWHERE: Final[Mapping[str, str]] = {
@@ -880,6 +935,7 @@ _ELSEWHERE: Final[Mapping[str, str]] = {
     **{k: "topic-check" for k in _TOPIC_CHECK_FIELDS},
     **{k: "mqtt" for k in _MQTT_FIELDS},
     **{k: "persistence" for k in _PERSISTENCE_FIELDS},
+    **{k: "http" for k in _HTTP_FIELDS if k not in ("bind", "enabled")},
 }
 
 

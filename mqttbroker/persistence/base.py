@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..message import Message
+from ..metrics import Histogram
 from ..protocol.packets import Subscription
 
 if TYPE_CHECKING:
@@ -77,6 +78,11 @@ class Storage(Protocol):
 
     #: True when acknowledgements must wait for :meth:`held` (sync: commit).
     gates_output: bool
+    #: how long commits take, hand-off to durable (``/metrics``)
+    commit_latency: Histogram
+
+    def pending_changes(self) -> int:
+        """Changes waiting for the next commit (``/metrics``)."""
 
     async def open(self, loop: asyncio.AbstractEventLoop) -> Snapshot:
         """Open (create) the store and read back what it holds."""

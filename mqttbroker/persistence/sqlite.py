@@ -30,6 +30,7 @@ import msgpack  # type: ignore[import-untyped]
 from ..config import PersistenceConfig
 from ..errors import ConfigError, ConfigIssue
 from ..message import Message
+from ..metrics import Histogram
 from ..protocol.packets import Subscription
 from ..protocol.properties import PropertyId
 from .base import Snapshot, StoredItem, StoredSession, StoredWill, from_wall, to_wall
@@ -143,6 +144,7 @@ class SqliteStorage:
         self._closing = False
         self.commits = 0
         self.rows_written = 0
+        self.commit_latency = Histogram()  # hand-off to the writer -> committed, seconds
 
     # -- opening, loading, closing ---------------------------------------------------------------
 
@@ -444,12 +446,21 @@ class SqliteStorage:
             self._gen += 1
         assert batch is not None
         gen = self._gen - 1
+        started = self._loop.time()
         fut = self._loop.run_in_executor(self._executor, self._write, batch)
         self._writing = fut
-        fut.add_done_callback(lambda f: self._done(f, gen, batch))
+        fut.add_done_callback(lambda f: self._done(f, gen, batch, started))
 
-    def _done(self, fut: asyncio.Future[None], gen: int, batch: _Batch) -> None:
+    def pending_changes(self) -> int:
+        """Rows changed since the last hand-off to the writer (what the next commit holds)."""
+        b = self._pending
+        return (len(b.messages) + len(b.sessions) + len(b.subs) + len(b.items)
+                + len(b.inbound) + len(b.retained))
+
+    def _done(self, fut: asyncio.Future[None], gen: int, batch: _Batch, started: float) -> None:
         self._writing = None
+        assert self._loop is not None
+        self.commit_latency.observe(self._loop.time() - started)
         exc = fut.exception()
         if exc is not None:
             log.error("persistence: commit to %s failed (%s); retrying in 1s, "

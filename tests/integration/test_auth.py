@@ -246,9 +246,11 @@ def test_default_yaml_lets_anonymous_clients_in_on_localhost_only(
     """configs/default.yaml: its listener is 127.0.0.1 and anonymous clients get in there;
     the same file served on every interface (serve --host 0.0.0.0) refuses them (0x05), and
     without a password file a user name does not help (0x04)."""
-    memory = {"persistence": {"backend": "memory"}, "sys_interval": 0}
+    memory = {"persistence": {"backend": "memory"}, "sys_interval": 0,
+              "http": {"enabled": False}}
     config = load_config(ROOT / "configs" / "default.yaml", overrides=memory)
-    assert [(lc.host, lc.allow_anonymous) for lc in config.listeners] == [("127.0.0.1", None)]
+    assert [(lc.host, lc.allow_anonymous) for lc in config.listeners] == [
+        ("127.0.0.1", None), ("127.0.0.1", None)]  # tcp and ws
     assert config.auth.allow_anonymous is None
     local = make_broker_thread(config.with_overrides(port=0))
     r = RawClient(local.port, 4)

@@ -12,6 +12,7 @@ import pytest
 from mqttbroker.config import (
     AuthConfig,
     Config,
+    HttpConfig,
     ListenerConfig,
     MqttConfig,
     PersistenceConfig,
@@ -86,9 +87,18 @@ def test_every_mqtt_field_is_a_config_key(field: dataclasses.Field[Any]) -> None
 
 
 def test_shipped_default_yaml_equals_the_built_in_defaults() -> None:
-    """Except persistence: built in it is memory; the shipped file keeps data/ in SQLite."""
+    """Except persistence (built in it is memory; the shipped file keeps data/ in SQLite), the
+    ws listener and the http section (built in: none)."""
     shipped = load_config(ROOT / "configs" / "default.yaml")
-    assert dataclasses.replace(shipped, persistence=PersistenceConfig()) == load_config()
+    builtin = load_config()
+    assert shipped.listeners[:1] == builtin.listeners
+    assert [(lc.name, lc.type, lc.host, lc.port, lc.path) for lc in shipped.listeners[1:]] == [
+        ("ws", "ws", "127.0.0.1", 9001, "/mqtt")]
+    assert builtin.http == HttpConfig() and not builtin.http.enabled
+    assert shipped.http == HttpConfig(enabled=True, host="127.0.0.1", port=8080,
+                                      token_file=str(ROOT / "data" / "api-token"))
+    assert dataclasses.replace(shipped, persistence=PersistenceConfig(), http=HttpConfig(),
+                               listeners=builtin.listeners) == builtin
     assert shipped.persistence == PersistenceConfig(
         backend="sqlite", path=str(ROOT / "data" / "mqttbroker.db"), sync="periodic",
         flush_interval=1.0, fsync=False)
