@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -286,7 +286,7 @@ class ClientConnection(asyncio.Protocol):
                 # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
                 self.level = peek_protocol_level(body) or self.level
                 if self.broker.login_failures is not None and \
-                        self._hold_connect(first, body, list(it)):
+                        self._hold_connect(first, body, it):
                     break
             if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
                 self._on_publish(cast(Publish, decode(first, body, self.level)), body)
@@ -302,11 +302,13 @@ class ClientConnection(asyncio.Protocol):
             # after every other connection's work in this loop turn
             self._flush()
 
-    def _hold_connect(self, first: int, body: bytes, rest: list[tuple[int, bytes]]) -> bool:
+    def _hold_connect(self, first: int, body: bytes,
+                      rest: Iterator[tuple[int, bytes]]) -> bool:
         """The CONNECT's address keeps failing to log in (abuse.py): hold the CONNECT, and
         what came after it, on a timer (the event loop goes on), not reading meanwhile; or
         refuse it at once, unread, when the address has CONNECTs held long enough already.
-        True when held or refused; False: handle it now."""
+        True when held or refused; False: handle it now (``rest``, the packets read with it,
+        is then left untouched for the caller to go on with)."""
         wait = self.broker.connect_hold(self)
         if wait is None:
             self.refuse(ReasonCode.SERVER_BUSY,
