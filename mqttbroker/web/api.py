@@ -133,16 +133,16 @@ def subscriptions(broker: Broker, query: dict[str, str]) -> dict[str, Any]:
 
 
 def _payload(data: bytes, max_payload: int) -> tuple[str, str, bool]:
-    """(text, "utf-8" | "base64", truncated): UTF-8 when it decodes (a cut may split a
-    character: up to 3 trailing bytes are dropped then), else base64."""
+    """(text, "utf-8" | "base64", truncated): the first ``max_payload`` bytes, as text when
+    the whole payload is UTF-8 (a cut inside a character drops that character's bytes), else
+    base64."""
     cut = data[:max_payload]
     truncated = len(cut) < len(data)
-    for trim in range(4 if truncated else 1):
-        try:
-            return cut[:len(cut) - trim].decode("utf-8"), "utf-8", truncated
-        except UnicodeDecodeError:
-            continue
-    return base64.b64encode(cut).decode("ascii"), "base64", truncated
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return base64.b64encode(cut).decode("ascii"), "base64", truncated
+    return cut.decode("utf-8", "ignore"), "utf-8", truncated
 
 
 def retained(broker: Broker, query: dict[str, str]) -> dict[str, Any]:
