@@ -6,7 +6,7 @@ is written once, and a row created and deleted before it is not written at all. 
 thread commits batches: while it writes one (one transaction, one fsync), the loop goes on
 filling the next, so the cost of a commit is shared by everything that arrived meanwhile.
 
-``sync: commit``: :meth:`SqliteStorage.held` keeps every packet the broker sends while changes
+``sync: commit``: :meth:`GroupCommit.held` (groupcommit.py) keeps every packet the broker sends while changes
 are uncommitted, per connection and in order, and releases it when the batch holding those
 changes has committed. So a PUBACK (or PUBREC, PUBREL, PUBCOMP, CONNACK, a delivery) never
 leaves before the state it reports is on disk.
@@ -23,20 +23,17 @@ import fcntl
 import logging
 import os
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
 from ..config import PersistenceConfig
 from ..errors import ConfigError, ConfigIssue
 from ..message import Message
-from ..metrics import Histogram
 from ..protocol.packets import Subscription
 from ..protocol.properties import PropertyId
 from .base import Snapshot, StoredItem, StoredSession, StoredWill, from_wall, to_wall
-
-if TYPE_CHECKING:
-    from ..client import ClientConnection
+from .groupcommit import GroupCommit
 
 log = logging.getLogger("mqttbroker.persistence")
 
@@ -81,6 +78,10 @@ class _Batch:
         self.inbound: dict[tuple[str, int], bool] = {}
         self.retained: dict[str, int | None] = {}
 
+    def __len__(self) -> int:
+        return (len(self.messages) + len(self.sessions) + len(self.subs) + len(self.items)
+                + len(self.inbound) + len(self.retained))
+
     def merge(self, newer: _Batch) -> None:
         """Fold a newer batch into this one (a failed write is retried with what followed)."""
         self.messages.update(newer.messages)
@@ -118,41 +119,36 @@ def _item_row(seq: int, client_id: str, message_id: int, qos: int, retain: bool,
             msgpack.packb(identifiers) if identifiers else None, share, packet_id, state)
 
 
-class SqliteStorage:
+class SqliteStorage(GroupCommit[_Batch]):
     """The SQLite backend (see the module docstring)."""
 
     def __init__(self, config: PersistenceConfig) -> None:
+        super().__init__(config.sync == "commit", config.flush_interval)
         self.config = config
-        self.path = config.path
-        self.gates_output = config.sync == "commit"
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.path = self.what = config.path
         self._db: sqlite3.Connection | None = None
         self._lock_fd = -1
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "mqttbroker-sqlite")
-        self._pending = _Batch()
-        self._dirty = False
-        self._writing: asyncio.Future[None] | None = None
-        self._retry: _Batch | None = None
-        self._gen = 1  # the batch now filling
-        self._holds: dict[int, dict[ClientConnection, list[bytes]]] = {}
         self._seq = 0
         self._msg_id = 0
         # stored message -> [its row id, how many items and retained entries refer to it]
         # (kept here, not on Message: an in-memory broker should not pay for it)
         self._stored: dict[Message, list[int]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._closing = False
-        self.commits = 0
         self.rows_written = 0
-        self.commit_latency = Histogram()  # hand-off to the writer -> committed, seconds
+
+    def _new_batch(self) -> _Batch:
+        return _Batch()
+
+    def _submit(self, batch: _Batch) -> asyncio.Future[None]:
+        assert self._loop is not None
+        return self._loop.run_in_executor(self._executor, self._write, batch)
 
     # -- opening, loading, closing ---------------------------------------------------------------
 
     async def open(self, loop: asyncio.AbstractEventLoop) -> Snapshot:
         self._loop = loop
         snapshot = await loop.run_in_executor(self._executor, self._open_sync)
-        if not self.gates_output:
-            self._timer = loop.call_later(self.config.flush_interval, self._periodic)
+        self._start(loop)
         log.info("persistence: %s (sync %s%s): %d sessions, %d retained messages", self.path,
                  self.config.sync, ", fsync" if self.config.fsync else "",
                  len(snapshot.sessions), len(snapshot.retained))
@@ -261,24 +257,11 @@ class SqliteStorage:
 
     async def close(self) -> None:
         """Commit what is pending, wait for the writer, close the database."""
-        self._closing = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for _ in range(3):  # what is being written, then what is pending (a failure retries)
-            if self._writing is not None:
-                await asyncio.gather(self._writing, return_exceptions=True)  # _done logs
-            if not self._dirty and self._retry is None:
-                break
-            self._kick()
-        if self._writing is not None:
-            await asyncio.gather(self._writing, return_exceptions=True)
-        if self._dirty or self._retry is not None:
+        if not await self._flush_all():
             log.error("persistence: could not commit the last changes to %s", self.path)
         assert self._loop is not None
         await self._loop.run_in_executor(self._executor, self._close_sync)
         self._executor.shutdown(wait=True)
-        self._holds.clear()
         log.info("persistence: %s closed (%d commits)", self.path, self.commits)
 
     def _close_sync(self) -> None:
@@ -290,12 +273,6 @@ class SqliteStorage:
             self._lock_fd = -1
 
     # -- changes (event loop) -------------------------------------------------------------------
-
-    def _touch(self) -> None:
-        if not self._dirty:
-            self._dirty = True
-            if self.gates_output and self._writing is None and self._loop is not None:
-                self._loop.call_soon(self._kick)
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -396,83 +373,7 @@ class SqliteStorage:
         self._unref(message)
         self._touch()
 
-    # -- holding output until commit ------------------------------------------------------------
-
-    def held(self, conn: ClientConnection, data: bytes) -> bool:
-        if self._dirty:
-            gen = self._gen
-        elif self._writing is not None or self._retry is not None:
-            gen = self._gen - 1
-        else:
-            return False
-        holds = self._holds.get(gen)
-        if holds is None:
-            holds = self._holds[gen] = {}
-        waiting = holds.get(conn)
-        if waiting is None:
-            holds[conn] = [data]
-        else:
-            waiting.append(data)
-        return True
-
-    def _release(self, upto: int) -> None:
-        for gen in sorted(g for g in self._holds if g <= upto):
-            for conn, data in self._holds.pop(gen).items():
-                conn.release_held(data)
-
     # -- committing (writer thread) ---------------------------------------------------------------
-
-    def _periodic(self) -> None:
-        assert self._loop is not None
-        self._kick()
-        if not self._closing:
-            self._timer = self._loop.call_later(self.config.flush_interval, self._periodic)
-
-    def _kick(self) -> None:
-        """Hand the pending batch (or a failed one, with it) to the writer, if it is idle."""
-        if self._writing is not None or self._loop is None:
-            return
-        batch = self._retry
-        if batch is None and not self._dirty:
-            return
-        self._retry = None
-        if self._dirty:
-            if batch is None:
-                batch = self._pending
-            else:
-                batch.merge(self._pending)
-            self._pending = _Batch()
-            self._dirty = False
-            self._gen += 1
-        assert batch is not None
-        gen = self._gen - 1
-        started = self._loop.time()
-        fut = self._loop.run_in_executor(self._executor, self._write, batch)
-        self._writing = fut
-        fut.add_done_callback(lambda f: self._done(f, gen, batch, started))
-
-    def pending_changes(self) -> int:
-        """Rows changed since the last hand-off to the writer (what the next commit holds)."""
-        b = self._pending
-        return (len(b.messages) + len(b.sessions) + len(b.subs) + len(b.items)
-                + len(b.inbound) + len(b.retained))
-
-    def _done(self, fut: asyncio.Future[None], gen: int, batch: _Batch, started: float) -> None:
-        self._writing = None
-        assert self._loop is not None
-        self.commit_latency.observe(self._loop.time() - started)
-        exc = fut.exception()
-        if exc is not None:
-            log.error("persistence: commit to %s failed (%s); retrying in 1s, "
-                      "acknowledgements wait", self.path, exc)
-            self._retry = batch
-            if not self._closing and self._loop is not None:
-                self._loop.call_later(1.0, self._kick)
-            return
-        self.commits += 1
-        self._release(gen)
-        if self.gates_output and self._dirty:
-            self._kick()
 
     def _write(self, b: _Batch) -> None:
         db = self._db
