@@ -96,8 +96,7 @@ class HttpServer:
         app.router.add_get("/api/v1/retained", self._retained)
         if cfg.dashboard:
             app.router.add_get("/", self._index)
-            if DIST.is_dir():
-                app.router.add_static("/assets/", DIST)
+            app.router.add_get("/assets/{name}", self._asset)
         self.app = app
         self._runner: web.AppRunner | None = None
 
@@ -169,6 +168,15 @@ class HttpServer:
         if not index.is_file():
             return web.Response(text=_NOT_BUILT, status=503, content_type="text/html")
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    async def _asset(self, request: web.Request) -> web.StreamResponse:
+        # looked up per request (the dashboard may be built after the broker started); the
+        # names carry no hash, so browsers revalidate instead of keeping an old build
+        name = request.match_info["name"]
+        path = DIST / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     # -- the admin API ----------------------------------------------------------------------------
 
