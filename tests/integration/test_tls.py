@@ -634,14 +634,3 @@ def test_serve_reports_a_bad_key_naming_the_listener_key(pki: PKI, tmp_path: Pat
                            cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 1
     assert check.stdout.startswith(f"{path}: listeners.secure.keyfile: "), check.stdout
-
-
-@pytest.mark.parametrize("ssl_on", [False, True])
-async def test_websocket_listener_is_still_refused(pki: PKI, ssl_on: bool) -> None:
-    """``type: ws`` (issue 8) is refused with its own clear error, TLS or not."""
-    listener = tls_listener(pki, type="ws") if ssl_on else {"type": "ws", "bind": f"{HOST}:0"}
-    broker = Broker(config(listener))
-    with pytest.raises(ConfigError) as info:
-        await broker.start()
-    await broker.shutdown()
-    assert info.value.key == "listeners.l0.type" and "not supported yet" in str(info.value)
