@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test setup peers browser dashboard lint clean
+.PHONY: run test setup peers browser redis dashboard lint clean
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -44,7 +44,14 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
-test: $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(DASH)/dist/.built
+# redis-server for the cluster tests (Debian package; each test starts its own on a free port)
+REDIS := /usr/bin/redis-server
+$(REDIS):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+
+redis: $(REDIS)
+
+test: $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(DASH)/dist/.built
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -41,6 +41,7 @@ from .transports.tls import ListenerTLS, peer_common_name
 from .transports.websocket import serve_websocket
 
 if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
     from .web.server import HttpServer
 
 log = logging.getLogger("mqttbroker")
@@ -58,9 +59,11 @@ class Broker:
     included), or None for the built-in defaults.
     """
 
-    def __init__(self, config: Config | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, config: Config | Mapping[str, Any] | None = None, *,
+                 reuse_port: bool = False) -> None:
         self.config = config if isinstance(config, Config) else load_config(
             dict(config) if config is not None else None)
+        self.reuse_port = reuse_port  # share the ports with other workers (serve --workers)
         self.metrics = Metrics()
         self.router = Router()
         cfg = self.config.mqtt
@@ -68,6 +71,15 @@ class Broker:
         # persistence: None keeps everything in memory only
         self.storage: Storage | None = open_storage(self.config.persistence)
         self.retained.storage = self.storage
+        # a cluster node keeps its sessions and retained messages in the cluster's Redis
+        self.cluster: ClusterNode | None = None
+        if self.config.cluster is not None:
+            from .cluster.node import ClusterNode  # redis is imported only for a cluster
+
+            self.cluster = ClusterNode(self, self.config.cluster)
+            self.storage = self.cluster.store
+            self.retained.storage = self.storage
+            self.router.on_route = self.cluster.on_route
         # reads the password and ACL files: ConfigError naming the file and line
         self.authorizer = Authorizer(self.config.auth, self.config.topic_check,
                                      self.config.listeners)
@@ -133,7 +145,9 @@ class Broker:
         """Open every listener and start publishing ``$SYS``."""
         self._started = time.monotonic()
         self._loop = asyncio.get_running_loop()
-        if self.storage is not None:
+        if self.cluster is not None:
+            self._restore(await self.cluster.open())
+        elif self.storage is not None:
             self._restore(await self.storage.open(self._loop))
         try:
             for lc in self.config.listeners:
@@ -152,11 +166,13 @@ class Broker:
                 timeout = self.config.mqtt.connect_timeout
                 if lc.type == "ws":
                     server = await serve_websocket(lc.host, lc.port, factory, path=lc.path,
-                                                   ssl=context, handshake_timeout=timeout)
+                                                   ssl=context, handshake_timeout=timeout,
+                                                   reuse_port=self.reuse_port)
                     kind = f"MQTT over WebSocket at {lc.path}"
                 else:
                     server = await serve_tcp(lc.host, lc.port, factory, ssl=context,
-                                             handshake_timeout=timeout)
+                                             handshake_timeout=timeout,
+                                             reuse_port=self.reuse_port)
                     kind = "tcp"
                 self._servers.append(server)
                 for sock in server.sockets:
@@ -168,17 +184,18 @@ class Broker:
                 from .web.server import HttpServer  # aiohttp is imported only when it is used
                 self.http = HttpServer(self)
                 await self.http.start()
+            if self.cluster is not None:
+                await self.cluster.start()
         except BaseException:
             await self._close_servers()
-            if self.storage is not None:
-                await self.storage.close()
+            await self._close_storage()
             raise
         self.running = True
         self._keepalive_tick()
         if self.config.sys_interval > 0:
             self._publish_sys()
 
-    def _restore(self, snapshot: Snapshot) -> None:
+    def _restore(self, snapshot: Snapshot, adopted: bool = False) -> None:
         """Put back what storage kept: retained messages, then sessions (offline until their
         clients come back) with their expiry counting the downtime, then their wills."""
         assert self._loop is not None and self.storage is not None
@@ -220,7 +237,7 @@ class Broker:
             self.storage.put_session(cid, session.expiry_interval, rec.disconnected_at, stored)
             if left != math.inf:
                 self._expiry[cid] = self._loop.call_later(left, self._expire_session, cid)
-        if snapshot.sessions or snapshot.retained:
+        if (snapshot.sessions or snapshot.retained) and not adopted:
             log.info("restored %d sessions and %d retained messages", len(self.sessions),
                      len(self.retained))
 
@@ -297,9 +314,14 @@ class Broker:
         self._expiry.clear()
         self._wills.clear()
         await self._close_servers()
-        if self.storage is not None:
-            await self.storage.close()
+        await self._close_storage()
         log.info("broker stopped")
+
+    async def _close_storage(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.close()
+        elif self.storage is not None:
+            await self.storage.close()
 
     async def _close_servers(self) -> None:
         if self.http is not None:
@@ -495,6 +517,21 @@ class Broker:
         expiry = self.cap_session_expiry(requested)
         if v5 and expiry != requested:
             props[Prop.SESSION_EXPIRY_INTERVAL] = expiry  # the server's value [MQTT 3.2.2.3.2]
+        cluster = self.cluster
+        if cluster is not None and not cluster.owns(client_id):
+            # the client id may be another node's: claim it (and its session) first; the
+            # CONNECT goes on when the claim is done [MQTT-3.1.4-3]
+            conn.suspend_connect()
+            clean = p.clean_session
+
+            def again() -> None:
+                conn.resume_connect(lambda: self.connect(conn, p, auth_props))
+
+            def refuse(why: str) -> None:
+                conn.resume_connect(lambda: conn.refuse(ReasonCode.SERVER_UNAVAILABLE, why))
+
+            cluster.claim(client_id, clean, again, refuse)
+            return
         old = self.connections.get(client_id)
         if old is not None:
             # [MQTT-3.1.4-3] the existing connection is closed (v5: DISCONNECT 0x8E)
@@ -735,6 +772,35 @@ class Broker:
         self._end_session(session)
         return True
 
+    def adopt_session(self, rec: StoredSession) -> None:
+        """A session this node took over from another node (cluster), offline until its
+        client's CONNECT goes on a moment later."""
+        self._restore(Snapshot([rec], []), adopted=True)
+
+    def release_session(self, client_id: str, to_node: str) -> None:
+        """Another node took ``client_id`` over (cluster): close its connection here [MQTT-
+        3.1.4-3], and drop its session from this node without deleting what is stored (the
+        other node reads it). A delayed will is not published: the session goes on there."""
+        conn = self.connections.get(client_id)
+        if conn is not None:
+            conn.disconnect(ReasonCode.SESSION_TAKEN_OVER,
+                            f"session taken over by a connection on node {to_node}",
+                            publish_will=True)
+        pending = self._wills.pop(client_id, None)
+        if pending is not None:
+            pending[0].cancel()
+        self._cancel_expiry(client_id)
+        session = self.sessions.pop(client_id, None)
+        if session is None:
+            return
+        self._offline.pop(client_id, None)
+        self.authorizer.forget(client_id)
+        for topic_filter in session.subscriptions:
+            self.router.unsubscribe(client_id, topic_filter)
+        if self.cluster is not None:
+            self.cluster.store.forget_items(client_id)
+        session.store = None
+
     def _evict_offline(self) -> bool:
         """max_sessions is reached: end the session that has been offline longest (as if it
         had expired: its will goes out), to make room. False when every session is online."""
@@ -839,6 +905,34 @@ class Broker:
             else:
                 self._retained_full(message, source, "delivered, not retained")
         direct, shared = self.router.route(message.topic, message.sender, self._available)
+        if self.cluster is not None:
+            # other nodes' subscribers; each shared group is served by one node
+            mine = self.cluster.forward(message, {d.share for _, d in shared if d.share})
+            if len(mine) < len(shared):
+                shared = [(cid, d) for cid, d in shared if d.share in mine]
+        return self._deliver_routed(message, direct, shared, source)
+
+    def deliver_forwarded(self, message: Message, direct: bool, groups: set[str]) -> int:
+        """A message another node forwarded: to this node's subscribers (``direct``: the
+        plain ones; ``groups``: the shared groups this node was picked to serve)."""
+        plain, shared = self.router.route(message.topic, message.sender, self._available)
+        if not direct:
+            plain = {}
+        shared = [(cid, d) for cid, d in shared if d.share in groups]
+        return self._deliver_routed(message, plain, shared, None)
+
+    def deliver_forwarded_to(self, client_id: str, message: Message) -> bool:
+        """A message for one session only, if its plain subscriptions match (the cluster
+        replays a dead node's inbox into a session taken over from it)."""
+        direct, _ = self.router.route(message.topic, message.sender, self._available)
+        d = direct.get(client_id)
+        if d is None:
+            return False
+        return self._deliver_routed(message, {client_id: d}, [], None) > 0
+
+    def _deliver_routed(self, message: Message, direct: dict[str, Delivery],
+                        shared: list[tuple[str, Delivery]],
+                        source: ClientConnection | None) -> int:
         readers = self.authorizer.readers  # empty unless an ACL file needs deliveries checked
         if readers:
             direct, shared = _readable(message.topic, direct, shared, readers)

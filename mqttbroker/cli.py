@@ -8,6 +8,7 @@ port already in use (or an invalid file for ``check-config``), 2 an invalid conf
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import signal
@@ -47,8 +48,12 @@ def cli() -> None:
                    "one too, on any free port).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="Override log_level from the config.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Worker processes sharing the ports (SO_REUSEPORT), each a node of the "
+                   "config's cluster (needs a cluster section).")
+@click.option("--worker-index", type=int, default=None, hidden=True)
 def serve(config_file: str | None, host: str | None, port: int | None,
-          log_level: str | None) -> None:
+          log_level: str | None, workers: int, worker_index: int | None) -> None:
     """Run the broker until SIGINT or SIGTERM (SIGHUP reloads certificates, passwords, ACLs)."""
     try:
         config = load_config(config_file).with_overrides(host, port, log_level)
@@ -56,16 +61,43 @@ def serve(config_file: str | None, host: str | None, port: int | None,
         _print_config_error(exc, err=True)
         sys.exit(2)
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    if workers > 1 and worker_index is None:
+        problem = _workers_problem(config)
+        if problem:
+            click.echo(f"mqttbroker: error: --workers {workers}: {problem}", err=True)
+            sys.exit(2)
+        from .workers import supervise
+
+        sys.exit(supervise(workers, sys.argv[1:]))
+    if worker_index is not None:
+        config = _worker_config(config, worker_index)
     if port and len(config.listeners) > 1:
         log.warning("--port %d applies to the first listener (%s); the others keep theirs",
                     port, config.listeners[0].name)
     log.info("mqttbroker %s starting (config: %s)", __version__,
              config_file or "built-in defaults")
     try:
-        code = _run(_serve(config))
+        code = _run(_serve(config, reuse_port=worker_index is not None))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         code = 130
     sys.exit(code)
+
+
+def _workers_problem(config: Config) -> str | None:
+    if config.cluster is None:
+        return ("needs a cluster section: the workers share sessions, routes and retained "
+                "messages through Redis (docs/cluster.md)")
+    if any(lc.port == 0 for lc in config.listeners):
+        return "every listener needs a fixed port (the workers share them)"
+    return None
+
+
+def _worker_config(config: Config, index: int) -> Config:
+    """Worker ``index``'s config: node ``<node>-w<index>``; the HTTP listener on worker 0."""
+    assert config.cluster is not None
+    cluster = dataclasses.replace(config.cluster, node=f"{config.cluster.node}-w{index}")
+    http = config.http if index == 0 else dataclasses.replace(config.http, enabled=False)
+    return dataclasses.replace(config, cluster=cluster, http=http)
 
 
 @cli.command("check-config")
@@ -101,13 +133,13 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, reuse_port: bool = False) -> int:
     """Start the broker, wait for SIGINT/SIGTERM (reloading on SIGHUP), shut down; return the
     exit code."""
     from .broker import Broker  # imported late: config errors are reported without it
 
     try:
-        broker = Broker(config)
+        broker = Broker(config, reuse_port=reuse_port)
     except ConfigError as exc:  # the config is valid but asks for what the broker lacks
         _print_config_error(exc, err=True)
         return 2

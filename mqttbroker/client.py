@@ -297,6 +297,9 @@ class ClientConnection(asyncio.Protocol):
                 self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
             else:
                 _HANDLERS[ptype](self, decode(first, body, self.level))
+                if self._stash is not None and ptype == _P.CONNECT:
+                    self._stash.extend(it)  # the broker suspended the CONNECT: keep the rest
+                    break
         if self._wbuf:
             # our own answers (acks, the next messages a PUBACK let through) go now, not
             # after every other connection's work in this loop turn
@@ -325,6 +328,40 @@ class ClientConnection(asyncio.Protocol):
             self._timer.cancel()
         self._timer = self._loop.call_later(wait, self._connect_resume)
         return True
+
+    def suspend_connect(self) -> None:
+        """The broker needs time to finish this CONNECT (a cluster claims the client id):
+        keep the packets read after it, read no more, until :meth:`resume_connect`."""
+        self._stash = []
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_connect(self, finish: Callable[[], None]) -> None:
+        """Finish the suspended CONNECT with ``finish``, then handle what came after it."""
+        stash, self._stash = self._stash, None
+        if self.closed:
+            return
+        try:
+            finish()
+            if stash and not self.closed:
+                self._process(stash)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        except Exception:  # a bug must cost one connection, never the broker
+            log.exception("internal error handling client %s; closing it", self.name)
+            self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
+            return
+        if self._wbuf:
+            self._flush()
+        if self.transport is not None and not self.closed \
+                and self._stash is None and not self.rate_paused and self.blocked_by == 0:
+            self.transport.resume_reading()
+
+    @property
+    def closed(self) -> bool:
+        """The connection is closed (or closing)."""
+        return self.state is ConnState.CLOSED
 
     def _connect_resume(self) -> None:
         """A held CONNECT's time has come: handle it and the packets read after it."""

@@ -180,6 +180,19 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The ``cluster`` section: several nodes acting as one broker over Redis
+    (docs/cluster.md). Absent: a single node, and nothing about Redis is imported."""
+
+    redis: str  # redis://HOST:PORT/DB (rediss:// for TLS, redis://:PASSWORD@HOST:PORT/DB)
+    node: str  # this node's name, unique in the cluster
+    prefix: str = "mqttbroker"  # Redis key prefix: several clusters can share one Redis
+    heartbeat: float = 1.0  # seconds between liveness beats
+    node_timeout: float = 5.0  # a node silent this long is taken for dead
+    takeover_timeout: float = 3.0  # how long a session's old node has to hand it over
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated broker configuration; build it with :func:`load_config`."""
 
@@ -191,6 +204,7 @@ class Config:
     log_level: str = "INFO"
     persistence: PersistenceConfig = PersistenceConfig()
     http: HttpConfig = HttpConfig()
+    cluster: ClusterConfig | None = None
 
     def with_overrides(
         self, host: str | None = None, port: int | None = None, log_level: str | None = None
@@ -834,6 +848,30 @@ _HTTP_FIELDS: Final[Mapping[str, _Conv]] = {
     "token_file": _path,
     "dashboard": _bool,
 }
+_NODE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _redis_url(_v: _Validator, value: Any, _p: _KeyPath) -> str:
+    if not isinstance(value, str) or not value.startswith(("redis://", "rediss://", "unix://")):
+        raise _Bad(f"expected a Redis URL like 'redis://127.0.0.1:6379/0', got {value!r}")
+    return value
+
+
+def _node_name(_v: _Validator, value: Any, _p: _KeyPath) -> str:
+    if not isinstance(value, str) or not _NODE_NAME.fullmatch(value):
+        raise _Bad("expected a node name of 1 to 64 letters, digits, '.', '_' or '-', "
+                   f"got {value!r}")
+    return value
+
+
+_CLUSTER_FIELDS: Final[Mapping[str, _Conv]] = {
+    "redis": _redis_url,
+    "node": _node_name,
+    "prefix": _node_name,
+    "heartbeat": _float(0, exclusive=True),
+    "node_timeout": _float(0, exclusive=True),
+    "takeover_timeout": _float(0, exclusive=True),
+}
 _PLUGINS: Final = frozenset({"plugins"})  # amqtt plugin lists: accepted, ignored
 
 
@@ -854,6 +892,23 @@ def _http(v: _Validator, value: Any, path: _KeyPath) -> HttpConfig:
     if "bind" in values:
         values["host"], values["port"] = values.pop("bind")
     return HttpConfig(**values)
+
+
+def _cluster(v: _Validator, value: Any, path: _KeyPath) -> ClusterConfig | None:
+    got = v.section(value, path, _CLUSTER_FIELDS)
+    values = {k: val for k, (val, _) in got.items()}
+    if any(val is _INVALID for val in values.values()):
+        return _INVALID  # type: ignore[no-any-return]
+    missing = [k for k in ("redis", "node") if k not in values]
+    if missing:
+        v.issue(path, f"cluster needs {' and '.join(missing)} (e.g. redis: "
+                "redis://127.0.0.1:6379/0, node: node-1)")
+        return _INVALID  # type: ignore[no-any-return]
+    if values.get("node_timeout", 5.0) <= values.get("heartbeat", 1.0):
+        v.issue(got.get("node_timeout", got.get("heartbeat", (None, path)))[1],
+                "node_timeout must be longer than heartbeat")
+        return _INVALID  # type: ignore[no-any-return]
+    return ClusterConfig(**values)
 
 
 def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfig, ...]:
@@ -927,6 +982,7 @@ _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "log_level": _choice(LOG_LEVELS, str.upper),
     "persistence": _subsection(PersistenceConfig, _PERSISTENCE_FIELDS),
     "http": _http,
+    "cluster": _cluster,
 }
 _TOP_IGNORED: Final = frozenset({"plugins", "timeout_disconnect_delay"})
 _ELSEWHERE: Final[Mapping[str, str]] = {
@@ -936,6 +992,7 @@ _ELSEWHERE: Final[Mapping[str, str]] = {
     **{k: "mqtt" for k in _MQTT_FIELDS},
     **{k: "persistence" for k in _PERSISTENCE_FIELDS},
     **{k: "http" for k in _HTTP_FIELDS if k not in ("bind", "enabled")},
+    **{k: "cluster" for k in _CLUSTER_FIELDS},
 }
 
 
@@ -951,6 +1008,12 @@ def _validate(
     top = v.section(raw, (), _TOP_FIELDS, _TOP_IGNORED, _ELSEWHERE)
     if "listeners" not in top:
         top["listeners"] = (_listeners(v, None, ("listeners",)), ("listeners",))
+    cluster, persistence = top.get("cluster"), top.get("persistence")
+    if cluster is not None and cluster[0] not in (None, _INVALID) and persistence is not None \
+            and isinstance(persistence[0], PersistenceConfig) \
+            and persistence[0].backend != "memory":
+        v.issue(persistence[1], "with a cluster section, sessions and retained messages are "
+                "kept in the cluster's Redis: leave persistence out (or backend: memory)")
     config = v.built(Config, top)
     if v.issues or config is _INVALID:
         unique = list(dict.fromkeys((i.key, i.line, i.problem) for i in v.issues))

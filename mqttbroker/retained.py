@@ -66,6 +66,14 @@ class RetainedStore:
         self._tree.set(message.topic, message)
         self.bytes += len(message.payload)
 
+    def forget(self, topic: str) -> None:
+        """Delete a topic's retained message without telling storage (another node of the
+        cluster deleted it from the shared store)."""
+        old = self._tree.get(topic)
+        if old is not None:
+            self._tree.delete(topic)
+            self.bytes -= len(old.payload)
+
     def get(self, topic: str) -> Message | None:
         """The retained message of exactly ``topic``."""
         return self._tree.get(topic)

@@ -81,10 +81,13 @@ _Value = Subscription | SharedGroup
 class Router:
     """Maps topic filters to the sessions subscribed to them."""
 
-    __slots__ = ("_cache", "_groups", "_tree")
+    __slots__ = ("_cache", "_groups", "_tree", "on_route")
 
     def __init__(self) -> None:
         self._tree: SubscriptionTree[_Key, _Value] = SubscriptionTree()
+        # told (filter, +1 / -1) when a (client, filter) subscription appears or goes; the
+        # cluster keeps its shared routing table with it (None on a single node)
+        self.on_route: Callable[[str, int], None] | None = None
         self._groups: dict[str, SharedGroup] = {}
         # topic -> (direct deliveries, shared groups): valid until the next (un)subscribe.
         # Topics whose match involves a no-local subscription are not cached (the result
@@ -102,13 +105,16 @@ class Router:
         self._cache.clear()
         share = parse_share(sub.topic_filter)
         if share is None:
-            return self._tree.add(sub.topic_filter, client_id, sub)
-        group = self._groups.get(sub.topic_filter)
-        if group is None:
-            group = self._groups[sub.topic_filter] = SharedGroup(sub.topic_filter)
-            self._tree.add(share[1], ("$share", share[0]), group)
-        new = client_id not in group.members
-        group.members[client_id] = sub
+            new = self._tree.add(sub.topic_filter, client_id, sub)
+        else:
+            group = self._groups.get(sub.topic_filter)
+            if group is None:
+                group = self._groups[sub.topic_filter] = SharedGroup(sub.topic_filter)
+                self._tree.add(share[1], ("$share", share[0]), group)
+            new = client_id not in group.members
+            group.members[client_id] = sub
+        if new and self.on_route is not None:
+            self.on_route(sub.topic_filter, 1)
         return new
 
     def unsubscribe(self, client_id: str, topic_filter: str) -> bool:
@@ -116,13 +122,17 @@ class Router:
         self._cache.clear()
         share = parse_share(topic_filter)
         if share is None:
-            return self._tree.remove(topic_filter, client_id)
-        group = self._groups.get(topic_filter)
-        if group is None or group.members.pop(client_id, None) is None:
-            return False
-        if not group.members:
-            del self._groups[topic_filter]
-            self._tree.remove(share[1], ("$share", share[0]))
+            if not self._tree.remove(topic_filter, client_id):
+                return False
+        else:
+            group = self._groups.get(topic_filter)
+            if group is None or group.members.pop(client_id, None) is None:
+                return False
+            if not group.members:
+                del self._groups[topic_filter]
+                self._tree.remove(share[1], ("$share", share[0]))
+        if self.on_route is not None:
+            self.on_route(topic_filter, -1)
         return True
 
     def group(self, share_filter: str) -> SharedGroup | None:

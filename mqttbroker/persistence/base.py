@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgpack  # type: ignore[import-untyped]
 
 from ..message import Message
 from ..metrics import Histogram
 from ..protocol.packets import Subscription
+from ..protocol.properties import PropertyId
 
 if TYPE_CHECKING:
     from ..client import ClientConnection
@@ -140,3 +143,32 @@ def to_wall(loop_time: float, loop: asyncio.AbstractEventLoop) -> float:
 def from_wall(wall: float, loop: asyncio.AbstractEventLoop) -> float:
     """A wall-clock time as event-loop time."""
     return wall - time.time() + loop.time()
+
+
+def sub_options(sub: Subscription) -> int:
+    """A subscription's options in one integer (no local, retain as published, handling)."""
+    return (int(sub.no_local) | (int(sub.retain_as_published) << 1)
+            | (sub.retain_handling << 2))
+
+
+def sub_from_options(topic_filter: str, qos: int, options: int,
+                     identifier: int) -> Subscription:
+    """The subscription :func:`sub_options` packed."""
+    return Subscription(topic_filter, qos, bool(options & 1), bool(options & 2), options >> 2,
+                        identifier)
+
+
+def pack_props(props: dict[int, Any] | None) -> bytes | None:
+    """MQTT 5 properties as msgpack (None for none)."""
+    return msgpack.packb(props) if props else None
+
+
+def unpack_props(blob: bytes | None) -> dict[int, Any] | None:
+    """Properties :func:`pack_props` packed (user properties back as tuples)."""
+    if not blob:
+        return None
+    props: dict[int, Any] = msgpack.unpackb(blob, strict_map_key=False)
+    users = props.get(PropertyId.USER_PROPERTY)
+    if users is not None:
+        props[PropertyId.USER_PROPERTY] = [tuple(pair) for pair in users]
+    return props

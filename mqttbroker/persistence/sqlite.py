@@ -31,8 +31,18 @@ from ..config import PersistenceConfig
 from ..errors import ConfigError, ConfigIssue
 from ..message import Message
 from ..protocol.packets import Subscription
-from ..protocol.properties import PropertyId
-from .base import Snapshot, StoredItem, StoredSession, StoredWill, from_wall, to_wall
+from .base import (
+    Snapshot,
+    StoredItem,
+    StoredSession,
+    StoredWill,
+    from_wall,
+    pack_props,
+    sub_from_options,
+    sub_options,
+    to_wall,
+    unpack_props,
+)
 from .groupcommit import GroupCommit
 
 log = logging.getLogger("mqttbroker.persistence")
@@ -90,25 +100,6 @@ class _Batch:
         self.items.update(newer.items)
         self.inbound.update(newer.inbound)
         self.retained.update(newer.retained)
-
-
-def _options(sub: Subscription) -> int:
-    return (int(sub.no_local) | (int(sub.retain_as_published) << 1)
-            | (sub.retain_handling << 2))
-
-
-def _pack_props(props: dict[int, Any] | None) -> bytes | None:
-    return msgpack.packb(props) if props else None
-
-
-def _unpack_props(blob: bytes | None) -> dict[int, Any] | None:
-    if not blob:
-        return None
-    props: dict[int, Any] = msgpack.unpackb(blob, strict_map_key=False)
-    users = props.get(PropertyId.USER_PROPERTY)
-    if users is not None:
-        props[PropertyId.USER_PROPERTY] = [tuple(pair) for pair in users]
-    return props
 
 
 def _item_row(seq: int, client_id: str, message_id: int, qos: int, retain: bool,
@@ -188,7 +179,7 @@ class SqliteStorage(GroupCommit[_Batch]):
         stored = self._stored
         for mid, topic, payload, qos, retain, props, sender, expires in db.execute(
                 "SELECT id, topic, payload, qos, retain, props, sender, expires FROM messages"):
-            m = Message(topic, bytes(payload), qos, bool(retain), _unpack_props(props), sender,
+            m = Message(topic, bytes(payload), qos, bool(retain), unpack_props(props), sender,
                         None if expires is None else from_wall(expires, loop))
             stored[m] = [mid, 0]
             messages[mid] = m
@@ -202,8 +193,7 @@ class SqliteStorage(GroupCommit[_Batch]):
                 "SELECT client_id, filter, qos, options, identifier FROM subscriptions"):
             s = sessions.get(cid)
             if s is not None:
-                s.subscriptions.append(Subscription(flt, qos, bool(options & 1),
-                                                    bool(options & 2), options >> 2, identifier))
+                s.subscriptions.append(sub_from_options(flt, qos, options, identifier))
         orphans: list[int] = []
         for seq, cid, mid, qos, retain, ids, share, pid, state in db.execute(
                 "SELECT seq, client_id, message, qos, retain, identifiers, share, packet_id, "
@@ -242,7 +232,7 @@ class SqliteStorage(GroupCommit[_Batch]):
         assert self._loop is not None
         topic, payload, qos, retain, props, sender, expires, delay, at = msgpack.unpackb(
             blob, strict_map_key=False)
-        m = Message(topic, payload, qos, retain, _unpack_props(props), sender,
+        m = Message(topic, payload, qos, retain, unpack_props(props), sender,
                     None if expires is None else from_wall(expires, self._loop))
         return StoredWill(m, delay, at)
 
@@ -251,7 +241,7 @@ class SqliteStorage(GroupCommit[_Batch]):
         m = will.message
         expires = None if m.expires_at is None else to_wall(m.expires_at, self._loop)
         packed: bytes = msgpack.packb((m.topic, m.payload, m.qos, m.retain,
-                                       _pack_props(m.properties), m.sender, expires,
+                                       pack_props(m.properties), m.sender, expires,
                                        will.delay, will.at))
         return packed
 
@@ -292,7 +282,7 @@ class SqliteStorage(GroupCommit[_Batch]):
             expires = None if m.expires_at is None else to_wall(m.expires_at, self._loop)
             self._pending.messages[ref[0]] = (
                 ref[0], m.topic, m.payload, m.qos, int(m.retain),
-                _pack_props(m.properties), m.sender, expires)
+                pack_props(m.properties), m.sender, expires)
         ref[1] += 1
         return ref[0]
 
@@ -321,7 +311,7 @@ class SqliteStorage(GroupCommit[_Batch]):
 
     def put_subscription(self, client_id: str, sub: Subscription) -> None:
         self._pending.subs[client_id, sub.topic_filter] = (
-            client_id, sub.topic_filter, sub.qos, _options(sub), sub.identifier)
+            client_id, sub.topic_filter, sub.qos, sub_options(sub), sub.identifier)
         self._touch()
 
     def delete_subscription(self, client_id: str, topic_filter: str) -> None:

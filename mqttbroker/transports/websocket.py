@@ -272,8 +272,8 @@ def _no_server_header(headers: Headers) -> None:
 
 async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                           path: str = "/mqtt", ssl: _ssl.SSLContext | None = None,
-                          backlog: int = 1024,
-                          handshake_timeout: float | None = None) -> asyncio.Server:
+                          backlog: int = 1024, handshake_timeout: float | None = None,
+                          reuse_port: bool = False) -> asyncio.Server:
     """Listen for MQTT over WebSocket on ``host:port`` (``wss`` with ``ssl``); ``factory``
     builds the MQTT protocol of each connection, exactly as for :func:`serve_tcp`."""
     loop = asyncio.get_running_loop()
@@ -283,6 +283,7 @@ async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Pr
 
     if ssl is None:
         return await loop.create_server(outer, host or None, port, backlog=backlog,
-                                        reuse_address=True)
+                                        reuse_address=True, reuse_port=reuse_port or None)
     return await loop.create_server(outer, host or None, port, ssl=ssl, backlog=backlog,
-                                    reuse_address=True, ssl_handshake_timeout=handshake_timeout)
+                                    reuse_address=True, ssl_handshake_timeout=handshake_timeout,
+                                    reuse_port=reuse_port or None)

@@ -108,6 +108,19 @@ class BrokerCollector:
         yield _counter("protocol_errors", "Connections closed for bad input", m.protocol_errors)
         yield _counter("auth_failures", "CONNECTs refused for their credentials",
                        m.auth_failures)
+        cluster = b.cluster
+        if cluster is not None:
+            st = cluster.stats()
+            yield _gauge("cluster_redis_up", "1 while the cluster's Redis answers",
+                         st["redis_up"])
+            yield _gauge("cluster_nodes_alive", "Nodes whose heart beats, this one included",
+                         st["nodes_alive"])
+            yield _counter("cluster_forwarded", "Messages sent to other nodes' inboxes",
+                           st["forwarded"])
+            yield _counter("cluster_received", "Messages read from this node's inbox",
+                           st["received"])
+            yield _counter("cluster_redis_failures", "Redis operations that failed",
+                           st["redis_failures"])
         storage = b.storage
         if storage is not None:
             h = storage.commit_latency

@@ -1,0 +1,499 @@
+"""One node of a cluster: its Redis connections and background work (docs/cluster.md).
+
+:class:`ClusterNode` keeps the replica of every node's routes, forwards messages to the nodes
+whose routes match, reads its own inbox, keeps the retained replica in step, claims client ids
+(and hands sessions over when another node claims one of its own), beats its heart, and rides
+out Redis going away: local traffic goes on, what needs Redis waits and is written when it is
+back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import msgpack  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from ..config import ClusterConfig
+from ..errors import MQTTBrokerError
+from ..message import Message
+from ..persistence.base import Snapshot, StoredSession
+from .routes import RouteReplica
+from .store import GROUP, Keys, RedisStore, pack_message, unpack_message
+
+if TYPE_CHECKING:
+    from ..broker import Broker
+
+log = logging.getLogger("mqttbroker.cluster")
+
+READ_BATCH: Final = 512  # inbox entries read at once
+READ_BLOCK_MS: Final = 1000
+
+# claim a client id: (node, epoch) <- (me, epoch + 1); returns the previous node (or nil)
+_CLAIM: Final = """
+local old = redis.call('HGET', KEYS[1], 'node')
+redis.call('HSET', KEYS[1], 'node', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+return old
+"""
+# one subscription fewer on a (dead) node's route: returns the count left
+_UNROUTE: Final = """
+local c = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if c <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return c
+"""
+REPLAY_AGAIN: Final = 2.0  # seconds: a second look at a dead node's inbox (stale routes)
+
+
+class ClusterNode:
+    """This broker's membership in the cluster (see the module docstring)."""
+
+    def __init__(self, broker: Broker, config: ClusterConfig) -> None:
+        self.broker = broker
+        self.config = config
+        self.me = config.node
+        self.keys = Keys(config.prefix)
+        opts: dict[str, Any] = {"decode_responses": False, "socket_connect_timeout": 2.0,
+                                "socket_timeout": 5.0, "retry_on_timeout": False}
+        self.redis: aioredis.Redis = aioredis.from_url(config.redis, **opts)
+        # XREADGROUP BLOCK holds a connection: a client of its own
+        self.reader: aioredis.Redis = aioredis.from_url(
+            config.redis, **{**opts, "socket_timeout": READ_BLOCK_MS / 1000 + 5.0})
+        self.store = RedisStore(self.redis, self.keys, self.me)
+        self.store.on_error = self._redis_failed
+        self.store.on_written = self._redis_ok
+        self.replica = RouteReplica()
+        self.local: dict[str, int] = {}  # this node's routes: filter -> local subscriptions
+        self.alive: set[str] = set()  # other nodes whose heart beats
+        self.owned: set[str] = set()  # client ids this node holds the claim of
+        self.up = False  # Redis reachable
+        self.forwarded = 0  # messages sent to other nodes' inboxes
+        self.received = 0  # messages read from this node's inbox
+        self.redis_failures = 0
+        self._claims: dict[str, asyncio.Future[None]] = {}
+        self._answers: dict[str, asyncio.Future[bytes]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pubsub: Any = None
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._claim = self.redis.register_script(_CLAIM)
+        self._unroute = self.redis.register_script(_UNROUTE)
+        self._down_since: float | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def open(self) -> Snapshot:
+        """Reach Redis, read what this node owns; raises :class:`MQTTBrokerError` when Redis
+        is not there (a node does not start without it)."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise MQTTBrokerError(f"cluster: cannot reach Redis at {self.config.redis}: {exc}"
+                                  ) from None
+        self.up = True
+        snapshot = await self.store.open(self._loop)
+        self.owned.update(s.client_id for s in snapshot.sessions)
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+            await self.redis.xgroup_create(self.keys.inbox(self.me), GROUP, id="0",
+                                           mkstream=True)
+        log.info("cluster: node %r joined via %s (%d sessions of its own, %d retained)",
+                 self.me, self.config.redis, len(snapshot.sessions), len(snapshot.retained))
+        return snapshot
+
+    async def start(self) -> None:
+        """After the broker restored its sessions (their routes are counted by now): publish
+        our routes, load the others', and start the background work."""
+        await self._sync()
+        for coro in (self._heartbeat(), self._consume(), self._listen()):
+            self._tasks.append(asyncio.create_task(coro))
+
+    async def close(self) -> None:
+        """Write what is pending, stop the background work, leave (our heart stops)."""
+        self._closing = True
+        await self.store.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(self.keys.node(self.me))
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        for r in (self.redis, self.reader):
+            with contextlib.suppress(Exception):
+                await r.aclose()
+
+    # -- Redis up and down --------------------------------------------------------------------------
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self.redis_failures += 1
+        if self.up:
+            self.up = False
+            self._down_since = time.monotonic()
+            log.error("cluster: Redis unreachable (%s); serving local traffic only, "
+                      "acknowledgements and messages for other nodes wait", exc)
+
+    def _redis_ok(self) -> None:
+        if not self.up and not self._closing:
+            self.up = True
+            down = time.monotonic() - (self._down_since or time.monotonic())
+            log.warning("cluster: Redis is back after %.1fs; catching up", down)
+            assert self._loop is not None
+            self._tasks.append(self._loop.create_task(self._sync()))
+
+    async def _sync(self) -> None:
+        """(Re)publish this node's routes and reload every node's routes and the retained
+        messages: at start, and after Redis was away."""
+        k, me = self.keys, self.me
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(k.routes(me))
+                if self.local:
+                    pipe.hset(k.routes(me), mapping={f: c for f, c in self.local.items()})
+                pipe.publish(k.routes_channel, msgpack.packb([me, "", -1]))  # reload me
+                await pipe.execute()
+            await self._beat()
+            await self._reload_routes()
+            for m in await self.store.load_retained():
+                self.broker.retained.load(m)
+        except RedisError as exc:
+            self._redis_failed(exc)
+
+    async def _reload_routes(self, only: str | None = None) -> None:
+        k = self.keys
+        nodes = [only] if only else [
+            _text(key).rsplit(":", 1)[1]
+            async for key in self.redis.scan_iter(match=k.routes("*"), count=1000)]
+        for node in nodes:
+            if node == self.me:
+                continue
+            routes = await self.redis.hgetall(k.routes(node))
+            self.replica.replace(node, ((_text(f), int(c)) for f, c in routes.items()))
+
+    # -- routes ---------------------------------------------------------------------------------------
+
+    def on_route(self, topic_filter: str, delta: int) -> None:
+        """The local router gained (+1) or lost (-1) a subscription to ``topic_filter``."""
+        count = self.local.get(topic_filter, 0) + delta
+        if count > 0:
+            self.local[topic_filter] = count
+        else:
+            self.local.pop(topic_filter, None)
+        if (count == 1 and delta > 0) or count <= 0:
+            self.store.route(topic_filter, max(count, 0))
+
+    # -- forwarding -----------------------------------------------------------------------------------
+
+    def forward(self, message: Message, local_groups: set[str]) -> set[str]:
+        """Send ``message`` (published on this node) to the nodes with matching routes.
+        Returns the shared groups this node serves itself (the others went elsewhere)."""
+        direct, groups = self.replica.match(message.topic)
+        direct.discard(self.me)
+        mine: set[str] = set()
+        to: dict[str, list[str]] = {}
+        for share, nodes in groups.items():
+            if share in local_groups:
+                nodes.append(self.me)
+            picked = self.replica.pick(share, nodes)
+            if picked == self.me:
+                mine.add(share)
+            else:
+                to.setdefault(picked, []).append(share)
+        for share in local_groups - groups.keys():
+            mine.add(share)  # no other node has a member
+        if direct or to:
+            assert self._loop is not None
+            packed = pack_message(message, self._loop)
+            for node in direct | to.keys():
+                self.store.forward(node, msgpack.packb([packed, node in direct,
+                                                        to.get(node, []), self.me]))
+                self.forwarded += 1
+        return mine
+
+    async def _consume(self) -> None:
+        """Read this node's inbox: first what an earlier run read and did not finish, then
+        what is new; deliver each message locally, acknowledged with those deliveries."""
+        inbox = self.keys.inbox(self.me)
+        pending = True
+        while not self._closing:
+            try:
+                got: Any = await self.reader.xreadgroup(
+                    GROUP, self.me, {inbox: "0" if pending else ">"}, count=READ_BATCH,
+                    block=None if pending else READ_BLOCK_MS)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    with contextlib.suppress(ResponseError):
+                        await self.redis.xgroup_create(inbox, GROUP, id="0", mkstream=True)
+                    continue
+                raise
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc)
+                await asyncio.sleep(0.5)
+                continue
+            entries: Any = got[0][1] if got else []
+            if pending and not entries:
+                pending = False
+                continue
+            self._deliver(entries)
+
+    def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        assert self._loop is not None
+        for entry_id, fields in entries:
+            try:
+                packed, direct, groups, _origin = msgpack.unpackb(fields[b"m"])
+                message = unpack_message(packed, self._loop)
+            except Exception:  # a bad entry must not stop the inbox
+                log.exception("cluster: unreadable inbox entry %r dropped", entry_id)
+            else:
+                self.received += 1
+                self.broker.deliver_forwarded(message, direct, set(groups))
+            self.store.ack(entry_id)
+
+    # -- retained, routes and control messages from other nodes ------------------------------------
+
+    async def _listen(self) -> None:
+        k = self.keys
+        while not self._closing:
+            try:
+                self._pubsub = self.redis.pubsub()
+                await self._pubsub.subscribe(k.routes_channel, k.retained, k.control(self.me))
+                async for msg in self._pubsub.listen():
+                    if msg.get("type") == "message":
+                        self._on_channel(_text(msg["channel"]), msg["data"])
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc)
+                await asyncio.sleep(0.5)
+            finally:
+                if self._pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await self._pubsub.aclose()
+
+    def _on_channel(self, channel: str, data: bytes) -> None:
+        k = self.keys
+        try:
+            if channel == k.routes_channel:
+                node, flt, count = msgpack.unpackb(data)
+                if node == self.me:
+                    return
+                if count < 0:  # the node republished all its routes
+                    assert self._loop is not None
+                    self._loop.create_task(self._reload_routes(node))
+                else:
+                    self.replica.put(node, flt, count)
+            elif channel == k.retained:
+                node, topic, packed = msgpack.unpackb(data)
+                if node == self.me:
+                    return
+                assert self._loop is not None
+                if packed is None:
+                    old = self.broker.retained.get(topic)
+                    if old is not None:
+                        self.broker.retained.forget(topic)
+                else:
+                    self.broker.retained.load(unpack_message(msgpack.unpackb(packed),
+                                                             self._loop))
+            elif channel == k.control(self.me):
+                self._on_control(msgpack.unpackb(data))
+        except Exception:
+            log.exception("cluster: bad message on %s", channel)
+
+    # -- liveness -------------------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        k = self.keys
+        await self.redis.set(k.node(self.me), str(time.time()),
+                             px=int(self.config.node_timeout * 1000))
+        nodes = [n for n in self.replica.nodes() if n != self.me]
+        if nodes:
+            exists = await self.redis.mget([k.node(n) for n in nodes])
+            self.alive = {n for n, v in zip(nodes, exists, strict=True) if v is not None}
+
+    async def _heartbeat(self) -> None:
+        while not self._closing:
+            try:
+                await self._beat()
+                if not self.up and self.store.pending_changes() == 0:
+                    self._redis_ok()  # Redis is back and nothing was waiting to show it
+                self.store._kick()  # a failed write retries now rather than in a second
+            except (RedisError, OSError) as exc:
+                self._redis_failed(exc)
+            await asyncio.sleep(self.config.heartbeat)
+
+    # -- claiming client ids and handing sessions over --------------------------------------------
+
+    def owns(self, client_id: str) -> bool:
+        """Whether a CONNECT with this id may go on here at once (no claim needed)."""
+        return client_id in self.owned
+
+    def claim(self, client_id: str, clean: bool, then: Callable[[], None],
+              refuse: Callable[[str], None]) -> None:
+        """Claim ``client_id`` for this node, taking its session over from the node that had
+        it, then call ``then`` (the CONNECT goes on) or ``refuse`` (Redis is unreachable)."""
+        assert self._loop is not None
+        self._loop.create_task(self._claim_task(client_id, clean, then, refuse))
+
+    async def _claim_task(self, cid: str, clean: bool, then: Callable[[], None],
+                          refuse: Callable[[str], None]) -> None:
+        earlier = self._claims.get(cid)
+        if earlier is not None:
+            with contextlib.suppress(Exception):
+                await earlier
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._claims[cid] = fut
+        try:
+            rec, dead = await self._take(cid, clean)
+        except (RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            refuse(f"the cluster's Redis is unreachable ({exc})")
+            return
+        finally:
+            fut.set_result(None)
+            if self._claims.get(cid) is fut:
+                del self._claims[cid]
+        self.owned.add(cid)
+        if rec is not None and cid not in self.broker.sessions:
+            self.broker.adopt_session(rec)
+        then()
+        if dead is not None and rec is not None:
+            # what the dead node had not handled yet for this session is in its inbox
+            seen: set[bytes] = set()
+            with contextlib.suppress(RedisError, OSError):
+                await self._replay(dead, cid, seen)
+                await asyncio.sleep(REPLAY_AGAIN)
+                await self._replay(dead, cid, seen)
+
+    async def _replay(self, dead: str, cid: str, seen: set[bytes]) -> None:
+        """Deliver to session ``cid`` the entries left in a dead node's inbox that its
+        subscriptions match (at least once: that node never acknowledged them)."""
+        assert self._loop is not None
+        n = 0
+        async for chunk in _chunks(self.redis, self.keys.inbox(dead)):
+            for entry_id, fields in chunk:
+                if entry_id in seen:
+                    continue
+                seen.add(entry_id)
+                try:
+                    packed, direct, _groups, _origin = msgpack.unpackb(fields[b"m"])
+                except (ValueError, msgpack.UnpackException):
+                    log.warning("cluster: unreadable entry %r in %r's inbox", entry_id, dead)
+                    continue
+                if direct and self.broker.deliver_forwarded_to(
+                        cid, unpack_message(packed, self._loop)):
+                    n += 1
+        if n:
+            log.info("cluster: %d messages for %r taken from the inbox of dead node %r", n,
+                     cid, dead)
+
+    async def _take(self, cid: str, clean: bool) -> tuple[StoredSession | None, str | None]:
+        """Claim ``cid``; (its stored session unless ``clean``, the dead node it was on)."""
+        k = self.keys
+        old = await self._claim(keys=[k.client(cid)], args=[self.me])
+        old_node = _text(old) if old else None
+        dead = None
+        if old_node and old_node != self.me:
+            alive = await self.redis.exists(k.node(old_node))
+            if alive:
+                answered = await self._ask(old_node, ["release", cid, self.me])
+                if not answered:  # killed a moment ago (its heartbeat not expired yet), or stuck
+                    dead = old_node
+                    log.warning("cluster: node %r did not hand over %r within %ss; taking "
+                                "what Redis holds", old_node, cid, self.config.takeover_timeout)
+            else:
+                dead = old_node
+                log.info("cluster: node %r is gone; taking over the session of %r from Redis",
+                         old_node, cid)
+            await self.redis.srem(k.owned(old_node), cid)
+        await self.store.flush()
+        if clean:  # [MQTT-3.1.2-4] a clean start discards the stored session
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(k.client(cid), "meta")
+                pipe.delete(k.subs(cid), k.items(cid), k.inbound(cid))
+                await pipe.execute()
+            return None, None
+        rec = await self.store.load_session(cid)
+        if dead is not None and rec is not None:
+            # the dead node counted this session's subscriptions in its routes: not any more
+            for sub in rec.subscriptions:
+                left = await self._unroute(keys=[k.routes(dead)], args=[sub.topic_filter])
+                await self.redis.publish(k.routes_channel, msgpack.packb(
+                    [dead, sub.topic_filter, max(int(left), 0)]))
+        return rec, dead
+
+    async def _ask(self, node: str, request: list[Any]) -> bool:
+        """Send a control request to ``node``; True when it answered in time."""
+        rid = uuid.uuid4().hex
+        assert self._loop is not None
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self._answers[rid] = fut
+        try:
+            await self.redis.publish(self.keys.control(node), msgpack.packb(
+                ["ask", rid, self.me, *request]))
+            await asyncio.wait_for(fut, self.config.takeover_timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._answers.pop(rid, None)
+
+    def _on_control(self, msg: list[Any]) -> None:
+        kind, rid, sender, *rest = msg
+        if kind == "answer":
+            fut = self._answers.get(rid)
+            if fut is not None and not fut.done():
+                fut.set_result(b"")
+        elif kind == "ask" and rest and rest[0] == "release":
+            assert self._loop is not None
+            self._loop.create_task(self._release(rid, sender, rest[1]))
+
+    async def _release(self, rid: str, requester: str, cid: str) -> None:
+        """Another node claimed ``cid``: close its connection here, write its session, drop it
+        (its routes with it), and answer."""
+        earlier = self._claims.get(cid)
+        if earlier is not None:  # our own claim of it is under way: let it finish first
+            with contextlib.suppress(Exception):
+                await earlier
+        self.owned.discard(cid)
+        self.broker.release_session(cid, requester)
+        await self.store.flush()
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.publish(self.keys.control(requester),
+                                     msgpack.packb(["answer", rid, self.me]))
+
+    # -- metrics ------------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        """Figures for /metrics."""
+        return {"redis_up": 1.0 if self.up else 0.0, "nodes_alive": len(self.alive) + 1,
+                "forwarded": self.forwarded, "received": self.received,
+                "redis_failures": self.redis_failures,
+                "routes": sum(1 for _ in self.local)}
+
+
+def _text(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+async def _chunks(redis: aioredis.Redis, stream: str,
+                  size: int = 1000) -> AsyncIterator[list[tuple[bytes, dict[bytes, bytes]]]]:
+    """A stream's entries, oldest first, ``size`` at a time."""
+    start = "-"
+    while True:
+        got: Any = await redis.xrange(stream, min=start, count=size)
+        if not got:
+            return
+        yield got
+        if len(got) < size:
+            return
+        last = _text(got[-1][0])
+        ms, _, seq = last.partition("-")
+        start = f"{ms}-{int(seq) + 1}"
