@@ -795,11 +795,20 @@ class Broker:
             return
         self._offline.pop(client_id, None)
         self.authorizer.forget(client_id)
-        for topic_filter in session.subscriptions:
-            self.router.unsubscribe(client_id, topic_filter)
         if self.cluster is not None:
             self.cluster.store.forget_items(client_id)
+            # its plain subscriptions stay routed here a while: a forwarding address
+            plain = [f for f in session.subscriptions if parse_share(f) is None]
+            self.drop_routes(client_id, [f for f in session.subscriptions if f not in plain])
+            self.cluster.moved_away(client_id, to_node, plain)
         session.store = None
+
+    def drop_routes(self, client_id: str, filters: list[str]) -> None:
+        """Unsubscribe a session that is not here any more from ``filters``."""
+        if client_id in self.sessions:
+            return  # it came back meanwhile: its subscriptions are its own again
+        for topic_filter in filters:
+            self.router.unsubscribe(client_id, topic_filter)
 
     def _evict_offline(self) -> bool:
         """max_sessions is reached: end the session that has been offline longest (as if it
@@ -958,6 +967,8 @@ class Broker:
             session = self.sessions.get(cid)
             if session is not None:
                 session.offer(message, qos, retain, False, identifiers, share)
+            elif self.cluster is not None:
+                self.cluster.ghost(cid, message)  # its session just moved to another node
 
     def subscribe(self, conn: ClientConnection, p: Subscribe) -> None:
         """SUBSCRIBE: grant, SUBACK, then the matching retained messages [MQTT-3.8.4-3]."""

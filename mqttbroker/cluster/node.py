@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgpack  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from ..config import ClusterConfig
@@ -60,8 +63,12 @@ class ClusterNode:
         self.config = config
         self.me = config.node
         self.keys = Keys(config.prefix)
+        # a pooled connection that died with a Redis restart is retried once on a new one
+        # (not reported as a second outage); an idle one is checked before use
         opts: dict[str, Any] = {"decode_responses": False, "socket_connect_timeout": 2.0,
-                                "socket_timeout": 5.0, "retry_on_timeout": False}
+                                "socket_timeout": 5.0, "health_check_interval": 2,
+                                "retry": Retry(NoBackoff(), 1),
+                                "retry_on_error": [RedisConnectionError]}
         self.redis: aioredis.Redis = aioredis.from_url(config.redis, **opts)
         # XREADGROUP BLOCK holds a connection: a client of its own
         self.reader: aioredis.Redis = aioredis.from_url(
@@ -77,7 +84,17 @@ class ClusterNode:
         self.forwarded = 0  # messages sent to other nodes' inboxes
         self.received = 0  # messages read from this node's inbox
         self.redis_failures = 0
+        # sessions handed to another node a moment ago: client id -> (its node, the filters
+        # still routed here, the timer that drops them). Messages that still reach this node
+        # for them go on to their new node (see ghost())
+        self.moved: dict[str, tuple[str, list[str], asyncio.TimerHandle]] = {}
+        # the message being delivered now: (the node it was published on, the nodes it was
+        # forwarded to); ghost() forwards only what its new node does not get anyway
+        self.current: tuple[str, frozenset[str]] = ("", frozenset())
         self._claims: dict[str, asyncio.Future[None]] = {}
+        # messages forwarded to a session whose claim is still under way here (the node it
+        # left forwards them as soon as it has let go): delivered once the session is here
+        self._early: dict[str, list[tuple[bytes, Message]]] = {}
         self._answers: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
@@ -109,8 +126,10 @@ class ClusterNode:
         return snapshot
 
     async def start(self) -> None:
-        """After the broker restored its sessions (their routes are counted by now): publish
-        our routes, load the others', and start the background work."""
+        """After the broker restored its sessions (their routes are counted by now): listen
+        to the change channels, then publish our routes and load the others' (in that order:
+        no change is missed between the two), and start the background work."""
+        await self._subscribe()
         await self._sync()
         for coro in (self._heartbeat(), self._consume(), self._listen()):
             self._tasks.append(asyncio.create_task(coro))
@@ -189,8 +208,9 @@ class ClusterNode:
             self.local[topic_filter] = count
         else:
             self.local.pop(topic_filter, None)
-        if (count == 1 and delta > 0) or count <= 0:
-            self.store.route(topic_filter, max(count, 0))
+        # the count, not just "some": a node taking over one session of a dead node takes
+        # one off the dead node's count, and the others' routes there must stay
+        self.store.route(topic_filter, max(count, 0))
 
     # -- forwarding -----------------------------------------------------------------------------------
 
@@ -211,14 +231,52 @@ class ClusterNode:
                 to.setdefault(picked, []).append(share)
         for share in local_groups - groups.keys():
             mine.add(share)  # no other node has a member
-        if direct or to:
+        targets = frozenset(direct | to.keys())
+        self.current = (self.me, targets)
+        if targets:
             assert self._loop is not None
             packed = pack_message(message, self._loop)
-            for node in direct | to.keys():
+            listed = sorted(targets)
+            for node in targets:
                 self.store.forward(node, msgpack.packb([packed, node in direct,
-                                                        to.get(node, []), self.me]))
+                                                        to.get(node, []), self.me, listed,
+                                                        None]))
                 self.forwarded += 1
         return mine
+
+    def ghost(self, client_id: str, message: Message) -> bool:
+        """A delivery to a session that moved to another node a moment ago: forward it there,
+        unless that node gets the message anyway (it was forwarded there too, or published
+        there). True when ``client_id`` is such a session."""
+        moved = self.moved.get(client_id)
+        if moved is None:
+            return False
+        node = moved[0]
+        origin, targets = self.current
+        if node != origin and node not in targets:
+            assert self._loop is not None
+            self.store.forward(node, msgpack.packb([pack_message(message, self._loop), False,
+                                                    [], origin, [node], client_id]))
+            self.forwarded += 1
+        return True
+
+    def moved_away(self, client_id: str, node: str, filters: list[str]) -> None:
+        """``client_id``'s session went to ``node``; its ``filters`` stay routed here (as a
+        forwarding address) for two node timeouts, while the other nodes learn the new
+        routes: nothing published meanwhile is lost."""
+        assert self._loop is not None
+        old = self.moved.pop(client_id, None)
+        if old is not None:
+            old[2].cancel()
+        handle = self._loop.call_later(2 * self.config.node_timeout, self._forget_moved,
+                                       client_id)
+        self.moved[client_id] = (node, filters, handle)
+
+    def _forget_moved(self, client_id: str) -> None:
+        """Its new node is known everywhere now: drop the forwarding address."""
+        moved = self.moved.pop(client_id, None)
+        if moved is not None:
+            self.broker.drop_routes(client_id, moved[1])
 
     async def _consume(self) -> None:
         """Read this node's inbox: first what an earlier run read and did not finish, then
@@ -250,33 +308,46 @@ class ClusterNode:
         assert self._loop is not None
         for entry_id, fields in entries:
             try:
-                packed, direct, groups, _origin = msgpack.unpackb(fields[b"m"])
+                packed, direct, groups, origin, targets, to = msgpack.unpackb(fields[b"m"])
                 message = unpack_message(packed, self._loop)
             except Exception:  # a bad entry must not stop the inbox
                 log.exception("cluster: unreadable inbox entry %r dropped", entry_id)
             else:
                 self.received += 1
-                self.broker.deliver_forwarded(message, direct, set(groups))
+                self.current = (origin, frozenset(targets))
+                if to is not None:  # for one session, forwarded by the node it left
+                    if to in self._claims:  # not here yet: it is being taken over
+                        self._early.setdefault(to, []).append((entry_id, message))
+                        continue
+                    self.broker.deliver_forwarded_to(to, message)
+                else:
+                    self.broker.deliver_forwarded(message, direct, set(groups))
             self.store.ack(entry_id)
 
     # -- retained, routes and control messages from other nodes ------------------------------------
 
-    async def _listen(self) -> None:
+    async def _subscribe(self) -> None:
         k = self.keys
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(k.routes_channel, k.retained, k.control(self.me))
+        self._pubsub = pubsub
+
+    async def _listen(self) -> None:
         while not self._closing:
             try:
-                self._pubsub = self.redis.pubsub()
-                await self._pubsub.subscribe(k.routes_channel, k.retained, k.control(self.me))
+                if self._pubsub is None:  # again, after Redis was away: reload what we missed
+                    await self._subscribe()
+                    await self._reload_routes()
                 async for msg in self._pubsub.listen():
                     if msg.get("type") == "message":
                         self._on_channel(_text(msg["channel"]), msg["data"])
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
-                await asyncio.sleep(0.5)
-            finally:
                 if self._pubsub is not None:
                     with contextlib.suppress(Exception):
                         await self._pubsub.aclose()
+                    self._pubsub = None
+                await asyncio.sleep(0.5)
 
     def _on_channel(self, channel: str, data: bytes) -> None:
         k = self.keys
@@ -354,6 +425,7 @@ class ClusterNode:
             rec, dead = await self._take(cid, clean)
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
+            self._early.pop(cid, None)  # (not acknowledged: read again after a restart)
             refuse(f"the cluster's Redis is unreachable ({exc})")
             return
         finally:
@@ -361,9 +433,15 @@ class ClusterNode:
             if self._claims.get(cid) is fut:
                 del self._claims[cid]
         self.owned.add(cid)
+        if cid in self.moved:  # it comes back here: no forwarding address any more
+            self.moved[cid][2].cancel()
+            self._forget_moved(cid)
         if rec is not None and cid not in self.broker.sessions:
             self.broker.adopt_session(rec)
         then()
+        for entry_id, message in self._early.pop(cid, ()):
+            self.broker.deliver_forwarded_to(cid, message)
+            self.store.ack(entry_id)
         if dead is not None and rec is not None:
             # what the dead node had not handled yet for this session is in its inbox
             seen: set[bytes] = set()
@@ -383,7 +461,9 @@ class ClusterNode:
                     continue
                 seen.add(entry_id)
                 try:
-                    packed, direct, _groups, _origin = msgpack.unpackb(fields[b"m"])
+                    packed, direct, _groups, _origin, _targets, to = msgpack.unpackb(
+                        fields[b"m"])
+                    direct = direct or to == cid
                 except (ValueError, msgpack.UnpackException):
                     log.warning("cluster: unreadable entry %r in %r's inbox", entry_id, dead)
                     continue
@@ -436,8 +516,10 @@ class ClusterNode:
         fut: asyncio.Future[bytes] = self._loop.create_future()
         self._answers[rid] = fut
         try:
-            await self.redis.publish(self.keys.control(node), msgpack.packb(
+            listeners = await self.redis.publish(self.keys.control(node), msgpack.packb(
                 ["ask", rid, self.me, *request]))
+            if not listeners:  # nobody reads its channel: the node is gone (killed)
+                return False
             await asyncio.wait_for(fut, self.config.takeover_timeout)
             return True
         except TimeoutError:
