@@ -59,7 +59,8 @@ def test_check_config_ok(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (0, f"{path}: OK\n")
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "example-hbmqtt.yaml", "paho-interop.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "example-hbmqtt.yaml", "paho-interop.yaml",
+                                  "cluster.yaml", "durable.yaml"])
 def test_check_config_on_shipped_configs(name: str) -> None:
     result = run_cli("check-config", f"configs/{name}")
     assert (result.returncode, result.stdout) == (0, f"configs/{name}: OK\n")

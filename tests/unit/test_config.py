@@ -646,3 +646,50 @@ def test_overrides_argument_deep_merges_before_validation(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides={"mqtt": {"max_qos": 5}})
     assert [(i.key, i.line) for i in info.value.issues] == [("mqtt.max_qos", None)]
+
+
+# --------------------------------------------------------------------------- http, cluster
+
+
+def test_http_section_bind_token_and_errors_name_the_key_and_line(tmp_path: Path) -> None:
+    cfg = load_config({"http": {"enabled": True, "bind": "127.0.0.1:0", "token": "12345678"}})
+    assert (cfg.http.enabled, cfg.http.host, cfg.http.port, cfg.http.token) == (
+        True, "127.0.0.1", 0, "12345678")
+    path = write(tmp_path, """
+        http:
+          enabled: true
+          token: short
+          token-file: t.txt
+        """)
+    found = issues_of(path)
+    assert ("http.token", 3, found[0][2]) == found[0] and "at least 8" in found[0][2]
+    assert ("http.token_file", 4, "give token or token-file, not both") in [
+        (k.replace("-", "_"), line, p) for k, line, p in found]
+
+
+def test_ws_listener_path_must_be_an_http_path() -> None:
+    assert load_config({"listeners": {"w": {"type": "ws", "bind": ":9001"}}}
+                       ).listeners[0].path == "/mqtt"
+    key, _line, problem = only_issue({"listeners": {"w": {"type": "ws", "bind": ":9001",
+                                                          "path": "mqtt"}}})
+    assert key == "listeners.w.path" and "starting with '/'" in problem
+
+
+def test_cluster_section_needs_redis_and_node_and_excludes_persistence(tmp_path: Path) -> None:
+    cfg = load_config({"cluster": {"redis": "redis://127.0.0.1:6379/0", "node": "n-1"}})
+    assert cfg.cluster is not None and (cfg.cluster.node, cfg.cluster.prefix) == (
+        "n-1", "mqttbroker")
+    assert load_config().cluster is None
+    key, _, problem = only_issue({"cluster": {"node": "n"}})
+    assert key == "cluster" and "needs redis" in problem
+    key, _, problem = only_issue({"cluster": {"redis": "http://x", "node": "n"}})
+    assert key == "cluster.redis" and "Redis URL" in problem
+    path = write(tmp_path, """
+        cluster:
+          redis: redis://127.0.0.1:6379/0
+          node: a
+        persistence:
+          backend: sqlite
+        """)
+    key, line, problem = only_issue(path)
+    assert (key, line) == ("persistence", 4) and "cluster's Redis" in problem
