@@ -914,8 +914,9 @@ class Broker:
             else:
                 self._retained_full(message, source, "delivered, not retained")
         direct, shared = self.router.route(message.topic, message.sender, self._available)
-        if self.cluster is not None:
-            # other nodes' subscribers; each shared group is served by one node
+        if self.cluster is not None and not message.topic.startswith("$SYS/"):
+            # other nodes' subscribers; each shared group is served by one node. ($SYS is
+            # each node's own: its clients, its counters.)
             mine = self.cluster.forward(message, {d.share for _, d in shared if d.share})
             if len(mine) < len(shared):
                 shared = [(cid, d) for cid, d in shared if d.share in mine]

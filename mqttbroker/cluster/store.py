@@ -272,11 +272,15 @@ class RedisStore(GroupCommit[_Batch]):
         self._touch()
 
     def put_retained(self, message: Message, old: Message | None) -> None:
+        if message.topic.startswith("$SYS/"):
+            return  # each node's own, not the cluster's
         assert self._loop is not None
         self._pending.retained[message.topic] = msgpack.packb(pack_message(message, self._loop))
         self._touch()
 
     def delete_retained(self, message: Message) -> None:
+        if message.topic.startswith("$SYS/"):
+            return
         self._pending.retained[message.topic] = None
         self._touch()
 

@@ -1089,3 +1089,31 @@ def test_workers_need_a_cluster_section(tmp_path: Path, redis_server: RedisProc)
                                  f"running after 15 s\n{node.log_tail()}") from None
         said = node.log_text().replace(str(tmp_path), "<tmp>").lower()  # the path names the test
         assert code != 0 and "cluster section" in said, node.log_tail()
+
+
+def test_sys_topics_are_each_nodes_own(redis_server: RedisProc,
+                                       make_broker_thread: Callable[[dict[str, Any]], Any]
+                                       ) -> None:
+    """docs/cluster.md: ``$SYS`` is per node. With a ``$SYS/#`` subscriber on node A, node B's
+    ``$SYS`` updates are not forwarded to A, and none lands in the shared retained store; A's
+    subscriber sees A's own (its uptime, its clients)."""
+    def config(node: str) -> dict[str, Any]:
+        return {"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+                "sys_interval": 0.2, "auth": {"allow-anonymous": True},
+                "cluster": {"redis": redis_server.url, "node": node}}
+
+    a = make_broker_thread(config("sys-a"))
+    make_broker_thread(config("sys-b"))
+    sub = Paho("sys-sub", V311)
+    try:
+        sub.connect(a.port)
+        sub.subscribe(("$SYS/broker/clients/connected", 0))
+        sub.messages.wait_until(lambda ms: len(ms) >= 3, 5, "three $SYS updates from node A")
+        time.sleep(1.0)  # five more intervals of node B's $SYS
+        r = redis_server.client()
+        assert inbox_added(r, "sys-a") == 0, "node B forwarded its $SYS to node A"
+        assert [k for k in r.hkeys(f"{PREFIX}:retained") if "$SYS" in str(k)] == []
+        # live updates (not the retained one from before it connected): A has just this client
+        assert {m.payload for m in sub.messages.messages if not m.retain} == {b"1"}
+    finally:
+        sub.close()
