@@ -343,6 +343,9 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             finish()
+            if self._stash is not None:  # suspended again (a cluster claim): keep the rest
+                self._stash.extend(stash or ())
+                return
             if stash and not self.closed:
                 self._process(stash)
         except ProtocolError as exc:
@@ -366,29 +369,17 @@ class ClientConnection(asyncio.Protocol):
     def _connect_resume(self) -> None:
         """A held CONNECT's time has come: handle it and the packets read after it."""
         self._timer = None  # (closing cancels it: we are still awaiting CONNECT)
-        stash, self._stash = self._stash, None
+        stash = self._stash
         if not stash:
+            self._stash = None
             return
         # the client has connect_timeout again to finish (MQTT 5 enhanced authentication)
         self._timer = self._loop.call_later(self.broker.config.mqtt.connect_timeout,
                                             self._connect_timeout)
         first, body = stash[0]
-        try:
-            self._on_connect(cast(Connect, decode(first, body, self.level)))
-            if len(stash) > 1 and self.state is not ConnState.CLOSED:
-                self._process(stash[1:])
-        except ProtocolError as exc:
-            self.fail(exc)
-            return
-        except Exception:  # a bug must cost one connection, never the broker
-            log.exception("internal error handling client %s; closing it", self.name)
-            self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
-            return
-        if self._wbuf:
-            self._flush()
-        if self.transport is not None and self.state is not ConnState.CLOSED \
-                and self._stash is None and not self.rate_paused and self.blocked_by == 0:
-            self.transport.resume_reading()
+        self._stash = stash[1:]  # what came after it, handled once it is done
+        self.resume_connect(lambda: self._on_connect(cast(Connect, decode(first, body,
+                                                                           self.level))))
 
     def _unexpected(self, ptype: int) -> None:
         if ptype == _P.CONNECT:
