@@ -35,6 +35,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from .tcp import serve_tcp
+
 __all__ = ["SUBPROTOCOLS", "WebSocketProtocol", "WebSocketTransport", "serve_websocket"]
 
 log = logging.getLogger("mqttbroker.ws")
@@ -276,14 +278,9 @@ async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Pr
                           reuse_port: bool = False) -> asyncio.Server:
     """Listen for MQTT over WebSocket on ``host:port`` (``wss`` with ``ssl``); ``factory``
     builds the MQTT protocol of each connection, exactly as for :func:`serve_tcp`."""
-    loop = asyncio.get_running_loop()
 
     def outer() -> WebSocketProtocol:
         return WebSocketProtocol(factory(), path)
 
-    if ssl is None:
-        return await loop.create_server(outer, host or None, port, backlog=backlog,
-                                        reuse_address=True, reuse_port=reuse_port or None)
-    return await loop.create_server(outer, host or None, port, ssl=ssl, backlog=backlog,
-                                    reuse_address=True, ssl_handshake_timeout=handshake_timeout,
-                                    reuse_port=reuse_port or None)
+    return await serve_tcp(host, port, outer, ssl=ssl, backlog=backlog,
+                           handshake_timeout=handshake_timeout, reuse_port=reuse_port)
