@@ -920,6 +920,7 @@ class Broker:
             mine = self.cluster.forward(message, {d.share for _, d in shared if d.share})
             if len(mine) < len(shared):
                 shared = [(cid, d) for cid, d in shared if d.share in mine]
+            self.cluster.throttle(source)
         return self._deliver_routed(message, direct, shared, source)
 
     def deliver_forwarded(self, message: Message, direct: bool, groups: set[str]) -> int:

@@ -449,15 +449,30 @@ class ClientConnection(asyncio.Protocol):
                         now - self.congested_since)
             self._release_waiters()
 
+    def block(self) -> bool:
+        """Something this (publishing) client feeds cannot take more now: stop reading its
+        socket until every such holder has called :meth:`unblock`. False when it is not
+        connected (nothing to stop)."""
+        if self.transport is None or self.state is not ConnState.CONNECTED:
+            return False
+        self.blocked_by += 1
+        if self.blocked_by == 1:
+            self.transport.pause_reading()
+        return True
+
+    def unblock(self) -> None:
+        """One holder is drained; read again when none is left."""
+        self.blocked_by -= 1
+        if self.blocked_by == 0 and self.state is ConnState.CONNECTED \
+                and self.transport is not None and not self.rate_paused:
+            self.transport.resume_reading()
+
     def _release_waiters(self) -> None:
         waiters = self.waiters
         self.waiters = None
         if waiters:
             for w in waiters:
-                w.blocked_by -= 1
-                if w.blocked_by == 0 and w.state is ConnState.CONNECTED \
-                        and w.transport is not None and not w.rate_paused:
-                    w.transport.resume_reading()
+                w.unblock()
 
     def _hold(self, source: ClientConnection | None) -> bool:
         """Congested: make ``source`` (the publisher) wait until we drain. False when we have
@@ -467,16 +482,12 @@ class ClientConnection(asyncio.Protocol):
         if self._loop.time() - self.congested_since > SLOW_CONSUMER_GRACE:
             self._release_waiters()
             return False
-        if source is not None and source is not self and source.transport is not None \
-                and source.state is ConnState.CONNECTED:
+        if source is not None and source is not self:
             waiters = self.waiters
             if waiters is None:
                 waiters = self.waiters = set()
-            if source not in waiters:
+            if source not in waiters and source.block():
                 waiters.add(source)
-                source.blocked_by += 1
-                if source.blocked_by == 1:
-                    source.transport.pause_reading()
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -29,14 +29,20 @@ from ..errors import MQTTBrokerError
 from ..message import Message
 from ..persistence.base import Snapshot, StoredSession
 from .routes import RouteReplica
-from .store import GROUP, Keys, RedisStore, pack_message, unpack_message
+from .store import GROUP, Keys, RedisStore, pack_message, text, unpack_message
 
 if TYPE_CHECKING:
     from ..broker import Broker
+    from ..client import ClientConnection
 
 log = logging.getLogger("mqttbroker.cluster")
 
-READ_BATCH: Final = 512  # inbox entries read at once
+READ_BATCH: Final = 64  # inbox entries (each up to FORWARD_BATCH messages) read at once
+# messages for other nodes waiting for Redis: past THROTTLE the publishers feeding them wait
+# (their sockets are not read) until half of it is written; past MAX_BACKLOG (what is not a
+# client's: wills, $SYS; or Redis away) QoS 0 for other nodes is dropped
+THROTTLE: Final = 20_000
+MAX_BACKLOG: Final = 200_000
 READ_BLOCK_MS: Final = 1000
 
 # claim a client id: (node, epoch) <- (me, epoch + 1); returns the previous node (or nil)
@@ -75,13 +81,16 @@ class ClusterNode:
             config.redis, **{**opts, "socket_timeout": READ_BLOCK_MS / 1000 + 5.0})
         self.store = RedisStore(self.redis, self.keys, self.me)
         self.store.on_error = self._redis_failed
-        self.store.on_written = self._redis_ok
+        self.store.on_written = self._written
         self.replica = RouteReplica()
         self.local: dict[str, int] = {}  # this node's routes: filter -> local subscriptions
         self.alive: set[str] = set()  # other nodes whose heart beats
         self.owned: set[str] = set()  # client ids this node holds the claim of
         self.up = False  # Redis reachable
         self.forwarded = 0  # messages sent to other nodes' inboxes
+        self.dropped = 0  # QoS 0 messages for other nodes dropped: Redis did not keep up
+        self._dropping = False
+        self._throttled: set[ClientConnection] = set()  # publishers waiting for Redis
         self.received = 0  # messages read from this node's inbox
         self.redis_failures = 0
         # sessions handed to another node a moment ago: client id -> (its node, the filters
@@ -95,6 +104,7 @@ class ClusterNode:
         # messages forwarded to a session whose claim is still under way here (the node it
         # left forwards them as soon as it has let go): delivered once the session is here
         self._early: dict[str, list[tuple[bytes, Message]]] = {}
+        self._waiting: dict[bytes, int] = {}  # inbox entry -> its messages held in _early
         self._answers: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._pubsub: Any = None
@@ -162,6 +172,21 @@ class ClusterNode:
             log.error("cluster: Redis unreachable (%s); serving local traffic only, "
                       "acknowledgements and messages for other nodes wait", exc)
 
+    def throttle(self, source: ClientConnection | None) -> None:
+        """Called after each forward: past THROTTLE messages waiting for Redis, the client
+        that published one for another node stops being read until the backlog is half
+        written (a publisher whose messages stay on this node goes on)."""
+        if source is not None and self.store.backlog >= THROTTLE and self.current[1] \
+                and source not in self._throttled and source.block():
+            self._throttled.add(source)
+
+    def _written(self) -> None:
+        if self._throttled and self.store.backlog < THROTTLE // 2:
+            waiting, self._throttled = self._throttled, set()
+            for conn in waiting:
+                conn.unblock()
+        self._redis_ok()
+
     def _redis_ok(self) -> None:
         if not self.up and not self._closing:
             self.up = True
@@ -191,13 +216,13 @@ class ClusterNode:
     async def _reload_routes(self, only: str | None = None) -> None:
         k = self.keys
         nodes = [only] if only else [
-            _text(key).rsplit(":", 1)[1]
+            text(key).rsplit(":", 1)[1]
             async for key in self.redis.scan_iter(match=k.routes("*"), count=1000)]
         for node in nodes:
             if node == self.me:
                 continue
             routes = await self.redis.hgetall(k.routes(node))
-            self.replica.replace(node, ((_text(f), int(c)) for f, c in routes.items()))
+            self.replica.replace(node, ((text(f), int(c)) for f, c in routes.items()))
 
     # -- routes ---------------------------------------------------------------------------------------
 
@@ -232,6 +257,20 @@ class ClusterNode:
         for share in local_groups - groups.keys():
             mine.add(share)  # no other node has a member
         targets = frozenset(direct | to.keys())
+        if targets and message.qos == 0 and self.store.backlog >= MAX_BACKLOG:
+            # Redis is not keeping up (or away): QoS 0 for other nodes is dropped, as for a
+            # subscriber that does not read; QoS 1/2 wait (their acknowledgements are held)
+            self.broker.metrics.publish_dropped += len(targets)
+            self.dropped += len(targets)
+            if not self._dropping:
+                self._dropping = True
+                log.warning("cluster: %d messages wait for Redis; QoS 0 messages for other "
+                            "nodes are dropped until it catches up", self.store.backlog)
+            targets = frozenset()
+            to = {}
+        elif self._dropping and self.store.backlog < MAX_BACKLOG // 2:
+            self._dropping = False
+            log.info("cluster: Redis caught up; forwarding QoS 0 again")
         self.current = (self.me, targets)
         if targets:
             assert self._loop is not None
@@ -305,24 +344,32 @@ class ClusterNode:
             self._deliver(entries)
 
     def _deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Each entry holds the messages one node forwarded here in one write, in order."""
         assert self._loop is not None
         for entry_id, fields in entries:
-            try:
-                packed, direct, groups, origin, targets, to = msgpack.unpackb(fields[b"m"])
-                message = unpack_message(packed, self._loop)
-            except Exception:  # a bad entry must not stop the inbox
-                log.exception("cluster: unreadable inbox entry %r dropped", entry_id)
-            else:
+            held = 0
+            for envelope in _envelopes(entry_id, fields):
+                try:
+                    packed, direct, groups, origin, targets, to = msgpack.unpackb(envelope)
+                    message = unpack_message(packed, self._loop)
+                except Exception:  # a bad message must not stop the inbox
+                    log.exception("cluster: unreadable message in inbox entry %r dropped",
+                                  entry_id)
+                    continue
                 self.received += 1
                 self.current = (origin, frozenset(targets))
                 if to is not None:  # for one session, forwarded by the node it left
                     if to in self._claims:  # not here yet: it is being taken over
                         self._early.setdefault(to, []).append((entry_id, message))
+                        held += 1
                         continue
                     self.broker.deliver_forwarded_to(to, message)
                 else:
                     self.broker.deliver_forwarded(message, direct, set(groups))
-            self.store.ack(entry_id)
+            if held:  # acknowledged once those are delivered too
+                self._waiting[entry_id] = self._waiting.get(entry_id, 0) + held
+            else:
+                self.store.ack(entry_id)
 
     # -- retained, routes and control messages from other nodes ------------------------------------
 
@@ -340,7 +387,7 @@ class ClusterNode:
                     await self._reload_routes()
                 async for msg in self._pubsub.listen():
                     if msg.get("type") == "message":
-                        self._on_channel(_text(msg["channel"]), msg["data"])
+                        self._on_channel(text(msg["channel"]), msg["data"])
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
                 if self._pubsub is not None:
@@ -441,7 +488,11 @@ class ClusterNode:
         then()
         for entry_id, message in self._early.pop(cid, ()):
             self.broker.deliver_forwarded_to(cid, message)
-            self.store.ack(entry_id)
+            left = self._waiting.pop(entry_id, 1) - 1
+            if left > 0:
+                self._waiting[entry_id] = left
+            else:
+                self.store.ack(entry_id)
         if dead is not None and rec is not None:
             # what the dead node had not handled yet for this session is in its inbox
             seen: set[bytes] = set()
@@ -460,16 +511,16 @@ class ClusterNode:
                 if entry_id in seen:
                     continue
                 seen.add(entry_id)
-                try:
-                    packed, direct, _groups, _origin, _targets, to = msgpack.unpackb(
-                        fields[b"m"])
-                    direct = direct or to == cid
-                except (ValueError, msgpack.UnpackException):
-                    log.warning("cluster: unreadable entry %r in %r's inbox", entry_id, dead)
-                    continue
-                if direct and self.broker.deliver_forwarded_to(
-                        cid, unpack_message(packed, self._loop)):
-                    n += 1
+                for envelope in _envelopes(entry_id, fields):
+                    try:
+                        packed, direct, _groups, _origin, _targets, to = msgpack.unpackb(
+                            envelope)
+                    except (ValueError, msgpack.UnpackException):
+                        log.warning("cluster: unreadable message in %r's inbox", dead)
+                        continue
+                    if (direct or to == cid) and self.broker.deliver_forwarded_to(
+                            cid, unpack_message(packed, self._loop)):
+                        n += 1
         if n:
             log.info("cluster: %d messages for %r taken from the inbox of dead node %r", n,
                      cid, dead)
@@ -478,7 +529,7 @@ class ClusterNode:
         """Claim ``cid``; (its stored session unless ``clean``, the dead node it was on)."""
         k = self.keys
         old = await self._claim(keys=[k.client(cid)], args=[self.me])
-        old_node = _text(old) if old else None
+        old_node = text(old) if old else None
         dead = None
         if old_node and old_node != self.me:
             alive = await self.redis.exists(k.node(old_node))
@@ -557,12 +608,9 @@ class ClusterNode:
         """Figures for /metrics."""
         return {"redis_up": 1.0 if self.up else 0.0, "nodes_alive": len(self.alive) + 1,
                 "forwarded": self.forwarded, "received": self.received,
+                "dropped": self.dropped, "backlog": self.store.backlog,
                 "redis_failures": self.redis_failures,
                 "routes": sum(1 for _ in self.local)}
-
-
-def _text(v: bytes | str) -> str:
-    return v.decode() if isinstance(v, bytes) else v
 
 
 async def _chunks(redis: aioredis.Redis, stream: str,
@@ -576,6 +624,16 @@ async def _chunks(redis: aioredis.Redis, stream: str,
         yield got
         if len(got) < size:
             return
-        last = _text(got[-1][0])
+        last = text(got[-1][0])
         ms, _, seq = last.partition("-")
         start = f"{ms}-{int(seq) + 1}"
+
+
+def _envelopes(entry_id: bytes, fields: dict[bytes, bytes]) -> list[bytes]:
+    """The forwarded messages an inbox entry holds (a list packed in field ``m``)."""
+    try:
+        batch = msgpack.unpackb(fields[b"m"])
+    except (KeyError, ValueError, msgpack.UnpackException):
+        log.warning("cluster: unreadable inbox entry %r dropped", entry_id)
+        return []
+    return batch if isinstance(batch, list) else []

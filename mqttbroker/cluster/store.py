@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mqttbroker.cluster")
 
-INBOX_MAXLEN: Final = 1_000_000  # entries kept in a node's inbox while it is away (approx.)
+INBOX_MAXLEN: Final = 100_000  # entries kept in a node's inbox while it is away (approx.)
+FORWARD_BATCH: Final = 256  # messages for one node in one inbox entry (one XADD)
+CHUNK: Final = 512  # commands per MULTI/EXEC: a long write lets the event loop (and Redis) go on
 GROUP: Final = "deliver"
 
 
@@ -143,6 +145,7 @@ class RedisStore(GroupCommit[_Batch]):
         self.what = f"Redis (node {node})"
         self._seq = 0
         self._item_owner: dict[int, str] = {}  # item seq -> client id (deletes name only seq)
+        self.backlog = 0  # messages for other nodes not yet written to Redis
         self.on_error: Any = None  # called with the exception when a write fails
         self.on_written: Any = None  # called after a write succeeds
 
@@ -155,7 +158,7 @@ class RedisStore(GroupCommit[_Batch]):
         """Read the sessions this node owns and the cluster's retained messages."""
         self._loop = loop
         k = self.keys
-        owned = [_text(c) for c in await self.redis.smembers(k.owned(self.node))]
+        owned = [text(c) for c in await self.redis.smembers(k.owned(self.node))]
         sessions = []
         for cid in owned:
             rec = await self.load_session(cid, only_if_owner=True)
@@ -183,14 +186,14 @@ class RedisStore(GroupCommit[_Batch]):
             pipe.hgetall(k.items(cid))
             pipe.smembers(k.inbound(cid))
             (node, meta), subs, items, inbound = await pipe.execute()
-        if meta is None or (only_if_owner and _text(node or b"") != self.node):
+        if meta is None or (only_if_owner and text(node or b"") != self.node):
             return None
         expiry, disconnected_at, will = msgpack.unpackb(meta)
         rec = StoredSession(cid, expiry, disconnected_at,
                             None if will is None else self._unpack_will(will))
         for flt, packed in subs.items():
             qos, options, identifier = msgpack.unpackb(packed)
-            rec.subscriptions.append(sub_from_options(_text(flt), qos, options, identifier))
+            rec.subscriptions.append(sub_from_options(text(flt), qos, options, identifier))
         for _seq, packed in sorted(items.items(), key=lambda kv: int(kv[0])):
             seq, qos, retain, ids, share, pid, state, msg = msgpack.unpackb(packed)
             self._seq = max(self._seq, seq)
@@ -289,6 +292,7 @@ class RedisStore(GroupCommit[_Batch]):
     def forward(self, node: str, envelope: bytes) -> None:
         """Send a message to another node's inbox (in order, with the next write)."""
         self._pending.forwards.append((node, envelope))
+        self.backlog += 1
         self._touch()
 
     def ack(self, entry_id: bytes) -> None:
@@ -309,57 +313,65 @@ class RedisStore(GroupCommit[_Batch]):
     # -- writing --------------------------------------------------------------------------------
 
     async def _submit(self, b: _Batch) -> None:
+        """Write a batch: session changes, then the forwarded messages (one XADD per node and
+        FORWARD_BATCH messages, in order), routes and retained changes, and last the inbox
+        acknowledgements, in transactions of CHUNK commands. A batch cut short by a failure
+        is written again whole (at least once); the acknowledgements, last, are never
+        written before the deliveries they stand for."""
         k, me = self.keys, self.node
-        pipe = self.redis.pipeline(transaction=True)
+        ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        add = ops.append
         for cid, meta in b.sessions.items():
             if meta is None:  # (the claim, "node", stays: it says who has the client id)
-                pipe.hdel(k.client(cid), "meta")
-                pipe.delete(k.subs(cid), k.items(cid), k.inbound(cid))
-                pipe.srem(k.owned(me), cid)
+                add(("hdel", (k.client(cid), "meta"), {}))
+                add(("delete", (k.subs(cid), k.items(cid), k.inbound(cid)), {}))
+                add(("srem", (k.owned(me), cid), {}))
             else:
-                pipe.hset(k.client(cid), "meta", meta)  # ("node" is set by the claim)
-                pipe.sadd(k.owned(me), cid)
+                add(("hset", (k.client(cid), "meta", meta), {}))  # ("node": set by the claim)
+                add(("sadd", (k.owned(me), cid), {}))
         for (cid, flt), packed in b.subs.items():
-            if packed is None:
-                pipe.hdel(k.subs(cid), flt)
-            else:
-                pipe.hset(k.subs(cid), flt, packed)
+            add(("hdel", (k.subs(cid), flt), {}) if packed is None
+                else ("hset", (k.subs(cid), flt, packed), {}))
         for (cid, seq), packed in b.items.items():
-            if packed is None:
-                pipe.hdel(k.items(cid), str(seq))
-            else:
-                pipe.hset(k.items(cid), str(seq), packed)
+            add(("hdel", (k.items(cid), str(seq)), {}) if packed is None
+                else ("hset", (k.items(cid), str(seq), packed), {}))
         for (cid, pid), put in b.inbound.items():
-            if put:
-                pipe.sadd(k.inbound(cid), pid)
-            else:
-                pipe.srem(k.inbound(cid), pid)
+            add(("sadd" if put else "srem", (k.inbound(cid), pid), {}))
         for topic, packed in b.retained.items():
-            if packed is None:
-                pipe.hdel(k.retained, topic)
-            else:
-                pipe.hset(k.retained, topic, packed)
-            pipe.publish(k.retained, msgpack.packb([me, topic, packed]))
+            add(("hdel", (k.retained, topic), {}) if packed is None
+                else ("hset", (k.retained, topic, packed), {}))
+            add(("publish", (k.retained, msgpack.packb([me, topic, packed])), {}))
         for flt, count in b.routes.items():
-            if count > 0:
-                pipe.hset(k.routes(me), flt, count)
-            else:
-                pipe.hdel(k.routes(me), flt)
-            pipe.publish(k.routes_channel, msgpack.packb([me, flt, count]))
+            add(("hset", (k.routes(me), flt, count), {}) if count > 0
+                else ("hdel", (k.routes(me), flt), {}))
+            add(("publish", (k.routes_channel, msgpack.packb([me, flt, count])), {}))
+        per_node: dict[str, list[bytes]] = {}
         for node, envelope in b.forwards:
-            pipe.xadd(k.inbox(node), {b"m": envelope}, maxlen=INBOX_MAXLEN, approximate=True)
-        if b.acks:
-            pipe.xack(k.inbox(me), GROUP, *b.acks)
-            pipe.xdel(k.inbox(me), *b.acks)
+            per_node.setdefault(node, []).append(envelope)
+        for node, envelopes in per_node.items():
+            for i in range(0, len(envelopes), FORWARD_BATCH):
+                add(("xadd", (k.inbox(node), {b"m": msgpack.packb(
+                    envelopes[i:i + FORWARD_BATCH])}),
+                     {"maxlen": INBOX_MAXLEN, "approximate": True}))
+        for i in range(0, len(b.acks), CHUNK):
+            acks = b.acks[i:i + CHUNK]
+            add(("xack", (k.inbox(me), GROUP, *acks), {}))
+            add(("xdel", (k.inbox(me), *acks), {}))
         try:
-            await pipe.execute()
+            for i in range(0, len(ops), CHUNK):
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    for name, args, kwargs in ops[i:i + CHUNK]:
+                        getattr(pipe, name)(*args, **kwargs)
+                    await pipe.execute()
         except Exception as exc:
             if self.on_error is not None:
                 self.on_error(exc)
             raise
+        self.backlog -= len(b.forwards)
         if self.on_written is not None:
             self.on_written()
 
 
-def _text(v: bytes | str) -> str:
+def text(v: bytes | str) -> str:
+    """A Redis reply as text (replies are bytes: the clients do not decode)."""
     return v.decode() if isinstance(v, bytes) else v

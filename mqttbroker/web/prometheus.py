@@ -121,6 +121,10 @@ class BrokerCollector:
                            st["received"])
             yield _counter("cluster_redis_failures", "Redis operations that failed",
                            st["redis_failures"])
+            yield _counter("cluster_dropped", "QoS 0 messages for other nodes dropped: Redis "
+                           "did not keep up", st["dropped"])
+            yield _gauge("cluster_backlog", "Messages for other nodes waiting for Redis",
+                         st["backlog"])
         storage = b.storage
         if storage is not None:
             h = storage.commit_latency
