@@ -266,14 +266,6 @@ class RedisStore(GroupCommit[_Batch]):
             self._pending.items[cid, seq] = None
             self._touch()
 
-    def put_inbound(self, client_id: str, packet_id: int) -> None:
-        self._pending.inbound[client_id, packet_id] = True
-        self._touch()
-
-    def delete_inbound(self, client_id: str, packet_id: int) -> None:
-        self._pending.inbound[client_id, packet_id] = False
-        self._touch()
-
     def put_retained(self, message: Message, old: Message | None) -> None:
         if message.topic.startswith("$SYS/"):
             return  # each node's own, not the cluster's

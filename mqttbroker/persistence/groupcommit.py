@@ -29,6 +29,9 @@ log = logging.getLogger("mqttbroker.persistence")
 class Batch(Protocol):
     """What a backend folds its changes into."""
 
+    #: (client id, packet id) -> True: a QoS 2 packet id received, False: released
+    inbound: dict[tuple[str, int], bool]
+
     def merge(self, newer: Self) -> None:
         """Fold a newer batch into this one (a failed write is retried with what followed)."""
 
@@ -98,6 +101,16 @@ class GroupCommit(Generic[B]):
             self._dirty = True
             if self.gates_output and self._writing is None and self._loop is not None:
                 self._loop.call_soon(self._kick)
+
+    def put_inbound(self, client_id: str, packet_id: int) -> None:
+        """A QoS 2 packet id received from the client, awaiting its PUBREL."""
+        self._pending.inbound[client_id, packet_id] = True
+        self._touch()
+
+    def delete_inbound(self, client_id: str, packet_id: int) -> None:
+        """The PUBREL came: the packet id is free again."""
+        self._pending.inbound[client_id, packet_id] = False
+        self._touch()
 
     def pending_changes(self) -> int:
         """Rows changed since the last hand-off to the writer (what the next commit holds)."""

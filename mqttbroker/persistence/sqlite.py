@@ -344,14 +344,6 @@ class SqliteStorage(GroupCommit[_Batch]):
         self._unref(message)
         self._touch()
 
-    def put_inbound(self, client_id: str, packet_id: int) -> None:
-        self._pending.inbound[client_id, packet_id] = True
-        self._touch()
-
-    def delete_inbound(self, client_id: str, packet_id: int) -> None:
-        self._pending.inbound[client_id, packet_id] = False
-        self._touch()
-
     def put_retained(self, message: Message, old: Message | None) -> None:
         self._pending.retained[message.topic] = self._ref(message)
         if old is not None:
