@@ -518,7 +518,8 @@ class Broker:
         if v5 and expiry != requested:
             props[Prop.SESSION_EXPIRY_INTERVAL] = expiry  # the server's value [MQTT 3.2.2.3.2]
         cluster = self.cluster
-        if cluster is not None and not cluster.owns(client_id):
+        if cluster is not None and not cluster.owns(client_id) and client_id == p.client_id:
+            # (an id assigned just now is new everywhere: nothing to claim)
             # the client id may be another node's: claim it (and its session) first; the
             # CONNECT goes on when the claim is done [MQTT-3.1.4-3]
             conn.suspend_connect()

@@ -43,6 +43,10 @@ log = logging.getLogger("mqttbroker.cluster")
 
 INBOX_MAXLEN: Final = 100_000  # entries kept in a node's inbox while it is away (approx.)
 FORWARD_BATCH: Final = 256  # messages for one node in one inbox entry (one XADD)
+# a write that changes routes or retained messages is reported done this much later: the
+# other nodes apply such changes from a channel, a moment after Redis has them, and a client
+# told SUBACK (or PUBACK for a retained message) may at once make another node use them
+PROPAGATION: Final = 0.05
 CHUNK: Final = 512  # commands per MULTI/EXEC: a long write lets the event loop (and Redis) go on
 GROUP: Final = "deliver"
 
@@ -362,6 +366,8 @@ class RedisStore(GroupCommit[_Batch]):
         self.backlog -= len(b.forwards)
         if self.on_written is not None:
             self.on_written()
+        if b.routes or b.retained:
+            await asyncio.sleep(PROPAGATION)
 
 
 def text(v: bytes | str) -> str:

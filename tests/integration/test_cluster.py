@@ -1117,3 +1117,43 @@ def test_sys_topics_are_each_nodes_own(redis_server: RedisProc,
         assert {m.payload for m in sub.messages.messages if not m.retain} == {b"1"}
     finally:
         sub.close()
+
+
+def _thread_nodes(redis_server: RedisProc, make: Callable[[dict[str, Any]], Any],
+                  *names: str) -> list[Any]:
+    return [make({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+                  "sys_interval": 0, "auth": {"allow-anonymous": True},
+                  "mqtt": {"max_connection_rate_per_address": 0},
+                  "cluster": {"redis": redis_server.url, "node": n}}) for n in names]
+
+
+def test_a_subscription_acknowledged_on_one_node_gets_the_next_publish_on_another(
+        redis_server: RedisProc, make_broker_thread: Callable[[dict[str, Any]], Any]) -> None:
+    """After SUBACK [MQTT-3.8.4-1] a message published on another node at once is delivered:
+    the SUBACK waits until the other nodes can know the route (docs/cluster.md). 20 times, a
+    fresh filter each time, the publish sent the moment the SUBACK arrives."""
+    a, b = _thread_nodes(redis_server, make_broker_thread, "sa-a", "sa-b")
+    sub, pub = Paho("sa-sub", V311), Paho("sa-pub", V311)
+    try:
+        sub.connect(a.port)
+        pub.connect(b.port)
+        for i in range(20):
+            assert sub.subscribe((f"sa/{i}", 1)) == [1]
+            pub.publish(f"sa/{i}", b"%d" % i, 1)
+        sub.messages.wait_until(lambda ms: len(ms) >= 20, 10, "the 20 messages")
+        assert sorted(int(m.payload) for m in sub.messages.messages) == list(range(20))
+    finally:
+        sub.close()
+        pub.close()
+
+
+def test_assigned_client_ids_need_no_claim_mqtt_3_1_3_6(
+        redis_server: RedisProc, make_broker_thread: Callable[[dict[str, Any]], Any]) -> None:
+    """An empty client id with a clean session gets an id assigned [MQTT-3.1.3-6] on a node
+    too (a regression: the node claimed each new id, then assigned another, for ever)."""
+    (a,) = _thread_nodes(redis_server, make_broker_thread, "as-a")
+    r = RawClient(a.port, 4)
+    try:
+        assert r.connect("").return_code == 0
+    finally:
+        r.close()
