@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mqttbroker.cluster")
 
-READ_BATCH: Final = 64  # inbox entries (each up to FORWARD_BATCH messages) read at once
+READ_BATCH: Final = 16  # inbox entries (each up to FORWARD_BATCH messages) read at once
 # messages for other nodes waiting for Redis: past THROTTLE the publishers feeding them wait
 # (their sockets are not read) until half of it is written; past MAX_BACKLOG (what is not a
 # client's: wills, $SYS; or Redis away) QoS 0 for other nodes is dropped
@@ -210,7 +210,7 @@ class ClusterNode:
             await self._reload_routes()
             for m in await self.store.load_retained():
                 self.broker.retained.load(m)
-        except RedisError as exc:
+        except (RedisError, OSError) as exc:
             self._redis_failed(exc)
 
     async def _reload_routes(self, only: str | None = None) -> None:
@@ -328,11 +328,13 @@ class ClusterNode:
                     GROUP, self.me, {inbox: "0" if pending else ">"}, count=READ_BATCH,
                     block=None if pending else READ_BLOCK_MS)
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+                if "NOGROUP" in str(exc):  # Redis lost it (restarted without its data)
                     with contextlib.suppress(ResponseError):
                         await self.redis.xgroup_create(inbox, GROUP, id="0", mkstream=True)
-                    continue
-                raise
+                else:
+                    log.error("cluster: reading the inbox failed: %s", exc)
+                    await asyncio.sleep(0.5)
+                continue
             except (RedisError, OSError) as exc:
                 self._redis_failed(exc)
                 await asyncio.sleep(0.5)
@@ -414,9 +416,7 @@ class ClusterNode:
                     return
                 assert self._loop is not None
                 if packed is None:
-                    old = self.broker.retained.get(topic)
-                    if old is not None:
-                        self.broker.retained.forget(topic)
+                    self.broker.retained.forget(topic)
                 else:
                     self.broker.retained.load(unpack_message(msgpack.unpackb(packed),
                                                              self._loop))
@@ -545,12 +545,6 @@ class ClusterNode:
                          old_node, cid)
             await self.redis.srem(k.owned(old_node), cid)
         await self.store.flush()
-        if clean:  # [MQTT-3.1.2-4] a clean start discards the stored session
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hdel(k.client(cid), "meta")
-                pipe.delete(k.subs(cid), k.items(cid), k.inbound(cid))
-                await pipe.execute()
-            return None, None
         rec = await self.store.load_session(cid)
         if dead is not None and rec is not None:
             # the dead node counted this session's subscriptions in its routes: not any more
@@ -558,6 +552,12 @@ class ClusterNode:
                 left = await self._unroute(keys=[k.routes(dead)], args=[sub.topic_filter])
                 await self.redis.publish(k.routes_channel, msgpack.packb(
                     [dead, sub.topic_filter, max(int(left), 0)]))
+        if clean and rec is not None:  # [MQTT-3.1.2-4] a clean start discards it
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(k.client(cid), "meta")
+                pipe.delete(k.subs(cid), k.items(cid), k.inbound(cid))
+                await pipe.execute()
+            return None, None
         return rec, dead
 
     async def _ask(self, node: str, request: list[Any]) -> bool:
@@ -609,8 +609,7 @@ class ClusterNode:
         return {"redis_up": 1.0 if self.up else 0.0, "nodes_alive": len(self.alive) + 1,
                 "forwarded": self.forwarded, "received": self.received,
                 "dropped": self.dropped, "backlog": self.store.backlog,
-                "redis_failures": self.redis_failures,
-                "routes": sum(1 for _ in self.local)}
+                "redis_failures": self.redis_failures}
 
 
 async def _chunks(redis: aioredis.Redis, stream: str,
