@@ -67,14 +67,19 @@ class BrokerProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (SIGKILL after ``timeout``); returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    """SIGTERM a process, SIGKILL it after ``timeout`` seconds; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
 
 
 def free_port() -> int:
@@ -274,7 +279,8 @@ def command(name: str, port: int, workdir: Path, *, max_queued: int = MAX_QUEUED
     raise BrokerError(f"unknown broker {name!r} (one of {', '.join(BROKERS)})")
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Something listens on 127.0.0.1:``port``."""
     try:
         socket.create_connection(("127.0.0.1", port), 0.2).close()
         return True
@@ -311,7 +317,7 @@ def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if _accepts(port):
+            if accepts(port):
                 bp.nofile = _nofile_of(proc.pid)
                 return bp
             time.sleep(0.05)

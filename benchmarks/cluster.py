@@ -96,18 +96,6 @@ class BenchError(RuntimeError):
 # processes
 
 
-def free_port() -> int:
-    return brokers.free_port()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def cpu_of(pid: int) -> float:
     """User + system CPU seconds of a process (all its threads), 0.0 if it is gone."""
     return loadgen.proc_cpu_seconds(pid)
@@ -143,7 +131,7 @@ class RedisServer:
         import redis
 
         for _ in range(3):  # the free port may be taken between probing and binding
-            self.port = free_port()
+            self.port = brokers.free_port()
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(
                     [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
@@ -152,7 +140,7 @@ class RedisServer:
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _accepts(self.port):
+                if brokers.accepts(self.port):
                     self.client = redis.Redis(host="127.0.0.1", port=self.port, db=0,
                                               socket_timeout=10, decode_responses=True)
                     if self.client.ping():
@@ -166,13 +154,8 @@ class RedisServer:
             with contextlib.suppress(Exception):
                 self.client.close()
             self.client = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            brokers.terminate(self.proc)
 
     def version(self) -> str:
         return str(self.client.info("server").get("redis_version", "?"))
@@ -294,7 +277,7 @@ class Node:
     def start(self) -> Node:
         last = ""
         for _ in range(3):  # the free port may be taken between probing and binding
-            self.port = free_port()
+            self.port = brokers.free_port()
             conf = write_config(self.folder, self.port,
                                 self.redis.url if self.redis else None, self.node)
             argv = [str(brokers.VENV_BIN / "python"), "-m", "mqttbroker", "serve", "-c",
@@ -308,7 +291,7 @@ class Node:
             want = self.expected_keys()
             deadline = time.monotonic() + READY_TIMEOUT
             while time.monotonic() < deadline and self.proc.poll() is None:
-                if _accepts(self.port) and (
+                if brokers.accepts(self.port) and (
                         not want or set(want) <= set(self.redis.node_keys()  # type: ignore[union-attr]
                                                      )):
                     self._find_procs()

@@ -23,7 +23,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from benchmarks import brokers
 from devices.profile import load_profile
 from devices.sensors import pick_kind
 
@@ -57,12 +57,6 @@ new PerformanceObserver((list) => {
 
 def say(msg: str) -> None:
     print(f"[{time.monotonic() - T0:5.1f} s] {msg}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -170,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if not out.is_absolute():
         out = Path.cwd() / out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tcp, ws, http = free_port(), free_port(), free_port()
+    tcp, ws, http = brokers.free_port(), brokers.free_port(), brokers.free_port()
     work = Path(tempfile.mkdtemp(prefix="dashboard-shot-"))
     config = {
         "listeners": {

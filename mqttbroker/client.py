@@ -341,24 +341,39 @@ class ClientConnection(asyncio.Protocol):
         stash, self._stash = self._stash, None
         if self.closed:
             return
-        try:
+
+        def go_on() -> None:
             finish()
             if self._stash is not None:  # suspended again (a cluster claim): keep the rest
                 self._stash.extend(stash or ())
-                return
-            if stash and not self.closed:
+            elif stash and not self.closed:
                 self._process(stash)
+
+        if self._guarded(go_on):
+            if self._wbuf:
+                self._flush()
+            self._read_again()
+
+    def _guarded(self, work: Callable[[], None]) -> bool:
+        """Run ``work`` (packet handling outside data_received); a protocol error closes the
+        connection as the spec says, a bug costs this connection, never the broker. False
+        when it failed."""
+        try:
+            work()
         except ProtocolError as exc:
             self.fail(exc)
-            return
-        except Exception:  # a bug must cost one connection, never the broker
+            return False
+        except Exception:
             log.exception("internal error handling client %s; closing it", self.name)
             self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR, "internal error"))
-            return
-        if self._wbuf:
-            self._flush()
-        if self.transport is not None and not self.closed \
-                and self._stash is None and not self.rate_paused and self.blocked_by == 0:
+            return False
+        return True
+
+    def _read_again(self) -> None:
+        """Read the socket again unless something still holds it: packets kept back (a
+        suspended CONNECT, the publish rate) or congested subscribers this client feeds."""
+        if self.transport is not None and not self.closed and self._stash is None \
+                and not self.rate_paused and self.blocked_by == 0:
             self.transport.resume_reading()
 
     @property
@@ -412,21 +427,9 @@ class ClientConnection(asyncio.Protocol):
         if self.state is not ConnState.CONNECTED:
             return
         stash, self._stash = self._stash, None
-        if stash:
-            try:
-                self._process(stash)
-            except ProtocolError as exc:
-                self.fail(exc)
-                return
-            except Exception:  # a bug must cost one connection, never the broker
-                log.exception("internal error handling client %s; closing it", self.name)
-                self.fail(ProtocolError(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR,
-                                        "internal error"))
-                return
-            if self.rate_paused:
-                return  # paused again within the stash
-        if self.transport is not None and self.blocked_by == 0:
-            self.transport.resume_reading()
+        if stash and not self._guarded(lambda: self._process(stash)):
+            return
+        self._read_again()  # (not when the stash paused it again)
 
     def pause_writing(self) -> None:
         """The transport's buffer passed write_buffer_limit: this client reads too slowly."""
@@ -463,9 +466,8 @@ class ClientConnection(asyncio.Protocol):
     def unblock(self) -> None:
         """One holder is drained; read again when none is left."""
         self.blocked_by -= 1
-        if self.blocked_by == 0 and self.state is ConnState.CONNECTED \
-                and self.transport is not None and not self.rate_paused:
-            self.transport.resume_reading()
+        if self.blocked_by == 0:
+            self._read_again()
 
     def _release_waiters(self) -> None:
         waiters = self.waiters

@@ -591,13 +591,19 @@ def _choice(choices: tuple[str, ...], normalize: Callable[[str], str]) -> _Conv:
     return conv
 
 
-def _file(v: _Validator, value: Any, _p: _KeyPath) -> str:
-    """A file that must exist; relative names are resolved against the config file's folder."""
+def _resolve(v: _Validator, value: Any, kind: str) -> str:
+    """A file or folder name; relative names are resolved against the config file's folder."""
     if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"expected a file name, got {_describe(value)}")
+        raise _Bad(f"expected a {kind} name, got {_describe(value)}")
     path = os.path.expanduser(value)
     if v.base_dir is not None and not os.path.isabs(path):
         path = os.path.join(v.base_dir, path)
+    return path
+
+
+def _file(v: _Validator, value: Any, _p: _KeyPath) -> str:
+    """A file that must exist (:func:`_resolve`)."""
+    path = _resolve(v, value, "file")
     if not os.path.exists(path):
         raise _Bad(f"file not found: {path}")
     if not os.path.isfile(path):
@@ -606,12 +612,8 @@ def _file(v: _Validator, value: Any, _p: _KeyPath) -> str:
 
 
 def _folder(v: _Validator, value: Any, _p: _KeyPath) -> str:
-    """A folder that must exist (``capath``), resolved like :func:`_file`."""
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"expected a folder name, got {_describe(value)}")
-    path = os.path.expanduser(value)
-    if v.base_dir is not None and not os.path.isabs(path):
-        path = os.path.join(v.base_dir, path)
+    """A folder that must exist (``capath``)."""
+    path = _resolve(v, value, "folder")
     if not os.path.isdir(path):
         raise _Bad(f"folder not found: {path}")
     return path
@@ -628,13 +630,9 @@ def _tls_version(text: str) -> str:
 def _path(v: _Validator, value: Any, _p: _KeyPath) -> str:
     """A file to create or open; relative names are resolved against the config file's
     folder. Its folder is made when the broker starts."""
-    if not isinstance(value, str) or not value.strip():
-        raise _Bad(f"expected a file name, got {_describe(value)}")
-    path = os.path.expanduser(value)
-    if v.base_dir is not None and not os.path.isabs(path):
-        path = os.path.join(v.base_dir, path)
+    path = _resolve(v, value, "file")
     if os.path.isdir(path):
-        raise _Bad(f"is a directory, expected a database file name: {path}")
+        raise _Bad(f"is a directory, expected a file name: {path}")
     return os.path.normpath(path)
 
 

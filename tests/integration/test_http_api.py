@@ -847,3 +847,34 @@ def test_api_retained_binary_payload_cut_stays_base64(api: BrokerThread,
             assert got["size"] == len(payload) and got["truncated"] is True, got
             assert got["encoding"] == "base64", (n, got)
             assert base64.b64decode(got["payload"]) == payload[:n], (n, got)
+
+
+def test_api_bad_requests_get_400_with_a_reason(api: BrokerThread,
+                                                clients_for: Callable[..., Clients]) -> None:
+    """Bad query parameters and bodies are refused with 400 and a JSON error naming the
+    problem; the broker goes on serving (a following request succeeds)."""
+    http = Http(api)
+    assert "integers" in http.error("GET", "/api/v1/clients?limit=abc", 400)
+    assert "limit must be" in http.error("GET", "/api/v1/clients?limit=0", 400)
+    assert "limit must be" in http.error("GET", "/api/v1/subscriptions?limit=10001", 400)
+    assert "offset" in http.error("GET", "/api/v1/clients?offset=-1", 400)
+    assert "connected" in http.error("GET", "/api/v1/clients?connected=maybe", 400)
+    assert "filter" in http.error("GET", "/api/v1/retained?filter=a/%23/b", 400)
+    assert "max_payload" in http.error("GET", "/api/v1/retained?max_payload=-1", 400)
+    c = clients_for(api)
+    c.paho("bad-body", V311)
+    assert "discard_session" in http.error("POST", client_path("bad-body", "/disconnect"), 400,
+                                           body={"discard_session": "yes"})
+    # a body that is not JSON at all, over a raw request
+    req = urllib.request.Request(
+        f"http://{HOST}:{http.port}{client_path('bad-body', '/disconnect')}", data=b"{not json",
+        method="POST", headers={"Authorization": f"Bearer {TOKEN}",
+                                "Content-Type": "application/json"})
+    try:
+        _opener.open(req, timeout=TIMEOUT)
+        raise AssertionError("a body that is not JSON was accepted")
+    except urllib.error.HTTPError as e:
+        with e:
+            assert e.code == 400 and "JSON" in json.loads(e.read())["error"]
+    # nothing of this disconnected the client or stopped the API
+    assert http.api(client_path("bad-body"))["connected"] is True
