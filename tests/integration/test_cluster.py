@@ -1157,3 +1157,25 @@ def test_assigned_client_ids_need_no_claim_mqtt_3_1_3_6(
         assert r.connect("").return_code == 0
     finally:
         r.close()
+
+
+def test_new_client_id_refused_while_redis_is_away(
+        redis_server: RedisProc, make_broker_thread: Callable[[dict[str, Any]], Any]) -> None:
+    """docs/cluster.md: while Redis is unreachable a client id the node does not hold cannot
+    be claimed: CONNACK 0x03 Server unavailable (3.1.1), and the node goes on: once Redis is
+    back the same client connects."""
+    (a,) = _thread_nodes(redis_server, make_broker_thread, "away-a")
+    redis_server.stop()
+    try:
+        r = RawClient(a.port, 4, timeout=15)
+        try:
+            assert r.connect("never-seen", timeout=15).return_code == 3
+        finally:
+            r.close()
+    finally:
+        redis_server.start()
+    r = RawClient(a.port, 4)
+    try:
+        assert r.connect("never-seen").return_code == 0
+    finally:
+        r.close()
