@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test setup peers browser redis dashboard lint clean
+.PHONY: run test setup peers browser redis paho-c dashboard lint clean
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -51,7 +51,15 @@ $(REDIS):
 
 redis: $(REDIS)
 
-test: $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(DASH)/dist/.built
+# Paho C 1.3 (its example clients and libpaho-mqtt3c) for the WebSocket framing tests
+# (tests/integration/test_websocket_paho_c.py; Debian package, pulls in libpaho-mqtt1.3)
+PAHO_C := /usr/bin/paho_cs_sub
+$(PAHO_C):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq paho.mqtt.c-examples
+
+paho-c: $(PAHO_C)
+
+test: $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(DASH)/dist/.built
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -167,7 +167,8 @@ class Broker:
                 if lc.type == "ws":
                     server = await serve_websocket(lc.host, lc.port, factory, path=lc.path,
                                                    ssl=context, handshake_timeout=timeout,
-                                                   reuse_port=self.reuse_port)
+                                                   reuse_port=self.reuse_port,
+                                                   pack_packets=lc.ws_pack_packets)
                     kind = f"MQTT over WebSocket at {lc.path}"
                 else:
                     server = await serve_tcp(lc.host, lc.port, factory, ssl=context,

@@ -16,6 +16,14 @@ Rules: MQTT travels in binary frames and anything else closes the connection
 MQTT 3.1 clients). A client offering no subprotocol at all is accepted (some old clients send
 none); one offering only others is refused with HTTP 400, and a path other than the
 listener's ``path`` gets 404.
+
+Out, every MQTT packet gets a binary frame of its own, like Mosquitto does: several packets in
+one frame are legal [MQTT-6.0.0-2], but Paho C 1.3 (Debian's ``libpaho-mqtt``) reads only the
+first packet of a frame and leaves the rest until more bytes arrive, so a burst or a resumed
+session's queue would reach it a keep-alive late. The MQTT side writes whole packets only, each
+write a batch of them; the batch is cut at the packet boundaries (the Remaining Length says
+where) and its frames go out in one socket write. A listener's ``ws-pack-packets: true`` sends
+each write as one frame instead (fewer header bytes, for clients that unpack frames properly).
 """
 
 from __future__ import annotations
@@ -37,7 +45,8 @@ from websockets.typing import Subprotocol
 
 from .tcp import serve_tcp
 
-__all__ = ["SUBPROTOCOLS", "WebSocketProtocol", "WebSocketTransport", "serve_websocket"]
+__all__ = ["SUBPROTOCOLS", "WebSocketProtocol", "WebSocketTransport", "serve_websocket",
+           "split_frames"]
 
 log = logging.getLogger("mqttbroker.ws")
 # the library's own log (a line per connection opened, every frame at DEBUG): warnings only
@@ -48,6 +57,64 @@ _wslog.setLevel(logging.WARNING)
 SUBPROTOCOLS: Final = (Subprotocol("mqtt"), Subprotocol("mqttv3.1"))
 CLOSE_TIMEOUT: Final = 2.0  # seconds the peer has to answer our close frame
 _DATA: Final = (Opcode.BINARY, Opcode.CONT)
+# RFC 6455 5.2: FIN + opcode 2 (binary), then the payload length in 7 bits, or 126 and 16
+# bits, or 127 and 64 bits; a server never masks. Headers of short frames are made once.
+_BINARY_FIN: Final = 0x82
+_SHORT_HEADS: Final = tuple(bytes((_BINARY_FIN, n)) for n in range(126))
+
+
+def split_frames(data: bytes) -> tuple[bytes | bytearray, int]:
+    """``data``, whole MQTT packets, as binary frames of one packet each, ready to write; and
+    the offset where the whole packets end: ``len(data)``, unless the bytes do not end on a
+    packet boundary or a Remaining Length is malformed (the caller sends the rest as it is).
+
+    A packet is its first byte, the Remaining Length (1 to 4 bytes, 7 bits each, low first,
+    the top bit saying "more" [MQTT-2.2.3]) and that many bytes: plain int arithmetic, no
+    decoding. Small packets (the many deliveries of a fan-out) take the short way; big ones
+    are copied once, by a join, not again and again by a growing buffer."""
+    n = len(data)
+    last = n - 1  # a packet is at least 2 bytes
+    out = bytearray()
+    pieces: list[bytes | bytearray | memoryview] | None = None
+    heads = _SHORT_HEADS
+    i = 0
+    while i < last:
+        size = data[i + 1] + 2
+        if size < 126:  # a one-byte Remaining Length, and a frame with a 2-byte header
+            end = i + size
+            if end > n:
+                break
+            out += heads[size]
+            out += data[i:end]
+            i = end
+            continue
+        j = i + 1
+        length = shift = 0
+        while True:
+            if j >= n or shift > 21:
+                return out if pieces is None else b"".join((*pieces, out)), i
+            byte = data[j]
+            j += 1
+            length |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+        end = j + length
+        if end > n:
+            break
+        size = end - i
+        if size < 126:
+            out += heads[size]
+            out += data[i:end]
+        else:
+            head = (bytes((_BINARY_FIN, 126, size >> 8, size & 0xFF)) if size < 65536 else
+                    bytes((_BINARY_FIN, 127)) + size.to_bytes(8, "big"))
+            if pieces is None:
+                pieces = []
+            pieces += (out, head, memoryview(data)[i:end])
+            out = bytearray()
+        i = end
+    return out if pieces is None else b"".join((*pieces, out)), i
 
 
 def _select(_proto: ServerProtocol, offered: Sequence[Subprotocol]) -> Subprotocol | None:
@@ -69,7 +136,13 @@ class WebSocketTransport(asyncio.Transport):
 
     # writing
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._owner.send_binary(bytes(data))
+        """Send ``data``, whole MQTT packets (every write of the MQTT side is): one binary
+        frame per packet, or one for all of them on a ``ws-pack-packets`` listener."""
+        owner = self._owner
+        if owner.pack_packets:
+            owner.send_binary(bytes(data))
+        else:
+            owner.send_packets(bytes(data))
 
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
@@ -124,9 +197,12 @@ class WebSocketTransport(asyncio.Transport):
 class WebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection: the HTTP upgrade, then frames in and out for ``inner``."""
 
-    def __init__(self, inner: asyncio.Protocol, path: str) -> None:
+    def __init__(self, inner: asyncio.Protocol, path: str, pack_packets: bool = False) -> None:
         self.inner = inner
         self.path = path
+        # one frame per write (True) or per MQTT packet (False, as Mosquitto: Paho C 1.3 reads
+        # only the first packet of a frame); the listener's ws-pack-packets
+        self.pack_packets = pack_packets
         self.ws = ServerProtocol(subprotocols=list(SUBPROTOCOLS), select_subprotocol=_select,
                                  max_size=2**20, logger=_wslog)
         self.transport: asyncio.Transport | None = None
@@ -207,10 +283,36 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- frames out ----------------------------------------------------------------------------
 
     def send_binary(self, data: bytes) -> None:
+        """Send ``data`` as one binary frame (while the WebSocket is open)."""
         ws = self.ws
         if ws.state is State.OPEN and not self.closing:
             ws.send_binary(data)
             self._flush()
+
+    def send_packets(self, data: bytes) -> None:
+        """Send ``data``, whole MQTT packets, one binary frame per packet, all in one socket
+        write. The frames are made here rather than by the library (a frame object and its
+        serialization per packet cost several times more); no extension is negotiated
+        (``ServerProtocol`` gets none), so a frame is its header and the payload as is."""
+        ws, t = self.ws, self.transport
+        if ws.state is not State.OPEN or self.closing or t is None or t.is_closing():
+            return
+        if ws.extensions:  # never so today; the library would have to transform the frames
+            self.send_binary(data)
+            return
+        frames, end = split_frames(data)
+        if end < len(data):
+            # not whole packets after all: what remains goes as one frame, which is still
+            # legal [MQTT-6.0.0-2]; later writes may start mid-packet, so pack from now on
+            log.warning("WebSocket client %s: a write of %d bytes does not end on an MQTT "
+                        "packet boundary (at %d); sending one frame per write from now on",
+                        self._peer(), len(data), end)
+            self.pack_packets = True
+        self._flush()  # whatever the library has queued (a pong) goes first
+        if frames:
+            t.write(frames)  # a new bytearray, never changed once written
+        if end < len(data):
+            self.send_binary(data[end:])
 
     def _flush(self) -> None:
         t = self.transport
@@ -275,12 +377,14 @@ def _no_server_header(headers: Headers) -> None:
 async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                           path: str = "/mqtt", ssl: _ssl.SSLContext | None = None,
                           backlog: int = 1024, handshake_timeout: float | None = None,
-                          reuse_port: bool = False) -> asyncio.Server:
+                          reuse_port: bool = False,
+                          pack_packets: bool = False) -> asyncio.Server:
     """Listen for MQTT over WebSocket on ``host:port`` (``wss`` with ``ssl``); ``factory``
-    builds the MQTT protocol of each connection, exactly as for :func:`serve_tcp`."""
+    builds the MQTT protocol of each connection, exactly as for :func:`serve_tcp`.
+    ``pack_packets``: see :class:`WebSocketProtocol` (the listener's ``ws-pack-packets``)."""
 
     def outer() -> WebSocketProtocol:
-        return WebSocketProtocol(factory(), path)
+        return WebSocketProtocol(factory(), path, pack_packets)
 
     return await serve_tcp(host, port, outer, ssl=ssl, backlog=backlog,
                            handshake_timeout=handshake_timeout, reuse_port=reuse_port)

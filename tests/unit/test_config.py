@@ -693,3 +693,36 @@ def test_cluster_section_needs_redis_and_node_and_excludes_persistence(tmp_path:
         """)
     key, line, problem = only_issue(path)
     assert (key, line) == ("persistence", 4) and "cluster's Redis" in problem
+
+
+def test_ws_pack_packets_is_a_listener_boolean_default_one_packet_per_frame(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        listeners:
+          default:
+            ws-pack-packets: true
+          ws:
+            type: ws
+            bind: 127.0.0.1:9001
+          ws-one:
+            type: ws
+            bind: 127.0.0.1:9002
+            ws_pack_packets: false
+        """)
+    packs = {lst.name: lst.ws_pack_packets for lst in load_config(path).listeners}
+    # 'default' supplies it to the listeners that leave it out, like any listener key
+    assert packs == {"ws": True, "ws-one": False}
+    # not given anywhere: one MQTT packet per WebSocket frame (what Paho C 1.3 needs)
+    assert load_config({"listeners": {"w": {"type": "ws", "bind": ":9001"}}}
+                       ).listeners[0].ws_pack_packets is False
+    assert ListenerConfig("w", "ws", "", 9001).ws_pack_packets is False
+    bad = write(tmp_path, """
+        listeners:
+          ws:
+            type: ws
+            bind: 127.0.0.1:9001
+            ws-pack-packets: many
+        """, "bad.yaml")
+    key, line, problem = only_issue(bad)
+    assert (key, line) == ("listeners.ws.ws-pack-packets", 5)  # as spelled in the file
+    assert problem == "expected true or false, got a string ('many')", problem
