@@ -193,7 +193,7 @@ def _decode_subscribe(flags: int, body: bytes, level: int) -> Subscribe:
             if qos == 3:
                 raise _malformed("SUBSCRIBE requested QoS 3 [MQTT-3.8.3-4]")
             if opts & 0xFC:
-                raise _malformed("SUBSCRIBE reserved bits set [MQTT-3-8.3-4]")
+                raise _malformed("SUBSCRIBE reserved bits set [MQTT-3.8.3-4]")
             subs.append(Subscription(topic_filter, qos))
     if not subs:
         # [MQTT-3.8.3-3] at least one topic filter
@@ -294,15 +294,26 @@ _REQUIRED_FLAGS: dict[int, int] = {t: (0x02 if t in (PacketType.PUBREL, PacketTy
                    for t in PacketType if t != PacketType.PUBLISH}
 
 
+# MQTT 3.1 (level 3) gives every packet DUP, QoS and RETAIN bits: PUBREL, SUBSCRIBE and
+# UNSUBSCRIBE are QoS 1 (0x02) and a client sets DUP (0x08) when it sends one again [MQTT 3.1,
+# 2.1 and 3.6/3.8/3.10]. 3.1.1 fixed the flags [MQTT-2.2.2-1]; 3.1 clients (and their resent
+# PUBREL after a reconnect) must still be understood.
+_V31_DUP_ALLOWED = frozenset({PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE})
+
+
 def decode(first_byte: int, body: bytes, level: int) -> Packet:
     """Decode one packet from its first byte and body for protocol ``level``."""
     ptype = first_byte >> 4
     flags = first_byte & 0x0F
     if ptype == 0:
         raise _malformed("reserved packet type 0")
-    if ptype != PacketType.PUBLISH and flags != _REQUIRED_FLAGS[ptype]:
+    if ptype != PacketType.PUBLISH and flags != _REQUIRED_FLAGS[ptype] and not (
+            level == ProtocolLevel.MQTT_3_1 and ptype in _V31_DUP_ALLOWED
+            and flags & ~0x08 == 0x02):
+        # 3.1.1 [MQTT-2.2.2-2]; 5.0 [MQTT-2.1.3-1]
+        rule = "MQTT-2.1.3-1" if level == V5 else "MQTT-2.2.2-2"
         raise _malformed(f"{PacketType(ptype).name} with invalid fixed-header flags "
-                         f"0x{flags:X} [MQTT-2.2.2-2]")
+                         f"0x{flags:X} [{rule}]")
     return _DECODERS[ptype](flags, body, level)
 
 

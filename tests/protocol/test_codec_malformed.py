@@ -290,13 +290,17 @@ _VALID_BODIES = {
     PacketType.DISCONNECT: (0x0, ""),  # [MQTT-3.14.1-1]
 }
 
-_FLAG_CASES = [(t, flags) for t, (required, _) in _VALID_BODIES.items()
-               for flags in range(16) if flags != required]
+# MQTT 3.1 (level 3) sends PUBREL, SUBSCRIBE and UNSUBSCRIBE at QoS 1 and sets DUP (0x08) when
+# it sends one again [MQTT 3.1, 2.1]: 0x6A, 0x8A, 0xAA are valid there (and only there)
+_V31_DUP = {(PacketType.PUBREL, 0xA), (PacketType.SUBSCRIBE, 0xA), (PacketType.UNSUBSCRIBE, 0xA)}
+
+_FLAG_CASES = [(level, t, flags) for level in (3, 4) for t, (required, _) in _VALID_BODIES.items()
+               for flags in range(16)
+               if flags != required and not (level == 3 and (t, flags) in _V31_DUP)]
 
 
-@pytest.mark.parametrize(("ptype", "flags"), _FLAG_CASES,
-                         ids=[f"{t.name}-0x{f:X}" for t, f in _FLAG_CASES])
-@pytest.mark.parametrize("level", [3, 4])
+@pytest.mark.parametrize(("level", "ptype", "flags"), _FLAG_CASES,
+                         ids=[f"{lv}-{t.name}-0x{f:X}" for lv, t, f in _FLAG_CASES])
 def test_wrong_fixed_header_flags_are_malformed_mqtt_2_2_2_2(ptype: PacketType, flags: int,
                                                               level: int) -> None:
     """[MQTT-2.2.2-2] invalid flags: the receiver MUST close the connection."""
@@ -305,6 +309,33 @@ def test_wrong_fixed_header_flags_are_malformed_mqtt_2_2_2_2(ptype: PacketType, 
         body = connect_body("02", level="03", name=MQISDP)
     with pytest.raises(ProtocolError) as exc:
         decode((ptype << 4) | flags, h(body), level)
+    assert exc.value.code == MALFORMED
+
+
+@pytest.mark.parametrize(("ptype", "flags"), sorted(_V31_DUP),
+                         ids=[f"{t.name}-0x{f:X}" for t, f in sorted(_V31_DUP)])
+def test_mqtt31_dup_on_pubrel_subscribe_unsubscribe_is_accepted(ptype: PacketType,
+                                                                flags: int) -> None:
+    """MQTT 3.1: a re-sent PUBREL / SUBSCRIBE / UNSUBSCRIBE carries DUP (0x6A, 0x8A, 0xAA) and
+    decodes as the same packet (DUP is not kept: these packets have no dup field)."""
+    required, body = _VALID_BODIES[ptype]
+    assert decode((ptype << 4) | flags, h(body), 3) == decode((ptype << 4) | required, h(body), 3)
+
+
+_V5_BODIES = {PacketType.PUBREL: "00 01", PacketType.SUBSCRIBE: "00 01 00 00 01 61 00",
+              PacketType.UNSUBSCRIBE: "00 01 00 00 01 61"}
+
+
+@pytest.mark.parametrize("level", [4, 5])
+@pytest.mark.parametrize("ptype", list(_V5_BODIES), ids=lambda t: t.name)
+def test_dup_on_pubrel_subscribe_unsubscribe_malformed_after_3_1(ptype: PacketType,
+                                                                 level: int) -> None:
+    """3.1.1 [MQTT-2.2.2-2] and 5.0 [MQTT-2.1.3-1] fixed those flags at 0x2: DUP there is a
+    malformed packet."""
+    body = _V5_BODIES[ptype] if level == 5 else _VALID_BODIES[ptype][1]
+    decode((ptype << 4) | 0x2, h(body), level)  # (the body is valid)
+    with pytest.raises(ProtocolError) as exc:
+        decode((ptype << 4) | 0xA, h(body), level)
     assert exc.value.code == MALFORMED
 
 
