@@ -30,9 +30,9 @@ from .persistence import Snapshot, Storage, StoredSession, StoredWill, open_stor
 from .persistence.base import from_wall, to_wall
 from .protocol.constants import MAX_PACKET_SIZE, SUBACK_FAILURE, ProtocolLevel, ReasonCode
 from .protocol.flows import OutState
-from .protocol.packets import Connect, Suback, Subscribe, Unsuback, Unsubscribe, Will
+from .protocol.packets import Connack, Connect, Suback, Subscribe, Unsuback, Unsubscribe, Will
 from .protocol.properties import PropertyId as Prop
-from .protocol.topics import topic_filter_problem, validate_topic_name
+from .protocol.topics import malformed_filter, topic_filter_problem, validate_topic_name
 from .retained import RetainedStore
 from .router import Delivery, Router, parse_share
 from .session import Outbound, Queued, Session
@@ -49,6 +49,9 @@ log = logging.getLogger("mqttbroker")
 V5 = ProtocolLevel.MQTT_5
 KEEPALIVE_TICK = 0.25  # seconds between keep-alive wheel checks
 MAX_PENDING_REFUSALS = 64  # sockets over a connection limit kept open to be told why
+# what a PUBLISH adds to its payload at most, bar properties: fixed header (5), the longest
+# topic (2 + 65535), packet id (2), property length (4)
+_PUBLISH_OVERHEAD = 5 + 2 + 65535 + 2 + 4
 _WILL_ONLY = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
@@ -480,6 +483,12 @@ class Broker:
                 raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
                                     f"will topic deeper than max_topic_levels "
                                     f"{cfg.max_topic_levels}")
+            if cfg.message_size_limit and len(p.will.payload) > cfg.message_size_limit:
+                # as Mosquitto: v5 CONNACK 0x95; 3.1/3.1.1 have no such code, 0x05
+                conn.refuse(ReasonCode.PACKET_TOO_LARGE if v5 else ReasonCode.NOT_AUTHORIZED,
+                            f"will payload {len(p.will.payload)} bytes over message_size_limit "
+                            f"{cfg.message_size_limit}")
+                return
             if v5 and p.will.qos > cfg.max_qos:
                 conn.refuse(ReasonCode.QOS_NOT_SUPPORTED, "will QoS over Maximum QoS")
                 return
@@ -518,6 +527,16 @@ class Broker:
         expiry = self.cap_session_expiry(requested)
         if v5 and expiry != requested:
             props[Prop.SESSION_EXPIRY_INTERVAL] = expiry  # the server's value [MQTT 3.2.2.3.2]
+        if v5:
+            props.update(self._connack_properties(client_id, p))
+            if conn.encode_fitting(Connack(False, 0, dict(props))) is None:
+                # no CONNACK fits the client's Maximum Packet Size: close without one
+                # [MQTT-3.1.2-24] (before anything of its session is touched)
+                log.warning("closing client %r (%s) without CONNACK: it does not fit its "
+                            "Maximum Packet Size %d [MQTT-3.1.2-24]", client_id, conn.peer,
+                            conn.max_out_packet)
+                conn.close(publish_will=False)
+                return
         cluster = self.cluster
         if cluster is not None and not cluster.owns(client_id) and client_id == p.client_id:
             # (an id assigned just now is new everywhere: nothing to claim)
@@ -578,7 +597,6 @@ class Broker:
             # the client's Receive Maximum bounds what we send unacknowledged [MQTT-3.3.4-7]
             session.max_inflight = min(cfg.max_inflight_messages,
                                        p.properties.get(Prop.RECEIVE_MAXIMUM, 65535))
-            props.update(self._connack_properties(client_id, p))
         if self.authorizer.acl is not None:
             self._bind_acl(client_id, p.username, session)
         self.connections[client_id] = conn
@@ -632,17 +650,23 @@ class Broker:
     def _connack_properties(self, client_id: str, p: Connect) -> dict[int, Any]:
         """What the broker enforces, advertised to an MQTT 5 client [MQTT 3.2.2.3]."""
         cfg = self.config.mqtt
-        props: dict[int, Any] = {
-            Prop.RECEIVE_MAXIMUM: cfg.receive_maximum,
-            Prop.RETAIN_AVAILABLE: int(cfg.retain_available),
-            Prop.WILDCARD_SUBSCRIPTION_AVAILABLE: 1,
-            Prop.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 1,
-            Prop.SHARED_SUBSCRIPTION_AVAILABLE: 1,
-        }
+        # a property whose value is the default is left out [MQTT 3.2.2.3]: Wildcard,
+        # Subscription Identifier and Shared Subscription Available are 1 when absent, and
+        # so is Retain Available; a client with a small Maximum Packet Size must still get its
+        # CONNACK [MQTT-3.1.2-24]
+        props: dict[int, Any] = {}
+        if cfg.receive_maximum != 65535:
+            props[Prop.RECEIVE_MAXIMUM] = cfg.receive_maximum
+        if not cfg.retain_available:
+            props[Prop.RETAIN_AVAILABLE] = 0
         if cfg.max_qos < 2:
             props[Prop.MAXIMUM_QOS] = cfg.max_qos
-        if cfg.max_packet_size < MAX_PACKET_SIZE:
-            props[Prop.MAXIMUM_PACKET_SIZE] = cfg.max_packet_size
+        largest = cfg.max_packet_size
+        if cfg.message_size_limit:
+            # the largest PUBLISH whose payload is within the limit [MQTT 3.2.2.3.6]
+            largest = min(largest, cfg.message_size_limit + _PUBLISH_OVERHEAD)
+        if largest < MAX_PACKET_SIZE:
+            props[Prop.MAXIMUM_PACKET_SIZE] = largest
         if cfg.topic_alias_maximum:
             props[Prop.TOPIC_ALIAS_MAXIMUM] = cfg.topic_alias_maximum
         if p.properties.get(Prop.REQUEST_RESPONSE_INFORMATION) == 1 and cfg.response_information:
@@ -873,13 +897,23 @@ class Broker:
 
     def publish_from(self, conn: ClientConnection, message: Message) -> int:
         """A client published: check it may, then route. Returns the MQTT 5 reason code for
-        its PUBACK/PUBREC (0x00, 0x10 no matching subscribers, 0x87 not authorised)."""
+        its PUBACK/PUBREC (0x00, 0x10 no matching subscribers, 0x87 not authorised, 0x95
+        payload over ``message_size_limit``)."""
         if message.topic.startswith("$"):
             # clients do not publish to $ topics ($SYS belongs to the broker)
             self.metrics.sys_publish_refused += 1
             log.debug("client %s: PUBLISH to %r refused ($ topics are the broker's)",
                       conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
+        limit = self.config.mqtt.message_size_limit
+        if limit and len(message.payload) > limit:
+            # Mosquitto's message_size_limit: neither delivered nor retained; the flow still
+            # completes (3.1/3.1.1 cannot say why; v5 PUBACK/PUBREC 0x95)
+            self.metrics.publish_dropped += 1
+            log.info("client %s: PUBLISH to %r dropped: payload %d bytes over "
+                     "message_size_limit %d", conn.name, message.topic, len(message.payload),
+                     limit)
+            return ReasonCode.PACKET_TOO_LARGE
         auth = self.authorizer
         if auth.publish_checked and not auth.may_publish(conn.client_id or "", conn.username,
                                                          message.topic):
@@ -984,6 +1018,8 @@ class Broker:
         if v5:
             ids = p.properties.get(Prop.SUBSCRIPTION_IDENTIFIER)
             identifier = ids[0] if ids else 0
+        for sub in p.subscriptions:  # the whole packet first: a malformed one changes nothing
+            _check_filter(sub.topic_filter, v5, "SUBSCRIBE")
         codes: list[int] = []
         retained: list[tuple[Message, int, bool, tuple[int, ...]]] = []
         now = self.now()
@@ -1058,6 +1094,8 @@ class Broker:
         """UNSUBSCRIBE: always answered with UNSUBACK [MQTT-3.10.4-5]."""
         session = conn.session
         assert session is not None and conn.client_id is not None
+        for f in p.topic_filters:
+            _check_filter(f, conn.level == V5, "UNSUBSCRIBE")
         codes: list[int] = []
         for f in p.topic_filters:
             if session.subscriptions.pop(f, None) is not None:
@@ -1121,6 +1159,16 @@ def _readable(topic: str, direct: dict[str, Delivery], shared: list[tuple[str, D
         shared = [(cid, d) for cid, d in shared
                   if (r := readers.get(cid)) is None or r.may_read(topic)]
     return direct, shared
+
+
+def _check_filter(topic_filter: str, v5: bool, what: str) -> None:
+    """A malformed topic filter makes its packet malformed: the connection closes
+    ([MQTT-4.7.3-1], [MQTT-4.7.1-*]; MQTT 5: DISCONNECT 0x81 first)."""
+    problem = malformed_filter(topic_filter, v5)
+    if problem is not None:
+        raise ProtocolError(ReasonCode.MALFORMED_PACKET,
+                            f"{what} with a malformed topic filter {topic_filter[:100]!r}: "
+                            f"{problem}")
 
 
 def _pending_will(will: Will, client_id: str) -> StoredWill:

@@ -36,7 +36,7 @@ def _print_config_error(exc: ConfigError, *, err: bool) -> None:
 @click.version_option(__version__, "--version", prog_name="mqttbroker",
                       message="%(prog)s %(version)s")
 def cli() -> None:
-    """An MQTT 3.1 / 3.1.1 broker for fleets of small sensors and mobile devices."""
+    """An MQTT 3.1, 3.1.1 and 5.0 broker for fleets of small sensors and mobile devices."""
 
 
 @cli.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from enum import IntEnum
@@ -53,6 +54,18 @@ if TYPE_CHECKING:
     from .broker import Broker
 
 log = logging.getLogger("mqttbroker.client")
+
+# 3.1.1 rule numbers cited in messages common to both versions -> the same rule in 5.0 (only
+# numbers 5.0 does not use for another rule; code that knows the level cites it itself)
+_V5_RULES: dict[str, str] = {
+    "[MQTT-1.5.3-1]": "[MQTT-1.5.4-1]",  # well-formed UTF-8
+    "[MQTT-1.5.3-2]": "[MQTT-1.5.4-2]",  # no U+0000
+    "[MQTT-1.5.3-1/2]": "[MQTT-1.5.4-1/2]",
+    "[MQTT-2.3.1-1]": "[MQTT-2.2.1-3]",  # a non-zero packet identifier
+    "[MQTT-3.1.2-14]": "[MQTT-3.1.2-12]",  # will QoS 3
+    "[MQTT-3.1.2-11/13/15]": "[MQTT-3.1.2-11/13]",  # will QoS/retain without the will flag
+}
+_V5_RULE = re.compile("|".join(re.escape(k) for k in _V5_RULES))
 
 V5 = ProtocolLevel.MQTT_5
 LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
@@ -561,25 +574,49 @@ class ClientConnection(asyncio.Protocol):
                                         "client is not reading: write buffer over "
                                         "max_write_buffer"))
 
-    def send_packet(self, packet: Packet, durable: bool = False) -> None:
-        """Encode and send one packet. Past the client's Maximum Packet Size, the Reason String
-        and User Properties go first [MQTT-3.1.2-24, MQTT-3.2.2-19, MQTT-3.14.2-3]."""
+    def encode_fitting(self, packet: Packet) -> bytes | None:
+        """``packet`` encoded within the client's Maximum Packet Size [MQTT-3.1.2-24]: past it,
+        the Reason String and User Properties go first [MQTT-3.2.2-19, MQTT-3.14.2-3, ...];
+        None when it still does not fit (it must not be sent at all)."""
         data = encode(packet, self.level)
         limit = self.max_out_packet
-        if limit and len(data) > limit and not isinstance(packet, Publish):
+        if limit and len(data) > limit:
             props = getattr(packet, "properties", None)
-            if props:
+            if props and (Prop.REASON_STRING in props or Prop.USER_PROPERTY in props):
                 props.pop(Prop.REASON_STRING, None)
                 props.pop(Prop.USER_PROPERTY, None)
                 data = encode(packet, self.level)
+            if len(data) > limit:
+                return None
+        return data
+
+    def send_packet(self, packet: Packet, durable: bool = False) -> None:
+        """Encode and send one packet (not a PUBLISH: deliveries are sized in _publish_bytes).
+        One that cannot fit the client's Maximum Packet Size even without its optional
+        properties is not sent [MQTT-3.1.2-24]: the connection closes instead (a client that
+        cannot take our CONNACK, SUBACK or DISCONNECT cannot go on)."""
+        data = self.encode_fitting(packet)
+        if data is None:
+            if self.state is not ConnState.CLOSED:
+                log.warning("closing client %s: a %d-byte %s does not fit its Maximum Packet "
+                            "Size %d [MQTT-3.1.2-24]", self.name, len(encode(packet, self.level)),
+                            type(packet).__name__.upper(), self.max_out_packet)
+                self.close(publish_will=self.state is ConnState.CONNECTED)
+            return
         if durable:
             self.send_durable(data)
         else:
             self.send(data)
 
     def _reason(self, text: str) -> dict[int, Any]:
-        """A Reason String property, when the client did not opt out [MQTT-3.1.2-29]."""
-        return {Prop.REASON_STRING: text} if self.problem_info and text else {}
+        """A Reason String property, when the client did not opt out [MQTT-3.1.2-29]. Rules
+        the two versions share are cited by their 3.1.1 numbers where the code is common
+        (the decoder, the topic checks); an MQTT 5 client reads 5.0's."""
+        if not (self.problem_info and text):
+            return {}
+        if "[MQTT-" in text:
+            text = _V5_RULE.sub(lambda m: _V5_RULES[m.group(0)], text)
+        return {Prop.REASON_STRING: text}
 
     # -- closing ----------------------------------------------------------------------------
 
@@ -655,15 +692,16 @@ class ClientConnection(asyncio.Protocol):
             self.close(publish_will=False)
 
     def keepalive_timeout(self) -> None:
-        """The broker's keep-alive wheel found this client silent too long [MQTT-3.1.2-24]."""
+        """The broker's keep-alive wheel found this client silent too long ([MQTT-3.1.2-24] in
+        3.1.1, [MQTT-3.1.2-22] in 5.0)."""
         if self.rate_paused:  # we stopped reading it: its packets wait in the socket
             self.last_received = self._loop.time()
             self.broker.keepalive.add(self)
             return
         if self.state is ConnState.CONNECTED:
+            rule = "MQTT-3.1.2-22" if self.level == V5 else "MQTT-3.1.2-24"
             self.fail(ProtocolError(ReasonCode.KEEP_ALIVE_TIMEOUT,
-                                    f"keep-alive timeout ({self.keep_alive}s x 1.5) "
-                                    "[MQTT-3.1.2-24]"))
+                                    f"keep-alive timeout ({self.keep_alive}s x 1.5) [{rule}]"))
 
     # -- CONNECT and enhanced authentication ----------------------------------------------------
 
@@ -775,7 +813,9 @@ class ClientConnection(asyncio.Protocol):
         self.state = ConnState.CONNECTED
         self.connected_at = time.time()
         self.reader.max_packet_size = self.broker.config.mqtt.max_packet_size
-        self.send_packet(Connack(present, 0, props))
+        self.send_packet(Connack(present, 0, props))  # (the broker checked that it fits)
+        if self.closed:
+            return
         if self.keep_alive:
             self.broker.keepalive.add(self)
         # [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL are resent, in order
@@ -1036,15 +1076,11 @@ class ClientConnection(asyncio.Protocol):
     def _ack(self, pid: int, ptype: PacketType, reason_code: int) -> None:
         session = self.session
         assert session is not None
-        if ptype == _P.PUBREC and reason_code >= 0x80:
-            # the client refused it: the flow ends here [MQTT-4.3.3]
-            session.complete(pid)
-            self._pump()
-            return
-        result = session.ack(pid, ptype)
+        # a PUBREC with a failure code: the client refused it, the flow ends here [MQTT-4.3.3]
+        result = session.ack(pid, ptype, ptype == _P.PUBREC and reason_code >= 0x80)
         if not result.known:
             log.debug("client %s: %s for unknown packet id %d", self.name, ptype.name, pid)
-            if ptype == _P.PUBREC:
+            if ptype == _P.PUBREC and reason_code < 0x80:
                 # we hold no state for it: release the client's state all the same
                 self.send_packet(Pubrel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                                         if self.level == V5 else 0))

@@ -121,6 +121,7 @@ class MqttConfig:
 
     max_qos: int = 2
     max_packet_size: int = _MAX_PACKET
+    message_size_limit: int = 0
     max_keepalive: int = 0
     connect_timeout: float = 5.0
     max_inflight_messages: int = 20
@@ -808,6 +809,7 @@ _TOPIC_CHECK_FIELDS: Final[Mapping[str, _Conv]] = {
 _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
     "max_qos": _int(0, 2),
     "max_packet_size": _int(2, _MAX_PACKET),
+    "message_size_limit": _int(0, _MAX_PACKET),
     "max_keepalive": _int(0, 65535),
     "connect_timeout": _float(0, exclusive=True),
     "max_inflight_messages": _int(1, 65535),  # packet identifiers are 16-bit, non-zero

@@ -11,9 +11,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
+from .errors import ProtocolError
 from .message import Message
 from .metrics import Metrics
-from .protocol.constants import PacketType
+from .protocol.constants import PacketType, ReasonCode
 from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_state
 from .protocol.packets import Subscription
 
@@ -70,6 +71,10 @@ _UNKNOWN = AckResult(False, False, False)
 _FREED = AckResult(True, False, True)
 _PUBREL = AckResult(True, True, False)
 _KEPT = AckResult(True, False, False)
+
+# what an outbound flow waits for, for the error that names a wrong acknowledgement
+_AWAITS = {OutState.AWAIT_PUBACK: "PUBACK", OutState.AWAIT_PUBREC: "PUBREC",
+           OutState.AWAIT_PUBCOMP: "PUBCOMP"}
 
 
 class Session:
@@ -316,14 +321,25 @@ class Session:
             self.queue = kept
         return taken
 
-    def ack(self, packet_id: int, packet: PacketType) -> AckResult:
-        """Apply PUBACK / PUBREC / PUBCOMP for ``packet_id``."""
+    def ack(self, packet_id: int, packet: PacketType, refused: bool = False) -> AckResult:
+        """Apply PUBACK / PUBREC / PUBCOMP for ``packet_id`` (``refused``: a PUBREC with a
+        failure reason code, which ends the flow [MQTT-4.3.3]).
+
+        An id that is not in flight is harmless (a late or repeated acknowledgement). An id in
+        flight whose acknowledgement is of the wrong kind (PUBREC or PUBCOMP for a QoS 1
+        PUBLISH, PUBACK for a QoS 2 one, PUBCOMP before PUBREC) is a protocol violation: raises
+        ProtocolError, which closes the connection ([MQTT-4.8.0-1] in 3.1.1; a Protocol Error,
+        DISCONNECT 0x82, in 5.0) instead of leaving the flow stuck in its slot."""
         out = self.inflight.get(packet_id)
         if out is None:
             return _UNKNOWN
         state = next_state(out.state, packet)
         if state is None:
-            return _UNKNOWN
+            raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
+                                f"{packet.name} for packet identifier {packet_id}, whose QoS "
+                                f"{out.qos} PUBLISH awaits {_AWAITS[out.state]} [MQTT 4.3]")
+        if refused:
+            state = OutState.DONE
         store = self.store
         if state is OutState.DONE:
             del self.inflight[packet_id]

@@ -38,8 +38,9 @@ def validate_topic_name(topic: str) -> None:
                             f"wildcard in topic name {topic!r} [MQTT-3.3.2-2]")
 
 
-def topic_filter_problem(topic_filter: str) -> str | None:
-    """Say what is wrong with a topic filter, or None when it is valid."""
+def topic_filter_problem(topic_filter: str, v5: bool = False) -> str | None:
+    """Say what is wrong with a topic filter, or None when it is valid (``v5``: cite the
+    MQTT 5.0 rule numbers, which differ from 3.1.1's for the wildcards)."""
     if not topic_filter:
         return "empty topic filter [MQTT-4.7.3-1]"
     if "+" not in topic_filter and "#" not in topic_filter:
@@ -48,10 +49,29 @@ def topic_filter_problem(topic_filter: str) -> str | None:
     last = len(levels) - 1
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != last):
-            return "'#' must be the whole last level [MQTT-4.7.1-2]"
+            # 3.1.1 [MQTT-4.7.1-2], 5.0 [MQTT-4.7.1-1]
+            return f"'#' must be the whole last level [MQTT-4.7.1-{1 if v5 else 2}]"
         if "+" in level and level != "+":
-            return "'+' must be a whole level [MQTT-4.7.1-3]"
+            # 3.1.1 [MQTT-4.7.1-3], 5.0 [MQTT-4.7.1-2]
+            return f"'+' must be a whole level [MQTT-4.7.1-{2 if v5 else 3}]"
     return None
+
+
+def malformed_filter(topic_filter: str, v5: bool = False) -> str | None:
+    """What makes a SUBSCRIBE or UNSUBSCRIBE topic filter malformed, or None.
+
+    A malformed filter (empty [MQTT-4.7.3-1], a wildcard that is not a whole level
+    [MQTT-4.7.1-*]) makes the whole packet malformed: the connection closes (MQTT 5:
+    DISCONNECT 0x81). A shared subscription's own filter is judged the same way; a bad
+    ``$share/{ShareName}/`` prefix is not a malformed filter but one the server refuses, in
+    its SUBACK/UNSUBACK slot (0x8F) [MQTT-4.8.2-1/2], as are well-formed filters a limit or an
+    ACL refuses."""
+    if topic_filter.startswith("$share/"):
+        group, sep, inner = topic_filter[7:].partition("/")
+        if not sep or not group or not inner or "+" in group or "#" in group:
+            return None
+        topic_filter = inner
+    return topic_filter_problem(topic_filter, v5)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

@@ -17,6 +17,7 @@ from mqttbroker.protocol.constants import ReasonCode
 from mqttbroker.protocol.topics import (
     RetainedTree,
     SubscriptionTree,
+    malformed_filter,
     topic_filter_problem,
     topic_matches,
     validate_topic_name,
@@ -195,6 +196,29 @@ def test_topic_filter_problem_table(flt: str, valid: bool, why: str) -> None:
         assert problem is None, why
     else:
         assert isinstance(problem, str) and problem, why
+
+
+@pytest.mark.parametrize(("flt", "v311", "v5"), [
+    ("", "MQTT-4.7.3-1", "MQTT-4.7.3-1"),
+    ("#/test/topic", "MQTT-4.7.1-2", "MQTT-4.7.1-1"),
+    ("a/b#", "MQTT-4.7.1-2", "MQTT-4.7.1-1"),
+    ("a+/b", "MQTT-4.7.1-3", "MQTT-4.7.1-2"),
+    ("$share/g/#/x", "MQTT-4.7.1-2", "MQTT-4.7.1-1"),  # a shared subscription's own filter
+    ("$share/g/a+", "MQTT-4.7.1-3", "MQTT-4.7.1-2"),
+])
+def test_malformed_filter_cites_the_rule_of_its_version(flt: str, v311: str, v5: str) -> None:
+    """A malformed filter names the rule it breaks, numbered as the client's version numbers
+    it (3.1.1 and 5.0 number the wildcard rules differently)."""
+    assert f"[{v311}]" in (malformed_filter(flt) or "")
+    assert f"[{v5}]" in (malformed_filter(flt, v5=True) or "")
+
+
+@pytest.mark.parametrize("flt", ["$share/g+/x", "$share//x", "$share/g", "$share/g/",
+                                 "$share/#/x", "a/+/#", "$share/g/a/+/#"])
+def test_share_prefix_problems_are_refusals_not_malformed_mqtt_4_8_2_2(flt: str) -> None:
+    """A bad ``$share/{ShareName}/`` prefix is refused per filter (SUBACK 0x8F), not a
+    malformed packet; well-formed filters are neither."""
+    assert malformed_filter(flt) is None and malformed_filter(flt, v5=True) is None
 
 
 @pytest.mark.parametrize("topic", ["a", "a/b", "/", "/finance", "a//b", "$SYS/x", " ",

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mqttbroker.errors import ProtocolError
 from mqttbroker.message import Message
 from mqttbroker.metrics import Metrics
-from mqttbroker.protocol.constants import PacketType
+from mqttbroker.protocol.constants import PacketType, ReasonCode
 from mqttbroker.protocol.flows import OutState
 from mqttbroker.session import AckResult, Outbound, Queued, Session
 
@@ -281,22 +282,38 @@ def test_ack_unknown_packet_id() -> None:
 
 @pytest.mark.parametrize(("qos", "packet"), [(1, PUBREC), (1, PUBCOMP), (2, PUBACK),
                                              (2, PUBCOMP)])
-def test_ack_of_the_wrong_kind_changes_nothing(qos: int, packet: PacketType) -> None:
+def test_ack_of_the_wrong_kind_is_a_protocol_error(qos: int, packet: PacketType) -> None:
+    """[MQTT-4.8.0-1] (3.1.1) / Protocol Error (5.0): an acknowledgement whose kind contradicts
+    the flow of an id in flight raises (the connection closes) and changes nothing."""
     s = new()
     out = s.offer(msg(1, qos), qos, False, online=True)
     assert out is not None
     before = out.state
-    assert s.ack(out.packet_id, packet) == AckResult(False, False, False)
+    with pytest.raises(ProtocolError) as err:
+        s.ack(out.packet_id, packet)
+    assert err.value.code == ReasonCode.PROTOCOL_ERROR
     assert s.inflight[out.packet_id] is out and out.state is before
 
 
-def test_ack_pubcomp_before_pubrec_is_ignored() -> None:
+def test_ack_pubcomp_before_pubrec_is_a_protocol_error() -> None:
     s = new()
     out = s.offer(msg(1, 2), 2, False, online=True)
     assert out is not None
-    assert s.ack(out.packet_id, PUBCOMP).known is False
+    with pytest.raises(ProtocolError):
+        s.ack(out.packet_id, PUBCOMP)
     assert s.ack(out.packet_id, PUBREC).send_pubrel is True
+    with pytest.raises(ProtocolError):  # PUBACK instead of PUBCOMP after the PUBREL
+        s.ack(out.packet_id, PUBACK)
+    assert s.ack(out.packet_id, PUBREC).send_pubrel is True  # a repeated PUBREC is fine
     assert s.ack(out.packet_id, PUBCOMP).freed is True
+
+
+def test_refused_pubrec_ends_the_flow_mqtt_4_3_3() -> None:
+    s = new()
+    out = s.offer(msg(1, 2), 2, False, online=True)
+    assert out is not None
+    assert s.ack(out.packet_id, PUBREC, refused=True).freed is True
+    assert out.packet_id not in s.inflight
 
 
 def test_packet_id_not_reused_while_in_flight() -> None:
@@ -445,7 +462,12 @@ def test_session_random_ops_invariants(ops: list[tuple[str, int, object]]) -> No
             pids = list(s.inflight)
             if pids:
                 pid = pids[a % len(pids)]
-                s.ack(pid, b)  # type: ignore[arg-type]
+                out = s.inflight[pid]
+                before = out.state
+                try:
+                    s.ack(pid, b)  # type: ignore[arg-type]
+                except ProtocolError:  # the wrong kind for its flow: nothing changes
+                    assert s.inflight[pid] is out and out.state is before
         else:
             sent_order += names(s.pump())
         assert len(s.inflight) <= 3
