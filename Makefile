@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test setup peers browser redis paho-c dashboard lint clean
+.PHONY: run test test-stress setup peers browser redis paho-c dashboard lint clean
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -59,8 +59,17 @@ $(PAHO_C):
 
 paho-c: $(PAHO_C)
 
-test: $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(DASH)/dist/.built
+TEST_DEPS := $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(DASH)/dist/.built
+
+test: $(TEST_DEPS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The same suite with one core kept busy by a CPU hog (a Python busy loop) that the recipe
+# starts and stops: the EXIT trap kills it however pytest ends (Ctrl-C too), and the
+# recipe's status is pytest's.
+test-stress: $(TEST_DEPS)
+	$(BIN)/python -c 'while True: pass' & hog=$$!; trap 'kill $$hog 2>/dev/null' EXIT; \
+	trap 'exit 130' INT TERM; $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy types-PyYAML

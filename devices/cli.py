@@ -11,7 +11,8 @@ import click
 
 from .fleet import parse_broker, run_fleet
 from .profile import load_profile
-from .report import plot, summary_table, write_report
+from .report import clock, plot, summary_table, write_report
+from .seeding import start_hour
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +35,8 @@ def cli() -> None:
               help="Write a PNG plot of msg/s and latency here (default: next to --report).")
 @click.option("--processes", type=click.IntRange(1, 256),
               help="Worker processes (default: one per core).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of everything the devices send; the report gives it, to replay a run.")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
 def run(broker: str, count: int, duration: float, profile: str, report_path: str | None,
         plot_path: str | None, processes: int | None, seed: int, quiet: bool) -> None:
@@ -45,7 +47,8 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
         prof = load_profile(profile)
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
-    click.echo(f"fleet: {count} devices, profile {prof.name}, {duration:g} s, broker {broker}",
+    click.echo(f"fleet: {count} devices, profile {prof.name}, {duration:g} s, broker {broker}, "
+               f"seed {seed} (simulated start {clock(start_hour(seed, prof.start_hour))})",
                err=True)
     try:
         report, series = run_fleet(broker, count, duration, prof, processes=processes,

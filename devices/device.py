@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import socket
 import time
 from collections import deque
@@ -28,7 +27,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .payload import decode_raw, encode, make_doc
 from .profile import Profile
-from .sensors import make_sensor
+from .seeding import device_rng, link_rng, run_midnight, sensor_rng
+from .sensors import DEFAULT_SUPERVISION, make_sensor
 
 log = logging.getLogger("devices")
 
@@ -54,11 +54,18 @@ class Stats:
 
 
 class Device:
-    """A simulated sensor with its MQTT client."""
+    """A simulated sensor with its MQTT client.
+
+    What it sends is a function of ``seed`` and ``index`` (see :mod:`devices.seeding`): the
+    sensor, the device's traits and its network timing each draw from their own generator.
+    ``midnight`` is the start of the simulated day the sensor's daily cycle follows (the
+    fleet passes one for all its devices); ``None`` starts the day the profile's
+    ``start_hour`` (or the seed's) before this device is made.
+    """
 
     def __init__(self, index: int, kind: str, host: str, port: int, profile: Profile,
                  stats: Stats, loop: asyncio.AbstractEventLoop, seed: int = 0,
-                 id_prefix: str = "sensor") -> None:
+                 id_prefix: str = "sensor", midnight: float | None = None) -> None:
         self.index = index
         self.id = f"{id_prefix}-{index:06d}"
         self.status_topic = f"{TOPIC_ROOT}/{self.id}/status"  # retained birth, will, goodbye
@@ -68,11 +75,19 @@ class Device:
         self.profile = profile
         self.stats = stats
         self.loop = loop
-        self.rng = random.Random(seed * 1_000_003 + index)
-        self.sensor = make_sensor(kind, self.rng, qos=profile.qos.get(kind))
+        if midnight is None:
+            midnight = run_midnight(time.time(), seed, profile.start_hour)
+        supervision = (DEFAULT_SUPERVISION if profile.supervision is None
+                       else profile.supervision) * profile.interval_scale
+        self.sensor = make_sensor(kind, sensor_rng(seed, index), qos=profile.qos.get(kind),
+                                  midnight=midnight, supervision=supervision)
         self.sensor.interval *= profile.interval_scale
         self.qos = self.sensor.qos
-        self.v5 = self.rng.random() < profile.v5_fraction
+        self.traits_rng = device_rng(seed, index)  # drawn only here and in start()
+        # backoff jitter and flaky-link timings: how often they are drawn depends on the
+        # broker and the OS, so they must not share a generator with what is sent
+        self.link_rng = link_rng(seed, index)
+        self.v5 = self.traits_rng.random() < profile.v5_fraction
         self.seq = 0
         self.buffer: deque[tuple[int, bytes]] = deque(maxlen=profile.buffer_max)
         self._attempted = False
@@ -85,6 +100,7 @@ class Device:
         self.acked = stats.acked.setdefault(self.id, {0: [], 1: [], 2: []})
         self._sock: socket.socket | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._next_tick: asyncio.TimerHandle | None = None
         self.client = self._make_client()
 
     # -- the MQTT client ----------------------------------------------------------------------
@@ -152,20 +168,24 @@ class Device:
     def start(self, delay: float) -> None:
         """Connect after ``delay`` seconds, then report on the sensor's schedule."""
         self._later(delay, self._connect)
-        self._later(delay + self.rng.uniform(0, self.sensor.interval), self._tick)
+        self._next_tick = self._later(delay + self.traits_rng.uniform(0, self.sensor.interval),
+                                      self._tick)
         p = self.profile
         if p.duty_awake and p.duty_sleep:
             self._later(delay + p.duty_awake, self._sleep)
         if p.drops_per_hour:
-            self._later(delay + self.rng.expovariate(p.drops_per_hour / 3600), self._flaky_drop)
+            self._later(delay + self.link_rng.expovariate(p.drops_per_hour / 3600),
+                        self._flaky_drop)
         if p.half_open_per_hour:
-            self._later(delay + self.rng.expovariate(p.half_open_per_hour / 3600),
+            self._later(delay + self.link_rng.expovariate(p.half_open_per_hour / 3600),
                         self._flaky_half_open)
 
-    def _later(self, delay: float, fn: Any) -> None:
-        self._timers.append(self.loop.call_later(max(delay, 0.0), fn))
+    def _later(self, delay: float, fn: Any) -> asyncio.TimerHandle:
+        timer = self.loop.call_later(max(delay, 0.0), fn)
+        self._timers.append(timer)
         if len(self._timers) > 16:
             self._timers = [t for t in self._timers if not t.cancelled()]
+        return timer
 
     def _connect(self) -> None:
         if not self.running or self.connected or self.asleep:
@@ -193,7 +213,7 @@ class Device:
         if not self.running:
             return
         p = self.profile
-        delay = self.backoff * (1 + self.rng.uniform(-p.backoff_jitter, p.backoff_jitter))
+        delay = self.backoff * (1 + self.link_rng.uniform(-p.backoff_jitter, p.backoff_jitter))
         self.backoff = min(self.backoff * 2, p.backoff_max)
         self._later(delay, self._connect)
 
@@ -239,7 +259,7 @@ class Device:
     def _tick(self) -> None:
         if not self.running:
             return
-        self._later(self.sensor.interval, self._tick)
+        self._next_tick = self._later(self.sensor.interval, self._tick)
         if self.asleep:
             return
         self.report()
@@ -297,6 +317,13 @@ class Device:
         if isinstance(interval, (int, float)) and 0.05 <= interval <= 86400:
             self.sensor.interval = float(interval)
             result = {"ok": True, "interval": float(interval)}
+            # a shorter interval applies now, not after the tick the old one scheduled (up to
+            # an old interval away: the phase of the first tick is drawn from the seed)
+            tick = self._next_tick
+            if (tick is not None and not tick.cancelled()
+                    and tick.when() - self.loop.time() > self.sensor.interval):
+                tick.cancel()
+                self._next_tick = self._later(self.sensor.interval, self._tick)
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if self.v5 and response_topic:
@@ -330,7 +357,8 @@ class Device:
             return
         if self.connected:
             self._drop("flaky link")
-        self._later(self.rng.expovariate(self.profile.drops_per_hour / 3600), self._flaky_drop)
+        self._later(self.link_rng.expovariate(self.profile.drops_per_hour / 3600),
+                    self._flaky_drop)
 
     def _flaky_half_open(self) -> None:
         if not self.running:
@@ -340,7 +368,7 @@ class Device:
             self.half_open_until = time.monotonic() + self.profile.half_open_duration
             self.loop.remove_reader(self._sock)
             self.loop.remove_writer(self._sock)
-        self._later(self.rng.expovariate(self.profile.half_open_per_hour / 3600),
+        self._later(self.link_rng.expovariate(self.profile.half_open_per_hour / 3600),
                     self._flaky_half_open)
 
     def storm(self) -> None:

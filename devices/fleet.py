@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from .device import Device, Stats
 from .profile import Profile, profile_from_dict
 from .report import Timeline, percentile, progress_line
+from .seeding import run_midnight, start_hour
 from .sensors import pick_kind
 from .verifier import Verifier
 
@@ -34,7 +35,7 @@ def parse_broker(url: str) -> tuple[str, int]:
 
 def _worker(worker: int, indexes: list[int], host: str, port: int,
             profile_data: dict[str, Any], start_at: float, stop_at: float, seed: int,
-            out: Any) -> None:
+            midnight: float, out: Any) -> None:
     """One process: its devices on one asyncio loop, stats to ``out`` every second."""
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -44,16 +45,16 @@ def _worker(worker: int, indexes: list[int], host: str, port: int,
     except ImportError:
         pass
     asyncio.run(_worker_main(worker, indexes, host, port, profile_from_dict(profile_data),
-                             start_at, stop_at, seed, out))
+                             start_at, stop_at, seed, midnight, out))
 
 
 async def _worker_main(worker: int, indexes: list[int], host: str, port: int,
                        profile: Profile, start_at: float, stop_at: float, seed: int,
-                       out: Any) -> None:
+                       midnight: float, out: Any) -> None:
     loop = asyncio.get_running_loop()
     stats = Stats()
     devices = [Device(i, pick_kind(i, profile.mix or None), host, port, profile, stats, loop,
-                      seed) for i in indexes]
+                      seed, midnight=midnight) for i in indexes]
     n = max(len(devices), 1)
     for k, d in enumerate(devices):
         d.start(max(start_at - time.time(), 0) + profile.ramp_up * k / n)
@@ -97,7 +98,10 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
               processes: int | None = None, seed: int = 1, progress: bool = True,
               stream: Any = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Run ``devices`` devices for ``duration`` seconds against ``broker``; return the report
-    and the timeline series (for the plot)."""
+    and the timeline series (for the plot).
+
+    ``seed`` decides what the devices send (see :mod:`devices.seeding`); the report carries it
+    and the simulated hour of day the run started at, so a run can be replayed."""
     host, port = parse_broker(broker)
     stream = stream or sys.stderr
     procs = max(1, min(processes or os.cpu_count() or 1, devices))
@@ -108,11 +112,14 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
     out = ctx.Queue()
     start_at = time.time() + 1.0
     stop_at = start_at + duration
+    # one simulated day for the whole fleet, anchored at the run's start, not at the wall clock
+    midnight = run_midnight(start_at, seed, profile.start_hour)
     workers = []
     for p in range(procs):
         idx = list(range(p, devices, procs))
         w = ctx.Process(target=_worker, args=(p, idx, host, port, profile.as_dict(),
-                                              start_at, stop_at, seed, out), daemon=True)
+                                              start_at, stop_at, seed, midnight, out),
+                        daemon=True)
         w.start()
         workers.append(w)
     connected: dict[int, int] = {}
@@ -170,6 +177,8 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
     report: dict[str, Any] = {
         "broker": broker,
         "profile": profile.name,
+        "seed": seed,
+        "start_hour": start_hour(seed, profile.start_hour),
         "devices": devices,
         "processes": procs,
         "duration_s": duration,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,10 +40,37 @@ class Profile:
     storm_at: float | None = None  # reconnect storm: at this fraction of the run all drop
     burst_every: float = 0.0  # burst: every N seconds all devices report at the same instant
     drain: float = 5.0  # seconds the verifier waits for stragglers at the end
+    # Longest silence of an event-driven sensor (door_motion) before it reports its state
+    # anyway, in the field's seconds (scaled by interval_scale like every interval); None: the
+    # sensor's default, an hour. It also reports once at power-up, whatever this says.
+    supervision: float | None = None
+    # Simulated local time of day (hours, 0 <= h < 24) when the run starts; the daily cycles
+    # (door events, power peaks, temperature) follow it. None: drawn from the run's seed.
+    start_hour: float | None = None
+
+    def __post_init__(self) -> None:
+        # the two keys the seeded traffic depends on are checked here, so a bad profile is
+        # refused when it is loaded, not in a worker process half way through a run
+        if self.supervision is not None:
+            seconds = _number("supervision", self.supervision)
+            if not (math.isfinite(seconds) and seconds > 0.0):
+                raise ValueError(f"supervision must be a positive number of seconds, "
+                                 f"got {self.supervision!r}")
+        if self.start_hour is not None:
+            hour = _number("start_hour", self.start_hour)
+            if not (math.isfinite(hour) and 0.0 <= hour < 24.0):
+                raise ValueError(f"start_hour must be in [0, 24), got {self.start_hour!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for the report and for worker processes."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _number(key: str, value: object) -> float:
+    """``value`` as a float, or ``ValueError`` naming ``key`` (YAML may give a str or a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number, got {value!r}")  # noqa: TRY004 (usage error)
+    return float(value)
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
@@ -59,7 +87,10 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     if unknown:
         raise ValueError(f"{path}: unknown profile keys {unknown}; known: {sorted(known)}")
     data.setdefault("name", path.stem.removeprefix("fleet-"))
-    return Profile(**data)
+    try:
+        return Profile(**data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def profile_from_dict(data: dict[str, Any]) -> Profile:

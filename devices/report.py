@@ -17,6 +17,7 @@ from typing import Any, Final
 
 __all__ = [
     "Timeline",
+    "clock",
     "percentile",
     "plot",
     "progress_line",
@@ -220,13 +221,21 @@ def _describe(value: Any) -> str:
     return _num(value)
 
 
+def clock(hour: float) -> str:
+    """Hours since midnight as ``HH:MM`` (14.5 -> ``"14:30"``), for the simulated start."""
+    minutes = round(hour * 60) % (24 * 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
 def summary_table(report: Mapping[str, Any]) -> str:
     """A plain-text summary of a fleet report for a terminal.
 
-    One row per QoS with published/delivered/lost/duplicates/reordered counts (and generated,
-    when the report has it) and the loss rate (lost / published, in %), a total row, then
-    latency p50/p99/max, devices, connected peak, duration, profile, broker, and any other
-    top-level numbers in the report. A QoS whose counts are all zero gets no row.
+    The first line names the profile, the broker and, when the report has them, the seed
+    (``devices run --seed`` replays the run's traffic) and the simulated time of day the run
+    started at. Then one row per QoS with published/delivered/lost/duplicates/reordered
+    counts (and generated, when the report has it) and the loss rate (lost / published, in
+    %), a total row, then latency p50/p99/max, devices, connected peak, duration, and any
+    other top-level numbers in the report. A QoS whose counts are all zero gets no row.
     """
     columns = (["generated"] if isinstance(report.get("generated"), Mapping) else [])
     columns += list(COUNTERS)
@@ -249,8 +258,14 @@ def summary_table(report: Mapping[str, Any]) -> str:
     latency = report.get("latency_ms")
     lat: Mapping[str, Any] = latency if isinstance(latency, Mapping) else {}
     rule = line(["-" * w for w in widths])
+    first = f"profile {_describe(report.get('profile'))}  broker {_describe(report.get('broker'))}"
+    if "seed" in report:
+        first += f"  seed {_describe(report['seed'])}"
+    hour = report.get("start_hour")
+    if isinstance(hour, (int, float)) and not isinstance(hour, bool) and math.isfinite(hour):
+        first += f"  simulated start {clock(float(hour))}"
     lines = [
-        f"profile {_describe(report.get('profile'))}  broker {_describe(report.get('broker'))}",
+        first,
         (
             f"devices {_num(report.get('devices'))}  connected peak "
             f"{_num(report.get('connected_peak'))}  duration {_num(report.get('duration_s'), 1)} s"
@@ -267,8 +282,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
             f"max {_num(lat.get('max'))}"
         ),
     ]
-    shown = {"profile", "broker", "devices", "connected_peak", "duration_s", "latency_ms",
-             "generated", *COUNTERS}
+    shown = {"profile", "broker", "seed", "start_hour", "devices", "connected_peak",
+             "duration_s", "latency_ms", "generated", *COUNTERS}
     extras = [
         f"{key} {_num(value)}"
         for key, value in sorted(report.items())

@@ -1,9 +1,11 @@
 """Sensor models for the simulated fleet: pure, deterministic given a :class:`random.Random`.
 
-Each model is a bounded random walk on top of a daily cycle taken from the local hour of ``now``
-(seconds since the Unix epoch), with the occasional fault a real device shows. Nothing here reads
-a clock or does I/O: the caller passes ``now``, so the same seed and the same sequence of ``now``
-values always give the same readings (the broker core follows the same rule; see design.md).
+Each model is a bounded random walk on top of a daily cycle, with the occasional fault a real
+device shows. The hour of the day is simulated: hours since the sensor's ``midnight`` (seconds
+since the epoch, a constructor argument; the fleet derives it from the run's seed), never the
+machine's clock or time zone. Nothing here reads a clock or does I/O: the caller passes ``now``,
+so the same seed, ``midnight`` and sequence of ``now`` values always give the same readings
+(the broker core follows the same rule; see design.md).
 
 Kinds and their readings (units in the names; the full table is in ``docs/payload.md``):
 
@@ -12,7 +14,9 @@ Kinds and their readings (units in the names; the full table is in ``docs/payloa
 * ``power_meter`` -- a household meter: ``power_w``, ``voltage_v``, ``energy_kwh`` (a register
   that only goes up), and ``fault`` = ``"dropout"`` when the measurement reads 0 W.
 * ``door_motion`` -- event driven: most ticks report nothing; an event reports ``door``
-  (``"open"``/``"closed"``), ``motion`` and ``events`` (running count).
+  (``"open"``/``"closed"``), ``motion`` and ``events`` (running count). It also reports its
+  state at power-up and whenever it has been silent for its supervision period (those reports
+  carry ``supervision`` = true), so every door sensor is heard from, even at night.
 * ``gps_tracker`` -- a vehicle: ``lat``, ``lon``, ``speed_kmh``, ``heading_deg``, ``sats``; it
   also drives through tunnels, see :meth:`GpsTracker.in_coverage`.
 """
@@ -22,20 +26,20 @@ from __future__ import annotations
 import bisect
 import math
 import random
-import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol, runtime_checkable
 
 __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_QOS",
+    "DEFAULT_SUPERVISION",
     "KINDS",
     "DoorMotion",
     "GpsTracker",
     "PowerMeter",
     "Sensor",
     "TempHumidity",
-    "local_hour",
+    "hour_of_day",
     "make_sensor",
     "pick_kind",
 ]
@@ -55,6 +59,9 @@ DEFAULT_INTERVAL: Final[Mapping[str, float]] = {
     "door_motion": 2.0,  # how often the sensor checks for an event, not how often it reports
     "gps_tracker": 5.0,
 }
+DEFAULT_SUPERVISION: Final = 3600.0
+"""Seconds an event-driven sensor stays silent at most: then it reports its state anyway. Alarm
+sensors do this so the panel can tell a quiet door from a dead one (supervision, check-in)."""
 
 # Physical limits the models never leave (a fault may sit at a limit, never beyond it).
 TEMP_RANGE_C: Final = (-40.0, 85.0)  # the operating range of common parts (SHT3x, DS18B20 rail)
@@ -68,10 +75,14 @@ _TWO_PI: Final = 2.0 * math.pi
 _KM_PER_DEG_LAT: Final = 111.32
 
 
-def local_hour(now: float) -> float:
-    """The local wall-clock hour of ``now`` as a float in [0, 24), e.g. 14.5 for 14:30."""
-    t = time.localtime(now)
-    return t.tm_hour + t.tm_min / 60.0 + (t.tm_sec + (now % 1.0)) / 3600.0
+def hour_of_day(now: float, midnight: float = 0.0) -> float:
+    """The simulated hour of ``now`` as a float in [0, 24), e.g. 14.5 for 14:30: hours since
+    ``midnight`` (seconds since the epoch; 0.0 gives UTC), modulo a day.
+
+    Plain arithmetic on purpose: the wall clock's local time depends on the machine's time
+    zone, and the daily cycles decide what traffic a run generates.
+    """
+    return ((now - midnight) % 86_400.0) / 3600.0
 
 
 def _clamp(value: float, low: float, high: float) -> float:
@@ -106,9 +117,11 @@ class _BaseSensor:
     KIND: str = ""
 
     def __init__(self, rng: random.Random, *, qos: int | None = None,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, midnight: float = 0.0) -> None:
         self.kind: str = self.KIND
         self.rng = rng
+        self.midnight = float(midnight)
+        """The instant the daily cycle counts hours from (see :func:`hour_of_day`)."""
         chosen_qos = DEFAULT_QOS[self.KIND] if qos is None else qos
         if chosen_qos not in (0, 1, 2) or isinstance(chosen_qos, bool):
             raise ValueError(f"qos must be 0, 1 or 2, got {chosen_qos!r}")
@@ -137,6 +150,10 @@ class _BaseSensor:
         """Whether the device has a network at ``now``; fixed sensors always do."""
         return True
 
+    def hour(self, now: float) -> float:
+        """The simulated hour of day at ``now``, in [0, 24)."""
+        return hour_of_day(now, self.midnight)
+
     def _elapsed(self, now: float) -> float:
         """Seconds since the previous reading (the interval on the first one, never < 0)."""
         last, self._last = self._last, now
@@ -163,8 +180,8 @@ class TempHumidity(_BaseSensor):
     BATTERY_DRAIN_V: Final = 2e-5  # per transmission: ~60,000 readings (a week at 10 s) to empty
 
     def __init__(self, rng: random.Random, *, qos: int | None = None,
-                 interval: float | None = None) -> None:
-        super().__init__(rng, qos=qos, interval=interval)
+                 interval: float | None = None, midnight: float = 0.0) -> None:
+        super().__init__(rng, qos=qos, interval=interval, midnight=midnight)
         self.mean_c = rng.uniform(17.0, 23.0)
         self.amplitude_c = rng.uniform(2.5, 5.0)
         self.mean_rh = rng.uniform(40.0, 60.0)
@@ -180,7 +197,7 @@ class TempHumidity(_BaseSensor):
         dt = self._elapsed(now)
         self._weather = _clamp(_ar1(self._weather, dt, 3600.0, 1.5, rng), -10.0, 10.0)
         self._damp = _clamp(_ar1(self._damp, dt, 1800.0, 4.0, rng), -25.0, 25.0)
-        daily = math.sin(_TWO_PI * (local_hour(now) - 9.0) / 24.0)  # +1 at 15:00, -1 at 03:00
+        daily = math.sin(_TWO_PI * (self.hour(now) - 9.0) / 24.0)  # +1 at 15:00, -1 at 03:00
         anomaly = self.amplitude_c * daily + self._weather
         temp = _clamp(self.mean_c + anomaly + rng.gauss(0.0, 0.05), *TEMP_RANGE_C)
         rh = _clamp(self.mean_rh - 2.5 * anomaly + self._damp, *RH_RANGE_PCT)
@@ -217,8 +234,8 @@ class PowerMeter(_BaseSensor):
     APPLIANCES_W: Final = (800.0, 1200.0, 2000.0, 2200.0, 3000.0)  # microwave .. kettle
 
     def __init__(self, rng: random.Random, *, qos: int | None = None,
-                 interval: float | None = None) -> None:
-        super().__init__(rng, qos=qos, interval=interval)
+                 interval: float | None = None, midnight: float = 0.0) -> None:
+        super().__init__(rng, qos=qos, interval=interval, midnight=midnight)
         self.base_w = rng.uniform(60.0, 300.0)
         self.morning_w = rng.uniform(200.0, 800.0)
         self.evening_w = rng.uniform(400.0, 1500.0)
@@ -249,7 +266,7 @@ class PowerMeter(_BaseSensor):
             if rng.random() < -math.expm1(-self.APPLIANCES_PER_H * dt / 3600.0):
                 self._appliance_w = rng.choice(self.APPLIANCES_W)
                 self._appliance_until = now + rng.uniform(60.0, 900.0)
-        power = (self.base_w + self._daily_w(local_hour(now))) * math.exp(self._load)
+        power = (self.base_w + self._daily_w(self.hour(now))) * math.exp(self._load)
         power = max(0.0, power + self._appliance_w + rng.gauss(0.0, 5.0))
         voltage = _clamp(230.0 + self._volt - power / 1000.0 * 0.8 + rng.gauss(0.0, 0.2),
                          *VOLTAGE_RANGE_V)
@@ -265,7 +282,7 @@ class PowerMeter(_BaseSensor):
                 "energy_kwh": round(self.energy_kwh, 4)}
 
 
-# Door/motion events per hour at each local hour, for a busy home entrance.
+# Door/motion events per hour at each hour of the (simulated) day, for a busy home entrance.
 _DOOR_RATE_PER_H: Final = (
     0.3, 0.2, 0.2, 0.2, 0.3, 0.8, 4.0, 12.0, 10.0, 5.0, 4.0, 4.0,  # 00..11
     6.0, 5.0, 4.0, 5.0, 7.0, 12.0, 15.0, 14.0, 10.0, 7.0, 3.0, 1.0,  # 12..23
@@ -275,44 +292,107 @@ _DOOR_RATE_PER_H: Final = (
 class DoorMotion(_BaseSensor):
     """A door contact with a PIR motion sensor: event driven.
 
-    Every tick it checks for an event (a Poisson process whose rate follows the hour: busy in
-    the morning and evening, nearly silent at night) and returns ``None`` when there is none.
-    A door that opens closes again after a few seconds (now and then it is left open for
-    minutes); while it is open nothing else is reported, so the reported ``door`` values never
+    Events are a Poisson process whose rate follows the hour (busy in the morning and evening,
+    nearly silent at night). Their times are drawn ahead, each from the previous one, and a
+    tick reports an event once its time has come (one per tick); ticks with nothing to say
+    return ``None``. So the sequence of events is a function of the generator and the
+    simulated clock alone: a late or irregular tick delays a report, it never changes what
+    happens. A door that opens closes again after a few seconds (now and then it is left open
+    for minutes); no event happens while it is open, so the events' ``door`` values never
     show two ``"open"`` in a row without a ``"closed"`` between them.
+
+    Like a real alarm sensor, it also sends supervision reports (its current state, with
+    ``supervision`` = true, ``events`` unchanged): one at power-up (its first reading) and
+    one whenever it has reported nothing for :attr:`supervision` seconds. A door sensor is
+    therefore heard from at least once per supervision period, even at 03:00, and every run
+    gets QoS 2 traffic from its first seconds. Supervision reports draw nothing from the
+    generator, so they do not shift the events.
     """
 
     KIND = "door_motion"
     OPEN_P: Final = 0.6  # share of events that open the door; the rest are motion only
 
     def __init__(self, rng: random.Random, *, qos: int | None = None,
-                 interval: float | None = None) -> None:
-        super().__init__(rng, qos=qos, interval=interval)
+                 interval: float | None = None, midnight: float = 0.0,
+                 supervision: float | None = None) -> None:
+        super().__init__(rng, qos=qos, interval=interval, midnight=midnight)
         self.activity = rng.uniform(0.5, 2.0)  # how busy this entrance is
         self.events = 0
         self.door_open = False
         self._close_at = 0.0
+        self._next_event = math.inf  # drawn at the first reading, from its ``now``
+        self._last_report: float | None = None  # None until powered up
+        self._supervision = DEFAULT_SUPERVISION
+        self.supervision = DEFAULT_SUPERVISION if supervision is None else supervision
+
+    @property
+    def supervision(self) -> float:
+        """Longest silence in seconds: after it, the sensor reports its state anyway."""
+        return self._supervision
+
+    @supervision.setter
+    def supervision(self, value: float) -> None:
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds <= 0.0:
+            raise ValueError(f"supervision must be a positive number of seconds, got {value!r}")
+        self._supervision = seconds
+
+    def _arrival_after(self, start: float) -> float:
+        """The time of the next event after ``start``: one unit-exponential draw of "hazard",
+        used up hour by hour at each hour's rate (exact for a rate constant within the hour)."""
+        need = self.rng.expovariate(1.0)
+        t = start
+        while True:
+            hour_no = math.floor((t - self.midnight) / 3600.0)
+            end = self.midnight + (hour_no + 1) * 3600.0  # the next full hour
+            if end <= t:  # float rounding left t on the boundary: take the next hour
+                hour_no += 1
+                end += 3600.0
+            rate_per_s = _DOOR_RATE_PER_H[hour_no % 24] * self.activity / 3600.0
+            if rate_per_s * (end - t) >= need:
+                return t + need / rate_per_s
+            need -= rate_per_s * (end - t)
+            t = end
+
+    def _state(self, now: float) -> dict[str, Any]:
+        """A supervision report: the state as it is, no event."""
+        self._last_report = now
+        return {"door": "open" if self.door_open else "closed", "motion": False,
+                "events": self.events, "supervision": True}
 
     def reading(self, now: float) -> dict[str, Any] | None:
-        """An event at ``now``, or ``None`` (most ticks)."""
+        """An event, a supervision report, or ``None`` (most ticks) at ``now``."""
+        if self._last_report is None:  # power-up
+            self._next_event = self._arrival_after(now)
+            return self._state(now)
+        event = self._event(now)
+        if event is not None:
+            self._last_report = now
+            return event
+        if now - self._last_report >= self._supervision:
+            return self._state(now)
+        return None
+
+    def _event(self, now: float) -> dict[str, Any] | None:
         rng = self.rng
-        dt = self._elapsed(now)
         if self.door_open:
             if now < self._close_at:
                 return None
             self.door_open = False
             self.events += 1
+            self._next_event = self._arrival_after(self._close_at)
             return {"door": "closed", "motion": rng.random() < 0.5, "events": self.events}
-        rate_per_s = _DOOR_RATE_PER_H[int(local_hour(now)) % 24] * self.activity / 3600.0
-        if rng.random() >= -math.expm1(-rate_per_s * dt):  # P(at least one arrival in dt)
+        if now < self._next_event:
             return None
+        at = self._next_event
         self.events += 1
         if rng.random() < self.OPEN_P:
             self.door_open = True
             long_open = rng.random() < 0.05
-            self._close_at = now + (rng.uniform(60.0, 600.0) if long_open
-                                    else rng.uniform(3.0, 40.0))
+            self._close_at = at + (rng.uniform(60.0, 600.0) if long_open
+                                   else rng.uniform(3.0, 40.0))
             return {"door": "open", "motion": rng.random() < 0.85, "events": self.events}
+        self._next_event = self._arrival_after(at)
         return {"door": "closed", "motion": True, "events": self.events}
 
 
@@ -365,8 +445,8 @@ class GpsTracker(_BaseSensor):
     OUTAGE_P: Final = 0.35  # share of coverage windows that contain a tunnel
 
     def __init__(self, rng: random.Random, *, qos: int | None = None,
-                 interval: float | None = None) -> None:
-        super().__init__(rng, qos=qos, interval=interval)
+                 interval: float | None = None, midnight: float = 0.0) -> None:
+        super().__init__(rng, qos=qos, interval=interval, midnight=midnight)
         city = rng.choice(_HOMES)
         self.home = (city[0] + rng.uniform(-0.05, 0.05), city[1] + rng.uniform(-0.05, 0.05))
         self.lat = self.home[0] + rng.uniform(-0.02, 0.02)
@@ -484,11 +564,16 @@ _CLASSES: Final[Mapping[str, type[_BaseSensor]]] = {
 
 
 def make_sensor(kind: str, rng: random.Random, *, qos: int | None = None,
-                interval: float | None = None) -> Sensor:
+                interval: float | None = None, midnight: float = 0.0,
+                supervision: float | None = None) -> Sensor:
     """A new sensor of ``kind`` drawing from ``rng`` (give each sensor its own generator).
 
-    ``qos`` and ``interval`` default to :data:`DEFAULT_QOS` and :data:`DEFAULT_INTERVAL`.
-    Raises ``ValueError`` for an unknown kind, a QoS other than 0/1/2 or a non-positive interval.
+    ``qos`` and ``interval`` default to :data:`DEFAULT_QOS` and :data:`DEFAULT_INTERVAL`;
+    ``midnight`` is when the simulated day starts (see :func:`hour_of_day`); ``supervision``
+    (default :data:`DEFAULT_SUPERVISION`) is the longest silence of an event-driven sensor
+    (``door_motion``); sensors that report every interval ignore it.
+    Raises ``ValueError`` for an unknown kind, a QoS other than 0/1/2 or a non-positive interval
+    or supervision.
     """
     try:
         cls = _CLASSES[kind]
@@ -496,7 +581,10 @@ def make_sensor(kind: str, rng: random.Random, *, qos: int | None = None,
         raise ValueError(
             f"unknown sensor kind {kind!r}; expected one of {', '.join(KINDS)}"
         ) from None
-    return cls(rng, qos=qos, interval=interval)
+    if cls is DoorMotion:
+        return DoorMotion(rng, qos=qos, interval=interval, midnight=midnight,
+                          supervision=supervision)
+    return cls(rng, qos=qos, interval=interval, midnight=midnight)
 
 
 def _van_der_corput(index: int) -> float:

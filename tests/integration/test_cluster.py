@@ -934,6 +934,7 @@ def test_fleet_across_nodes_rides_out_a_node_kill(
     assert not t.is_alive(), "the fleet did not finish"
     report = result["report"]
     assert report["published"]["1"] > 0, report
+    assert report["published"]["2"] >= 10, report  # each door sensor's report at power-up
     assert report["reconnects"] >= 40, report  # every device went through the kill
     assert report["lost"]["1"] == 0 and report["lost"]["2"] == 0, f"{report}\n{logs(a, b)}"
     assert report["duplicates"]["2"] == 0, report

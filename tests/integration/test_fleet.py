@@ -21,11 +21,15 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 # a quick profile: every sensor reports five times as often as in the field
 FAST = Profile(name="test-fast", interval_scale=0.2, ramp_up=1.0, drain=5.0)
+# what the devices send (readings, door events, the simulated hour) is a function of the seed
+# (devices/seeding.py); the traffic the tests count on holds for every seed
+SEED = 1
 
 
 def assert_counts_add_up(report: dict[str, Any], devices: int) -> None:
     """What the report says must be consistent with itself."""
     assert report["devices"] == devices
+    assert report["seed"] == SEED
     assert report["workers_reported"] == report["processes"]
     assert report["bad_payloads"] == 0
     for q in ("0", "1", "2"):
@@ -44,12 +48,14 @@ def test_fleet_200_devices_lose_no_qos1_or_qos2(broker_thread: BrokerThread) -> 
     """200 devices, 10 s, mixed QoS against our broker: QoS 1/2 loss is zero, QoS 2 has no
     duplicates, every device was connected at once."""
     report, series = run_fleet(f"mqtt://127.0.0.1:{broker_thread.port}", 200, 10, FAST,
-                               progress=False)
+                               seed=SEED, progress=False)
     assert_counts_add_up(report, 200)
     assert report["lost"]["1"] == 0 and report["lost"]["2"] == 0, report
     assert report["duplicates"]["2"] == 0, report
     assert report["connected_peak"] == 200, report
-    assert report["published"]["1"] > 0 and report["published"]["2"] > 0
+    # by construction: power meters and trackers report every second or so (QoS 1), and each
+    # of the 50 door sensors reports its state at power-up (QoS 2), whatever the seed and hour
+    assert report["published"]["1"] > 0 and report["published"]["2"] >= 50, report
     assert len(series["t"]) >= 5 and max(series["delivered_per_s"]) > 0
 
 
@@ -59,7 +65,7 @@ def test_reconnect_storm_loses_no_qos1_or_qos2(broker_thread: BrokerThread) -> N
     prof = load_profile("reconnect-storm")
     prof = Profile(**{**prof.as_dict(), "interval_scale": 0.2, "ramp_up": 1.0, "drain": 5.0})
     report, _ = run_fleet(f"mqtt://127.0.0.1:{broker_thread.port}", 100, 8, prof,
-                          progress=False)
+                          seed=SEED, progress=False)
     assert_counts_add_up(report, 100)
     assert report["reconnects"] >= 100, report
     assert report["lost"]["1"] == 0 and report["lost"]["2"] == 0, report
@@ -109,6 +115,7 @@ def mosquitto(tmp_path: Path) -> Iterator[int]:
 def test_fleet_against_mosquitto(mosquitto: int) -> None:
     """The fleet is broker-agnostic: the same run against Mosquitto adds up and loses no
     QoS 1/2 message either."""
-    report, _ = run_fleet(f"mqtt://127.0.0.1:{mosquitto}", 100, 6, FAST, progress=False)
+    report, _ = run_fleet(f"mqtt://127.0.0.1:{mosquitto}", 100, 6, FAST, seed=SEED,
+                          progress=False)
     assert_counts_add_up(report, 100)
     assert report["lost"]["1"] == 0 and report["lost"]["2"] == 0, report

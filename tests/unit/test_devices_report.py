@@ -156,6 +156,13 @@ def test_summary_table_contains_the_numbers() -> None:
                               "reordered", "loss", "%"]
 
 
+def test_summary_table_names_the_seed_and_the_simulated_start() -> None:
+    first = summary_table({**REPORT, "seed": 42, "start_hour": 18.5}).splitlines()[0]
+    assert first == ("profile steady  broker 127.0.0.1:1883  seed 42  "
+                     "simulated start 18:30")
+    assert "seed" not in summary_table(REPORT)  # an older report without one
+
+
 def test_summary_table_tolerates_missing_parts() -> None:
     table = summary_table({"devices": 3, "published": {"1": 5}, "latency_ms": {"p50": None}})
     assert "devices 3" in table and "n/a" in table

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import calendar
 import itertools
 import math
 import random
 import statistics
-import time
 from collections import Counter
 from typing import Any
 
@@ -26,13 +26,13 @@ from devices.sensors import (
     VOLTAGE_RANGE_V,
     GpsTracker,
     Sensor,
-    local_hour,
+    hour_of_day,
     make_sensor,
     pick_kind,
 )
 
-# Local midnight, so the daily-cycle checks hold in any time zone the tests run in.
-MIDNIGHT = time.mktime((2024, 6, 3, 0, 0, 0, 0, 0, -1))
+# Midnight of the sensors' default simulated day (UTC: midnight=0.0); no time zone involved.
+MIDNIGHT = float(calendar.timegm((2024, 6, 3, 0, 0, 0)))
 STEPS = 10_000
 
 
@@ -139,7 +139,9 @@ def test_power_meter_stays_in_bounds_and_energy_is_monotonic(seed: int, start: f
 @settings(max_examples=4, deadline=None)
 @given(seed=seeds, start=starts)
 def test_door_motion_events_alternate(seed: int, start: float) -> None:
-    events = [r for _, r in run("door_motion", seed, start=start) if r is not None]
+    reports = [r for _, r in run("door_motion", seed, start=start) if r is not None]
+    assert reports[0] == {"door": "closed", "motion": False, "events": 0, "supervision": True}
+    events = [r for r in reports if "supervision" not in r]
     assert len(events) < STEPS // 4  # event driven: nothing most ticks (maybe none at night)
     assert [e["events"] for e in events] == list(range(1, len(events) + 1))
     doors = [e["door"] for e in events]
@@ -175,16 +177,29 @@ def test_gps_stays_in_bounds_at_plausible_speed(seed: int, start: float) -> None
 # -- behaviour --------------------------------------------------------------------------------
 
 
-def test_local_hour() -> None:
-    assert local_hour(MIDNIGHT) == 0.0
-    assert local_hour(MIDNIGHT + 14.5 * 3600) == pytest.approx(14.5)
+def test_hour_of_day() -> None:
+    assert hour_of_day(MIDNIGHT) == 0.0
+    assert hour_of_day(MIDNIGHT + 14.5 * 3600) == pytest.approx(14.5)
+    assert hour_of_day(MIDNIGHT + 14.5 * 3600, midnight=MIDNIGHT + 3600) == pytest.approx(13.5)
+    assert hour_of_day(MIDNIGHT - 1800) == pytest.approx(23.5)  # the day before
+
+
+def test_daily_cycle_follows_the_sensors_midnight_not_the_clock() -> None:
+    """The same sensor read at the same instants with its day shifted by 12 h: what was the
+    night's reading is now the afternoon's."""
+    night = make_sensor("temp_humidity", random.Random(4), midnight=MIDNIGHT)
+    day = make_sensor("temp_humidity", random.Random(4), midnight=MIDNIGHT - 12 * 3600)
+    t = MIDNIGHT + 3 * 3600  # 03:00 for one, 15:00 for the other
+    cold, warm = night.reading(t), day.reading(t)
+    assert cold is not None and warm is not None
+    assert warm["temp_c"] > cold["temp_c"] + 4.0  # twice the daily amplitude, >= 2 x 2.5
 
 
 def test_daily_cycle_warmer_at_14_than_at_04() -> None:
     at = {4: [], 14: []}  # type: dict[int, list[float]]
     for seed in range(5):
         for now, r in run("temp_humidity", seed, steps=3 * 24 * 60, interval=60.0):
-            hour = int(local_hour(now))
+            hour = int(hour_of_day(now))
             if hour in at and r is not None and "fault" not in r:
                 at[hour].append(r["temp_c"])
     assert statistics.mean(at[14]) > statistics.mean(at[4]) + 3.0
@@ -202,7 +217,7 @@ def test_power_peaks_in_the_evening() -> None:
     at = {3: [], 19: []}  # type: dict[int, list[float]]
     for seed in range(5):
         for now, r in run("power_meter", seed, steps=2 * 24 * 120, interval=30.0):
-            hour = int(local_hour(now))
+            hour = int(hour_of_day(now))
             if hour in at and r is not None:
                 at[hour].append(r["power_w"])
     assert statistics.mean(at[19]) > 2 * statistics.mean(at[3])
@@ -259,8 +274,8 @@ def test_door_busier_by_day_than_by_night() -> None:
     day = night = 0
     for seed in range(4):
         for now, r in run("door_motion", seed, steps=2 * 43_200):  # two days at 2 s
-            if r is not None:
-                hour = local_hour(now)
+            if r is not None and "supervision" not in r:
+                hour = hour_of_day(now)
                 day += 7 <= hour < 22
                 night += hour < 5
     assert day > 5 * night
