@@ -27,6 +27,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from mqttbroker.errors import ProtocolError
 from mqttbroker.protocol.codec import decode, encode
 from mqttbroker.protocol.packets import (
     Connack,
@@ -46,6 +47,7 @@ from mqttbroker.protocol.packets import (
     Unsubscribe,
     Will,
 )
+from mqttbroker.protocol.primitives import encode_varint
 from mqttbroker.protocol.reader import FrameReader
 
 T = TypeVar("T")
@@ -329,6 +331,26 @@ class ConnectionClosed(Exception):
     """The broker closed the socket."""
 
 
+class ByteTap:
+    """Wraps a RawClient's FrameReader: keeps every byte the broker sent, in order (so that
+    "nothing at all", or exact bytes, can be asserted)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.data = bytearray()
+
+    def feed(self, data: bytes) -> Any:
+        self.data += data
+        return self.reader.feed(data)
+
+
+def tapped(r: RawClient) -> ByteTap:
+    """Start keeping every byte ``r`` receives from now on."""
+    tap = ByteTap(r.reader)
+    r.reader = tap  # type: ignore[assignment]
+    return tap
+
+
 class RawClient:
     """A blocking MQTT client made of a socket and ``mqttbroker.protocol``'s codec."""
 
@@ -340,6 +362,9 @@ class RawClient:
         self.pending: deque[Packet] = deque()
         self.eof = False
         self._next_pid = 0
+        #: a list to keep every packet received as its bytes on the wire (first byte, length,
+        #: body), or None; with a list, a packet the codec refuses fails the test with its bytes
+        self.frames: list[bytes] | None = None
 
     def next_packet_id(self) -> int:
         self._next_pid = self._next_pid % 65535 + 1
@@ -360,13 +385,24 @@ class RawClient:
         self.sock.settimeout(max(timeout, 0.001))
         try:
             data = self.sock.recv(65536)
-        except ConnectionResetError:
+        except (ConnectionResetError, ConnectionAbortedError):
             data = b""
         if not data:
             self.eof = True
             raise ConnectionClosed("the broker closed the connection")
+        frames = self.frames
         for first, body in self.reader.feed(data):
-            self.pending.append(decode(first, body, self.level))
+            if frames is None:
+                self.pending.append(decode(first, body, self.level))
+                continue
+            raw = bytes((first,)) + encode_varint(len(body)) + body
+            frames.append(raw)
+            try:
+                self.pending.append(decode(first, body, self.level))
+            except ProtocolError as exc:
+                raise AssertionError(
+                    f"the broker sent a packet that is not valid at level {self.level}: "
+                    f"{raw[:64].hex(' ')} ({exc})") from None
 
     def recv(self, timeout: float = TIMEOUT) -> Packet:
         """The next packet from the broker; TimeoutError or ConnectionClosed otherwise."""

@@ -17,15 +17,13 @@ The wrong acknowledgements are written as raw bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from mqttbroker.protocol.packets import Pingresp, Pubcomp, Publish, Pubrel
-from tests.conftest import BrokerThread
 
-from .helpers import RawClient, unique_id
+from .helpers import RawClient, tapped, unique_id
 from .v5helpers import Env, RawV5
 
 pytestmark = pytest.mark.timeout(30)
@@ -37,30 +35,6 @@ PACKET_ID_NOT_FOUND = 0x92
 #: parametrize over MQTT 3.1.1 (level 4) and 5.0 (level 5)
 levels = pytest.mark.parametrize("level", [4, 5], ids=["3.1.1", "5.0"])
 
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
-
-
-class _Tap:
-    """Wraps a client's FrameReader: keeps every byte the broker sent, in order."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-        self.data = bytearray()
-
-    def feed(self, data: bytes) -> Any:
-        self.data += data
-        return self.reader.feed(data)
-
-
-def tapped(r: RawClient) -> _Tap:
-    tap = _Tap(r.reader)
-    r.reader = tap  # type: ignore[assignment]
-    return tap
 
 
 def ack_bytes(first: int, pid: int) -> bytes:

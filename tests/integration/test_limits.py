@@ -42,13 +42,6 @@ SERVER_UNAVAILABLE = 0x03  # MQTT 3.1.1 CONNACK return code [MQTT 3.2.2.3]
 
 
 @pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
-
-
-@pytest.fixture
 def closing() -> Iterator[list[RawClient]]:
     """Raw clients made outside an Env (other listeners' ports), closed at the end."""
     made: list[RawClient] = []

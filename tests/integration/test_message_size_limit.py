@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 
-from mqttbroker.errors import ProtocolError
-from mqttbroker.protocol.codec import decode
 from mqttbroker.protocol.packets import (
     Connack,
     Puback,
@@ -30,10 +28,9 @@ from mqttbroker.protocol.packets import (
     Pubrel,
     Will,
 )
-from mqttbroker.protocol.primitives import encode_varint
 from tests.conftest import BrokerThread, base_config
 
-from .helpers import ConnectionClosed, RawClient, unique_id, wait_until
+from .helpers import RawClient, unique_id, wait_until
 from .v5helpers import MAX_PROTOCOL_PACKET, Env, P
 
 LIMIT = 10
@@ -54,27 +51,7 @@ class Wire(RawClient):
 
     def __init__(self, port: int, level: int) -> None:
         super().__init__(port, level)
-        self.frames: list[bytes] = []
-
-    def _fill(self, timeout: float) -> None:
-        if self.eof:
-            raise ConnectionClosed("the broker closed the connection")
-        self.sock.settimeout(max(timeout, 0.001))
-        try:
-            data = self.sock.recv(65536)
-        except (ConnectionResetError, ConnectionAbortedError):
-            data = b""
-        if not data:
-            self.eof = True
-            raise ConnectionClosed("the broker closed the connection")
-        for first, body in self.reader.feed(data):
-            raw = bytes((first,)) + encode_varint(len(body)) + body
-            self.frames.append(raw)
-            try:
-                self.pending.append(decode(first, body, self.level))
-            except ProtocolError as exc:
-                raise AssertionError(f"not valid at level {self.level}: {raw.hex(' ')}"
-                                     f" ({exc})") from None
+        self.frames = []
 
     def recv_frame(self) -> bytes:
         """The next packet, as its bytes."""
@@ -131,13 +108,6 @@ def wires(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Itera
     w = Wires(make_broker_thread)
     yield w
     w.close()
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def ack_bytes(first: int, pid: int, level: int, reason: int) -> bytes:

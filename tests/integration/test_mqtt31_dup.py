@@ -20,7 +20,7 @@ import pytest
 from mqttbroker.protocol.packets import Pubcomp, Publish, Pubrec, Suback, Unsuback
 from tests.conftest import BrokerThread
 
-from .helpers import Clients, RawClient, unique_id
+from .helpers import Clients, tapped, unique_id
 from .v5helpers import Env, P
 
 pytestmark = pytest.mark.timeout(30)
@@ -33,23 +33,6 @@ def clients(broker_thread: BrokerThread) -> Iterator[Clients]:
     with Clients(broker_thread.port) as c:
         yield c
 
-
-class _Tap:
-    """Wraps a client's FrameReader: keeps every byte the broker sent, in order."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-        self.data = bytearray()
-
-    def feed(self, data: bytes) -> Any:
-        self.data += data
-        return self.reader.feed(data)
-
-
-def tapped(r: RawClient) -> _Tap:
-    tap = _Tap(r.reader)
-    r.reader = tap  # type: ignore[assignment]
-    return tap
 
 
 PUBREL_DUP_1 = bytes.fromhex("6a 02 00 01")

@@ -19,7 +19,6 @@ is (every byte the broker sent is kept, so "nothing at all" can be asserted).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -37,39 +36,15 @@ from mqttbroker.protocol.packets import (
     Unsubscribe,
     Will,
 )
-from tests.conftest import BrokerThread, base_config
+from tests.conftest import base_config
 
-from .helpers import RawClient, unique_id
+from .helpers import RawClient, tapped, unique_id
 from .v5helpers import Env, P, ScramClient, make_credential
 
 pytestmark = pytest.mark.timeout(30)
 
 CLOSE_WITHIN = 2.0
 
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
-
-
-class _Tap:
-    """Wraps a client's FrameReader: keeps every byte the broker sent, in order."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-        self.data = bytearray()
-
-    def feed(self, data: bytes) -> Any:
-        self.data += data
-        return self.reader.feed(data)
-
-
-def tapped(r: RawClient) -> _Tap:
-    tap = _Tap(r.reader)
-    r.reader = tap  # type: ignore[assignment]
-    return tap
 
 
 def connect_with_max_packet_size(size: int, client_id: bytes = b"test") -> bytes:

@@ -17,7 +17,7 @@ The malformed packets are written as bytes (the issue's where it gives them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import pytest
 from mqttbroker.protocol.packets import Pingresp, Publish
 from tests.conftest import BrokerThread, base_config
 
-from .helpers import RawClient, unique_id
+from .helpers import ByteTap, RawClient, tapped, unique_id
 from .v5helpers import Env, P, RawV5
 
 pytestmark = pytest.mark.timeout(30)
@@ -39,30 +39,6 @@ SUBACK_FAILURE = 0x80
 #: parametrize over MQTT 3.1.1 (level 4) and 5.0 (level 5)
 levels = pytest.mark.parametrize("level", [4, 5], ids=["3.1.1", "5.0"])
 
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
-
-
-class _Tap:
-    """Wraps a client's FrameReader: keeps every byte the broker sent, in order."""
-
-    def __init__(self, reader: Any) -> None:
-        self.reader = reader
-        self.data = bytearray()
-
-    def feed(self, data: bytes) -> Any:
-        self.data += data
-        return self.reader.feed(data)
-
-
-def tapped(r: RawClient) -> _Tap:
-    tap = _Tap(r.reader)
-    r.reader = tap  # type: ignore[assignment]
-    return tap
 
 
 def _string(s: str) -> bytes:
@@ -119,7 +95,7 @@ def connect(env: Env, level: int, prefix: str = "tf", clean: bool = True,
     return r
 
 
-def assert_closed_as_malformed(r: RawClient, level: int, tap: _Tap) -> None:
+def assert_closed_as_malformed(r: RawClient, level: int, tap: ByteTap) -> None:
     """5.0: DISCONNECT 0x81 (e0 01 81) and nothing else, then the close; 3.1.1: the close with
     no byte sent (no SUBACK / UNSUBACK)."""
     if level == 5:

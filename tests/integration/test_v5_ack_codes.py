@@ -5,23 +5,12 @@ PUBACK/PUBREC 0x10 when nobody subscribes, SUBACK granted QoS / 0x8F / 0x97, UNS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-
 from mqttbroker.protocol.packets import Pingreq, Pingresp, Pubcomp, Publish, Pubrec, Pubrel
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id
 from .v5helpers import Env, P
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def test_puback_no_matching_subscribers_0x10(env: Env) -> None:

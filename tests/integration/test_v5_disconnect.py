@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -26,17 +24,10 @@ from mqttbroker.protocol.packets import (
     Will,
 )
 from mqttbroker.protocol.primitives import encode_string, encode_varint
-from tests.conftest import BrokerThread, base_config
+from tests.conftest import base_config
 
 from .helpers import ConnectionClosed, unique_id, wait_until
 from .v5helpers import Env, P
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def frame(first: int, body: bytes) -> bytes:

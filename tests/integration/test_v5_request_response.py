@@ -7,13 +7,11 @@ properties; Response Information answers Request Response Information.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from mqttbroker.protocol.packets import Publish
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id, wait_until
 from .v5helpers import Env, P, Paho5
@@ -35,13 +33,6 @@ PROPS_RAW: dict[int, Any] = {
     P.PAYLOAD_FORMAT_INDICATOR: 1,
     P.CONTENT_TYPE: "application/json; charset=utf-8",
 }
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def assert_app_props(props: dict[int, Any]) -> None:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from mqttbroker.protocol.packets import Connack
 from mqttbroker.protocol.primitives import encode_string, encode_varint
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id
 from .v5helpers import Env
@@ -25,13 +22,6 @@ from .v5helpers import Env
 pytestmark = pytest.mark.timeout(30)
 
 REASON_STRING = 0x1F
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def _publish(topic: bytes, qos: int, pid: int | None) -> bytes:

@@ -6,23 +6,12 @@ start discards it, and DISCONNECT may change the interval.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-
 from mqttbroker.protocol.packets import Disconnect
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id, wait_until
 from .v5helpers import Env, P, RawV5
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def sei(seconds: int) -> dict[int, Any]:

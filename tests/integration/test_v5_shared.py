@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from mqttbroker.protocol.packets import Subscribe, Subscription
-from tests.conftest import BrokerThread
 
 from .helpers import Paho, unique_id, wait_until
 from .v5helpers import Env, P, Paho5, SubscribeOptions, no_message, sub
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def publish_n(env: Env, topic: str, n: int, qos: int = 1, start: int = 0) -> list[bytes]:

@@ -5,22 +5,10 @@ copy carrying every matching identifier when subscriptions overlap).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
-
-import pytest
-
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id, wait_until
 from .v5helpers import Env, P, RawV5, SubscribeOptions, no_message, sub
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def si(n: int) -> dict[int, Any]:

@@ -5,23 +5,12 @@ client's CONNECT gave, never when it gave none). A raw v5 client shows the wire.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-
 from mqttbroker.protocol.packets import Publish
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id, wait_until
 from .v5helpers import Env, P
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def ta(alias: int) -> dict[int, Any]:

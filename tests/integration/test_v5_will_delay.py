@@ -5,23 +5,11 @@ DISCONNECT with reason 0x04 (send the will) or 0x00 (discard it), and will prope
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
-
-import pytest
 
 from mqttbroker.protocol.packets import Will
-from tests.conftest import BrokerThread
 
 from .helpers import unique_id, wait_until
 from .v5helpers import Env, P, Paho5, RawV5, no_message
-
-
-@pytest.fixture
-def env(make_broker_thread: Callable[[dict[str, Any]], BrokerThread]) -> Iterator[Env]:
-    e = Env(make_broker_thread)
-    yield e
-    e.close()
 
 
 def watcher(env: Env, topic: str) -> Paho5:

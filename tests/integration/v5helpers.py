@@ -36,8 +36,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode as PahoReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from mqttbroker.errors import ProtocolError
-from mqttbroker.protocol.codec import decode
 from mqttbroker.protocol.packets import (
     Auth,
     Connack,
@@ -60,7 +58,7 @@ from mqttbroker.protocol.properties import PropertyId
 from mqttbroker.protocol.reader import FrameReader
 from tests.conftest import BrokerThread, base_config
 
-from .helpers import HOST, TIMEOUT, V311, Collector, ConnectionClosed, Msg, Paho, RawClient
+from .helpers import HOST, TIMEOUT, V311, Collector, Msg, Paho, RawClient
 
 __all__ = [
     "HOST",
@@ -117,29 +115,7 @@ class RawV5(RawClient):
         self.pending: deque[Packet] = deque()
         self.eof = False
         self._next_pid = 0
-        #: every packet received, as its bytes on the wire (first byte, length, body)
-        self.frames: list[bytes] = []
-
-    def _fill(self, timeout: float) -> None:
-        if self.eof:
-            raise ConnectionClosed("the broker closed the connection")
-        self.sock.settimeout(max(timeout, 0.001))
-        try:
-            data = self.sock.recv(65536)
-        except (ConnectionResetError, ConnectionAbortedError):
-            data = b""
-        if not data:
-            self.eof = True
-            raise ConnectionClosed("the broker closed the connection")
-        for first, body in self.reader.feed(data):
-            raw = bytes((first,)) + _varint(len(body)) + body
-            self.frames.append(raw)
-            try:
-                self.pending.append(decode(first, body, 5))
-            except ProtocolError as exc:
-                raise AssertionError(
-                    f"the broker sent a packet that is not valid MQTT 5: {raw[:64].hex()} "
-                    f"({exc})") from None
+        self.frames: list[bytes] | None = []  # every packet received, as its bytes
 
     # requests ------------------------------------------------------------------------------
 
@@ -253,16 +229,6 @@ class RawV5(RawClient):
 
     def auth(self, reason: int, properties: Mapping[int, Any]) -> None:
         self.send(Auth(reason, dict(properties)))
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n % 128
-        n //= 128
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
 
 
 # -- paho-mqtt as an MQTT 5 client --------------------------------------------------------------
