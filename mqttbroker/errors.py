@@ -7,11 +7,6 @@ turns it into bytes (a CONNACK return code or a DISCONNECT) is ``client.py``. A
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .protocol.constants import ReasonCode
-
 
 class MQTTBrokerError(Exception):
     """Root of every error raised by mqttbroker."""
@@ -20,16 +15,19 @@ class MQTTBrokerError(Exception):
 class ProtocolError(MQTTBrokerError):
     """The peer broke the MQTT specification; the connection must be closed.
 
-    ``code`` is the MQTT 5 reason code (0x81 malformed packet, 0x82 protocol error, ...).
+    ``code`` is the MQTT 5 reason code (0x81 malformed packet, 0x82 protocol error, ...):
+    a ``protocol.constants.ReasonCode`` where one is raised (the error root sits below the
+    protocol layer, so it knows the code as an int).
     """
 
-    def __init__(self, code: ReasonCode, message: str) -> None:
+    def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
 
     def __str__(self) -> str:
-        return f"{self.message} (reason 0x{int(self.code):02X} {self.code.name})"
+        name = getattr(self.code, "name", None)
+        return f"{self.message} (reason 0x{int(self.code):02X}{' ' + name if name else ''})"
 
 
 class ConfigIssue:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -28,8 +28,12 @@ from ..metrics import Histogram
 from ..protocol.packets import Subscription
 from ..protocol.properties import PropertyId
 
-if TYPE_CHECKING:
-    from ..client import ClientConnection
+
+class GatedOutput(Protocol):
+    """Where the commit gate hands back what it kept (a client connection, in practice): the
+    packets kept for it, in order, once the changes they acknowledge are committed."""
+
+    def release_held(self, data: list[bytes]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -130,7 +134,7 @@ class Storage(Protocol):
     def delete_retained(self, message: Message) -> None:
         """``message`` is no longer retained."""
 
-    def held(self, conn: ClientConnection, data: bytes) -> bool:
+    def held(self, conn: GatedOutput, data: bytes) -> bool:
         """With ``gates_output``: keep ``data`` for ``conn`` until every change made so far is
         committed, and return True; False when nothing is waiting (send it now)."""
 

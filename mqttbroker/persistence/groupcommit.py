@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Generic, Protocol, Self, TypeVar
+from typing import Generic, Protocol, Self, TypeVar
 
 from ..metrics import Histogram
-
-if TYPE_CHECKING:
-    from ..client import ClientConnection
+from .base import GatedOutput
 
 log = logging.getLogger("mqttbroker.persistence")
 
@@ -57,7 +55,7 @@ class GroupCommit(Generic[B]):
         self._writing: asyncio.Future[None] | None = None
         self._retry: B | None = None
         self._gen = 1  # the batch now filling
-        self._holds: dict[int, dict[ClientConnection, list[bytes]]] = {}
+        self._holds: dict[int, dict[GatedOutput, list[bytes]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.commits = 0
@@ -118,7 +116,7 @@ class GroupCommit(Generic[B]):
 
     # -- holding output until commit ------------------------------------------------------------
 
-    def held(self, conn: ClientConnection, data: bytes) -> bool:
+    def held(self, conn: GatedOutput, data: bytes) -> bool:
         """Keep ``data`` for ``conn`` until the changes made so far are written (True), or
         say that nothing is waiting to be written (False: send it now)."""
         if self._dirty:

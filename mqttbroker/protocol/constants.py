@@ -102,7 +102,7 @@ class ConnackCode(IntEnum):
 
 
 # How an MQTT 5 reason code is said to a 3.1 / 3.1.1 client in CONNACK.
-V3_CONNACK_FOR_REASON: dict[ReasonCode, ConnackCode] = {
+V3_CONNACK_FOR_REASON: dict[int, ConnackCode] = {
     ReasonCode.SUCCESS: ConnackCode.ACCEPTED,
     ReasonCode.UNSUPPORTED_PROTOCOL_VERSION: ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION,
     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID: ConnackCode.IDENTIFIER_REJECTED,
