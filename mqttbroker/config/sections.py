@@ -1,0 +1,277 @@
+"""The schema: one field table per section (``_LISTENER_FIELDS``, ``_MQTT_FIELDS``, ...,
+``_TOP_FIELDS``), the checks that span several keys of a section (listeners, http, cluster),
+and :func:`_validate`, which turns the plain values of a whole config into a :class:`Config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from ..errors import ConfigError, ConfigIssue
+from .convert import (
+    _acl,
+    _acl_file,
+    _bind,
+    _bool,
+    _choice,
+    _Conv,
+    _file,
+    _float,
+    _folder,
+    _int,
+    _max_connections,
+    _node_name,
+    _password_file,
+    _path,
+    _redis_url,
+    _refusal_code,
+    _scram_users,
+    _str,
+    _tls_version,
+    _token,
+    _url_path,
+    _Validator,
+)
+from .model import (
+    _MAX_PACKET,
+    LOG_LEVELS,
+    AuthConfig,
+    ClusterConfig,
+    Config,
+    HttpConfig,
+    ListenerConfig,
+    MqttConfig,
+    PersistenceConfig,
+    TopicCheckConfig,
+)
+from .yaml_reader import _INVALID, _canon, _KeyPath
+
+_LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
+    "type": _choice(("tcp", "ws"), str.lower),
+    "bind": _bind,
+    "max_connections": _max_connections,
+    "ssl": _bool,
+    "certfile": _file,
+    "keyfile": _file,
+    "cafile": _file,
+    "capath": _folder,
+    "cadata": _str,
+    "require_certificate": _bool,
+    "use_identity_as_username": _bool,
+    "tls_version": _choice(("tlsv1.2", "tlsv1.3"), _tls_version),
+    "allow_anonymous": _bool,
+    "path": _url_path,
+    "ws_pack_packets": _bool,
+}
+_AUTH_FIELDS: Final[Mapping[str, _Conv]] = {
+    "allow_anonymous": _bool, "password_file": _password_file, "acl_file": _acl_file,
+    "scram_users": _scram_users, "v5_subscribe_refusal": _refusal_code}
+_TOPIC_CHECK_FIELDS: Final[Mapping[str, _Conv]] = {
+    "enabled": _bool, "acl": _acl, "publish_acl": _acl}
+_MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
+    "max_qos": _int(0, 2),
+    "max_packet_size": _int(2, _MAX_PACKET),
+    "message_size_limit": _int(0, _MAX_PACKET),
+    "max_keepalive": _int(0, 65535),
+    "connect_timeout": _float(0, exclusive=True),
+    "max_inflight_messages": _int(1, 65535),  # packet identifiers are 16-bit, non-zero
+    "max_queued_messages": _int(0),
+    "queue_qos0_messages": _bool,
+    "queue_full_policy": _choice(("drop_new", "drop_oldest"), lambda s: _canon(s.lower())),
+    "retain_available": _bool,
+    "allow_zero_length_clientid": _bool,
+    "max_client_id_length": _int(1, 65535),
+    "write_buffer_limit": _int(1024),
+    "max_write_buffer": _int(1024),
+    "receive_maximum": _int(1, 65535),
+    "topic_alias_maximum": _int(0, 65535),
+    "max_session_expiry_interval": _int(0, 0xFFFFFFFF),
+    "max_subscriptions_per_client": _int(0),
+    "response_information": _str,
+    "max_connections": _max_connections,
+    "max_sessions": _int(0),
+    "max_queued_bytes": _int(0),
+    "max_retained_messages": _int(0),
+    "max_retained_bytes": _int(0),
+    "max_publish_rate": _float(0),
+    "max_publish_bytes_rate": _float(0),
+    "max_connect_size": _int(256, _MAX_PACKET),
+    "max_connection_rate_per_address": _float(0),
+    "connection_burst_per_address": _int(1),
+    "auth_failure_threshold": _int(0),
+    "auth_failure_delay": _float(0),
+    "auth_failure_max_delay": _float(0),
+    "max_topic_levels": _int(0),
+}
+_PERSISTENCE_FIELDS: Final[Mapping[str, _Conv]] = {
+    "backend": _choice(("memory", "sqlite"), str.lower),
+    "path": _path,
+    "sync": _choice(("commit", "periodic"), str.lower),
+    "flush_interval": _float(0, exclusive=True),
+    "fsync": _bool,
+}
+_HTTP_FIELDS: Final[Mapping[str, _Conv]] = {
+    "enabled": _bool,
+    "bind": _bind,
+    "token": _token,
+    "token_file": _path,
+    "dashboard": _bool,
+}
+_CLUSTER_FIELDS: Final[Mapping[str, _Conv]] = {
+    "redis": _redis_url,
+    "node": _node_name,
+    "prefix": _node_name,
+    "heartbeat": _float(0, exclusive=True),
+    "node_timeout": _float(0, exclusive=True),
+    "takeover_timeout": _float(0, exclusive=True),
+}
+_PLUGINS: Final = frozenset({"plugins"})  # amqtt plugin lists: accepted, ignored
+
+
+def _subsection(cls: Callable[..., Any], fields: Mapping[str, _Conv]) -> _Conv:
+    def conv(v: _Validator, value: Any, path: _KeyPath) -> Any:
+        return v.built(cls, v.section(value, path, fields, _PLUGINS))
+
+    return conv
+
+
+def _http(v: _Validator, value: Any, path: _KeyPath) -> HttpConfig:
+    got = v.section(value, path, _HTTP_FIELDS)
+    if "token" in got and "token_file" in got:
+        v.issue(got["token_file"][1], "give token or token-file, not both")
+    values = {k: val for k, (val, _) in got.items()}
+    if any(val is _INVALID for val in values.values()):
+        return _INVALID  # type: ignore[no-any-return]
+    if "bind" in values:
+        values["host"], values["port"] = values.pop("bind")
+    return HttpConfig(**values)
+
+
+def _cluster(v: _Validator, value: Any, path: _KeyPath) -> ClusterConfig | None:
+    got = v.section(value, path, _CLUSTER_FIELDS)
+    values = {k: val for k, (val, _) in got.items()}
+    if any(val is _INVALID for val in values.values()):
+        return _INVALID  # type: ignore[no-any-return]
+    missing = [k for k in ("redis", "node") if k not in values]
+    if missing:
+        v.issue(path, f"cluster needs {' and '.join(missing)} (e.g. redis: "
+                "redis://127.0.0.1:6379/0, node: node-1)")
+        return _INVALID  # type: ignore[no-any-return]
+    if values.get("node_timeout", 5.0) <= values.get("heartbeat", 1.0):
+        v.issue(got.get("node_timeout", got.get("heartbeat", (None, path)))[1],
+                "node_timeout must be longer than heartbeat")
+        return _INVALID  # type: ignore[no-any-return]
+    return ClusterConfig(**values)
+
+
+def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfig, ...]:
+    """hbmqtt semantics: ``default`` fills in what other listeners leave out."""
+    body = v.mapping(value, path)
+    if not body:
+        return (ListenerConfig("default", "tcp", "127.0.0.1", 1883),)
+    parsed = {name: v.section(item, (*path, name), _LISTENER_FIELDS) for name, item in body.items()}
+    defaults = parsed.get("default", {})
+    result: list[ListenerConfig] = []
+    failed = False
+    for name, own in parsed.items():
+        if name == "default" and "bind" not in own:
+            continue  # only supplies defaults
+        eff = own if name == "default" else {**defaults, **own}
+        if any(val is _INVALID for val, _ in eff.values()):
+            failed = True
+            continue
+        lpath = (*path, name)
+        if "bind" not in eff:
+            v.issue(lpath, "listener has no 'bind' (expected 'host:port', e.g. '127.0.0.1:1883')")
+            failed = True
+            continue
+        values = {k: val for k, (val, _) in eff.items()}
+        if values.get("ssl"):
+            missing = [k for k in ("certfile", "keyfile") if not values.get(k)]
+            if missing:
+                ssl_path = eff["ssl"][1]
+                inherited = ssl_path[: len(lpath)] != lpath
+                v.issue(lpath if inherited else ssl_path,
+                        ("ssl (inherited from listeners.default)" if inherited else "ssl")
+                        + f" requires certfile and keyfile; missing {' and '.join(missing)}")
+                failed = True
+                continue
+        elif bool(values.get("certfile")) != bool(values.get("keyfile")):
+            v.issue(lpath, "certfile and keyfile must be given together")
+            failed = True
+            continue
+        # client certificates need TLS, and a CA to check them against
+        wants_cert = [k for k in ("require_certificate", "use_identity_as_username")
+                      if values.get(k)]
+        has_ca = any(values.get(k) for k in ("cafile", "capath", "cadata"))
+        if wants_cert and (not values.get("ssl") or not has_ca):
+            v.issue(eff[wants_cert[0]][1], f"{wants_cert[0].replace('_', '-')} needs "
+                    + ("ssl: true" if not values.get("ssl") else
+                       "cafile (or capath): the CA that signs the client certificates"))
+            failed = True
+            continue
+        host, port = values.pop("bind")
+        result.append(ListenerConfig(name=name, host=host, port=port,
+                                     type=values.pop("type", "tcp"), **values))
+    seen: dict[tuple[str, int], str] = {}
+    for lst in result:
+        addr = (lst.host, lst.port)
+        if lst.port and addr in seen:
+            where = (*path, lst.name, "bind") if "bind" in parsed[lst.name] else (*path, lst.name)
+            v.issue(where, f"listeners {seen[addr]!r} and {lst.name!r} both bind "
+                    f"{lst.host}:{lst.port}; give each listener its own bind")
+        seen.setdefault(addr, lst.name)
+    if not result and not failed:
+        v.issue(path, "no listener to start: 'default' has no bind and no other listener is given")
+    return tuple(result)
+
+
+_TOP_FIELDS: Final[Mapping[str, _Conv]] = {
+    "listeners": _listeners,
+    "sys_interval": _float(0),
+    "auth": _subsection(AuthConfig, _AUTH_FIELDS),
+    "topic_check": _subsection(TopicCheckConfig, _TOPIC_CHECK_FIELDS),
+    "mqtt": _subsection(MqttConfig, _MQTT_FIELDS),
+    "log_level": _choice(LOG_LEVELS, str.upper),
+    "persistence": _subsection(PersistenceConfig, _PERSISTENCE_FIELDS),
+    "http": _http,
+    "cluster": _cluster,
+}
+_TOP_IGNORED: Final = frozenset({"plugins", "timeout_disconnect_delay"})
+_ELSEWHERE: Final[Mapping[str, str]] = {
+    **{k: "listeners.<name>" for k in _LISTENER_FIELDS},
+    **{k: "auth" for k in _AUTH_FIELDS},
+    **{k: "topic-check" for k in _TOPIC_CHECK_FIELDS},
+    **{k: "mqtt" for k in _MQTT_FIELDS},
+    **{k: "persistence" for k in _PERSISTENCE_FIELDS},
+    **{k: "http" for k in _HTTP_FIELDS if k not in ("bind", "enabled")},
+    **{k: "cluster" for k in _CLUSTER_FIELDS},
+}
+
+
+def _validate(
+    raw: Any,
+    lines: Mapping[_KeyPath, int],
+    issues: list[ConfigIssue],
+    base_dir: str | None,
+    filename: str | None,
+) -> Config:
+    v = _Validator(lines, base_dir)
+    v.issues.extend(issues)
+    top = v.section(raw, (), _TOP_FIELDS, _TOP_IGNORED, _ELSEWHERE)
+    if "listeners" not in top:
+        top["listeners"] = (_listeners(v, None, ("listeners",)), ("listeners",))
+    cluster, persistence = top.get("cluster"), top.get("persistence")
+    if cluster is not None and cluster[0] not in (None, _INVALID) and persistence is not None \
+            and isinstance(persistence[0], PersistenceConfig) \
+            and persistence[0].backend != "memory":
+        v.issue(persistence[1], "with a cluster section, sessions and retained messages are "
+                "kept in the cluster's Redis: leave persistence out (or backend: memory)")
+    config = v.built(Config, top)
+    if v.issues or config is _INVALID:
+        unique = list(dict.fromkeys((i.key, i.line, i.problem) for i in v.issues))
+        unique.sort(key=lambda t: (t[1] is None, t[1] or 0))
+        raise ConfigError([ConfigIssue(*t) for t in unique], filename)
+    assert isinstance(config, Config)
+    return config
