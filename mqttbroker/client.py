@@ -14,8 +14,9 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from .core.hooks import ConnectionHost
 from .enhanced_auth import AuthExchange, AuthStatus
 from .errors import ProtocolError
 from .message import Message
@@ -49,9 +50,6 @@ from .protocol.reader import FrameReader
 from .protocol.topics import validate_topic_name
 from .ratelimit import PublishLimiter
 from .session import Outbound, Queued, Session
-
-if TYPE_CHECKING:
-    from .broker import Broker
 
 log = logging.getLogger("mqttbroker.client")
 
@@ -163,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
         "write_limit",
     )
 
-    def __init__(self, broker: Broker, listener: str) -> None:
+    def __init__(self, broker: ConnectionHost[ClientConnection], listener: str) -> None:
         self.broker = broker
         self.listener = listener
         self.metrics = broker.metrics

@@ -1,0 +1,1 @@
+"""The broker's core: what every connection, transport and extension reaches it through."""
