@@ -32,8 +32,7 @@ from .routes import RouteReplica
 from .store import GROUP, Keys, RedisStore, pack_message, text, unpack_message
 
 if TYPE_CHECKING:
-    from ..broker import Broker
-    from ..client import ClientConnection
+    from ..core.hooks import Blockable, ClusterHost
 
 log = logging.getLogger("mqttbroker.cluster")
 
@@ -64,7 +63,7 @@ REPLAY_AGAIN: Final = 2.0  # seconds: a second look at a dead node's inbox (stal
 class ClusterNode:
     """This broker's membership in the cluster (see the module docstring)."""
 
-    def __init__(self, broker: Broker, config: ClusterConfig) -> None:
+    def __init__(self, broker: ClusterHost, config: ClusterConfig) -> None:
         self.broker = broker
         self.config = config
         self.me = config.node
@@ -90,7 +89,7 @@ class ClusterNode:
         self.forwarded = 0  # messages sent to other nodes' inboxes
         self.dropped = 0  # QoS 0 messages for other nodes dropped: Redis did not keep up
         self._dropping = False
-        self._throttled: set[ClientConnection] = set()  # publishers waiting for Redis
+        self._throttled: set[Blockable] = set()  # publishers waiting for Redis
         self.received = 0  # messages read from this node's inbox
         self.redis_failures = 0
         # sessions handed to another node a moment ago: client id -> (its node, the filters
@@ -172,7 +171,7 @@ class ClusterNode:
             log.error("cluster: Redis unreachable (%s); serving local traffic only, "
                       "acknowledgements and messages for other nodes wait", exc)
 
-    def throttle(self, source: ClientConnection | None) -> None:
+    def throttle(self, source: Blockable | None) -> None:
         """Called after each forward: past THROTTLE messages waiting for Redis, the client
         that published one for another node stops being read until the backlog is half
         written (a publisher whose messages stay on this node goes on)."""

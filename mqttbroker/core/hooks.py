@@ -8,6 +8,7 @@ generic in the connection type, so that this module knows no connection class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from ..abuse import LoginFailures
@@ -16,8 +17,12 @@ from ..enhanced_auth import EnhancedAuth
 from ..keepalive import KeepAliveWheel, Watched
 from ..message import Message
 from ..metrics import Metrics
-from ..persistence.base import Storage
+from ..persistence.base import Storage, StoredSession
+from ..protocol.constants import ReasonCode
 from ..protocol.packets import Connect, Subscribe, Unsubscribe
+from ..retained import RetainedStore
+from ..router import Router
+from ..session import Session
 
 C = TypeVar("C", bound=Watched)
 
@@ -65,3 +70,105 @@ class ConnectionHost(Protocol[C]):
 
     def on_connection_closed(self, conn: C, publish_will: bool) -> None:
         """The connection ended, for whatever reason."""
+
+
+class ConnectionInfo(Protocol):
+    """What an operator sees of one open connection (the admin API)."""
+
+    @property
+    def listener(self) -> str: ...
+    @property
+    def peer(self) -> str: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def level(self) -> int: ...
+    @property
+    def keep_alive(self) -> int: ...
+    @property
+    def connected_at(self) -> float | None:
+        """Wall clock at its CONNACK (None before)."""
+
+
+class ClusterStats(Protocol):
+    """A cluster node's figures for ``/metrics``."""
+
+    def stats(self) -> dict[str, float]: ...
+
+
+class BrokerView(Protocol):
+    """What the HTTP listener (admin API, ``/metrics``, dashboard) reads of a running broker,
+    and the two things an operator may do through it. Read on the broker's event loop, so
+    without locks."""
+
+    config: Config
+    metrics: Metrics
+    running: bool
+    addresses: list[tuple[str, str, int]]
+
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+    @property
+    def connections(self) -> Mapping[str, ConnectionInfo]: ...
+    @property
+    def retained(self) -> RetainedStore: ...
+    @property
+    def router(self) -> Router: ...
+    @property
+    def storage(self) -> Storage | None: ...
+    @property
+    def cluster(self) -> ClusterStats | None: ...
+
+    def uptime(self) -> float:
+        """Seconds since the broker started."""
+
+    def now(self) -> float:
+        """The broker's clock (its event loop's time)."""
+
+    def listener_connections(self) -> dict[str, int]:
+        """Open connections per listener name."""
+
+    def admin_disconnect(self, client_id: str, code: ReasonCode,
+                         discard_session: bool = False) -> bool:
+        """Close a client's connection on an operator's word; False when not connected."""
+
+    def discard_session(self, client_id: str) -> bool:
+        """End a session now, as if it had expired; False when there is none."""
+
+
+class Blockable(Protocol):
+    """A publishing connection something downstream may stop reading for a while."""
+
+    def block(self) -> bool:
+        """Stop reading it (True), or say it is stopped already / cannot be (False)."""
+
+    def unblock(self) -> None:
+        """One holder is drained; read again when none is left."""
+
+
+class ClusterHost(Protocol):
+    """What a cluster node needs of the broker on its own node: the local sessions and
+    retained store, and the calls that apply what other nodes did (a forwarded message, a
+    session taken over, routes to drop)."""
+
+    metrics: Metrics
+
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+    @property
+    def retained(self) -> RetainedStore: ...
+
+    def deliver_forwarded(self, message: Message, direct: bool, groups: set[str]) -> int:
+        """A message another node forwarded, to this node's subscribers."""
+
+    def deliver_forwarded_to(self, client_id: str, message: Message) -> bool:
+        """A message for one session only, if its plain subscriptions match."""
+
+    def adopt_session(self, rec: StoredSession) -> None:
+        """A session this node took over from another node."""
+
+    def release_session(self, client_id: str, to_node: str) -> None:
+        """Another node took ``client_id`` over: close it here, keep what is stored."""
+
+    def drop_routes(self, client_id: str, filters: list[str]) -> None:
+        """Unsubscribe a session that is not here any more from ``filters``."""

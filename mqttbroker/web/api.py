@@ -16,7 +16,7 @@ from ..protocol.topics import topic_filter_problem
 from ..router import parse_share
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..core.hooks import BrokerView
     from ..session import Session
 
 DEFAULT_LIMIT: Final = 1000
@@ -59,7 +59,7 @@ def _iso(wall: float | None) -> str | None:
     return dt.datetime.fromtimestamp(wall, dt.UTC).isoformat(timespec="seconds")
 
 
-def client_info(broker: Broker, session: Session) -> dict[str, Any]:
+def client_info(broker: BrokerView, session: Session) -> dict[str, Any]:
     """One session as the API shows it (see docs/web.md: CLIENT)."""
     cid = session.client_id
     conn = broker.connections.get(cid)
@@ -95,7 +95,7 @@ def subscription_info(client_id: str, sub: Subscription) -> dict[str, Any]:
     }
 
 
-def clients(broker: Broker, query: dict[str, str]) -> dict[str, Any]:
+def clients(broker: BrokerView, query: dict[str, str]) -> dict[str, Any]:
     limit, offset = paging(query)
     want = query.get("connected")
     if want not in (None, "true", "false"):
@@ -108,7 +108,7 @@ def clients(broker: Broker, query: dict[str, str]) -> dict[str, Any]:
     return {"total": total, "clients": [client_info(broker, s) for s in chosen]}
 
 
-def client(broker: Broker, client_id: str) -> dict[str, Any]:
+def client(broker: BrokerView, client_id: str) -> dict[str, Any]:
     session = broker.sessions.get(client_id)
     if session is None:
         raise ApiError(404, f"no session for client id {client_id!r}")
@@ -118,7 +118,7 @@ def client(broker: Broker, client_id: str) -> dict[str, Any]:
     return info
 
 
-def subscriptions(broker: Broker, query: dict[str, str]) -> dict[str, Any]:
+def subscriptions(broker: BrokerView, query: dict[str, str]) -> dict[str, Any]:
     limit, offset = paging(query)
     only = query.get("client_id")
     if only is not None:
@@ -145,7 +145,7 @@ def _payload(data: bytes, max_payload: int) -> tuple[str, str, bool]:
     return cut.decode("utf-8", "ignore"), "utf-8", truncated
 
 
-def retained(broker: Broker, query: dict[str, str]) -> dict[str, Any]:
+def retained(broker: BrokerView, query: dict[str, str]) -> dict[str, Any]:
     limit, offset = paging(query)
     topic_filter = query.get("filter", "#")
     problem = topic_filter_problem(topic_filter)

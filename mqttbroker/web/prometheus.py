@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from .. import __version__
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..core.hooks import BrokerView
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _QOS: Final = ("0", "1", "2")
@@ -46,7 +46,7 @@ def _per_qos(name: str, doc: str, values: list[int]) -> CounterMetricFamily:
 class BrokerCollector:
     """Everything under ``mqttbroker_`` (the table in docs/web.md)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerView) -> None:
         self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
@@ -145,7 +145,7 @@ def _bound(le: float) -> str:
 class MetricsPage:
     """Renders ``/metrics`` for one broker (a registry of its own: tests run many brokers)."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerView) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BrokerCollector(broker))
 

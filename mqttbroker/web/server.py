@@ -28,7 +28,7 @@ from . import api
 from .prometheus import CONTENT_TYPE, MetricsPage
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    from ..core.hooks import BrokerView
 
 log = logging.getLogger("mqttbroker.http")
 
@@ -77,7 +77,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 class HttpServer:
     """The ``http`` section's listener for one broker."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: BrokerView) -> None:
         self.broker = broker
         cfg = broker.config.http
         self.config = cfg
