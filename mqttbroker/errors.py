@@ -30,6 +30,17 @@ class ProtocolError(MQTTBrokerError):
         return f"{self.message} (reason 0x{int(self.code):02X}{' ' + name if name else ''})"
 
 
+class EncodeError(MQTTBrokerError, ValueError):
+    """The broker asked the codec for bytes MQTT cannot carry (a string or binary value over
+    65535 bytes, an object that is not a packet): a bug of the caller, never the peer's. A
+    ValueError too, for callers that check values that way."""
+
+
+class PacketIdsExhausted(MQTTBrokerError, RuntimeError):
+    """All 65535 packet identifiers of a session are in flight [MQTT-2.3.1-2] (the in-flight
+    window is capped below that, so this is a bug of the caller)."""
+
+
 class ConfigIssue:
     """One problem in a config file: where it is and what is wrong."""
 

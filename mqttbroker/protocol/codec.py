@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ..errors import ProtocolError
+from ..errors import EncodeError, ProtocolError
 from .constants import PROTOCOL_NAMES, PacketType, ProtocolLevel, ReasonCode
 from .packets import (
     Auth,
@@ -360,11 +360,10 @@ def _encode_ack(first: int, pid: int, code: int, props: Properties, level: int) 
 
 def encode(p: Packet, level: int) -> bytes:
     """Encode any packet for protocol ``level``."""
-    t = p.type
     if isinstance(p, Publish):
         return encode_publish(p, level)
     if isinstance(p, (Puback, Pubrec, Pubcomp)):
-        return _encode_ack(t << 4, p.packet_id, p.reason_code, p.properties, level)
+        return _encode_ack(p.type << 4, p.packet_id, p.reason_code, p.properties, level)
     if isinstance(p, Pubrel):
         return _encode_ack(0x62, p.packet_id, p.reason_code, p.properties, level)
     if isinstance(p, Connack):
@@ -418,7 +417,7 @@ def encode(p: Packet, level: int) -> bytes:
         if p.properties:
             body += encode_properties(p.properties)
         return _frame(0xF0, body)
-    raise TypeError(f"cannot encode {p!r}")
+    raise EncodeError(f"cannot encode {p!r}")
 
 
 def _encode_connect(p: Connect) -> bytes:

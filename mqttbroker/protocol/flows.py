@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from enum import IntEnum
 
+from ..errors import PacketIdsExhausted
 from .constants import PacketType
 
 
@@ -53,7 +54,7 @@ class PacketIdAllocator:
     def allocate(self, in_use: Collection[int]) -> int:
         """The next free identifier after the last one; raises when all 65535 are used."""
         if len(in_use) >= 65535:
-            raise RuntimeError("all packet identifiers in use")
+            raise PacketIdsExhausted("all packet identifiers in use")
         pid = self.next_id
         while pid in in_use:
             pid = pid % 65535 + 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ProtocolError
+from ..errors import EncodeError, ProtocolError
 from .constants import ReasonCode
 
 
@@ -118,12 +118,12 @@ def encode_string(s: str) -> bytes:
     """A length-prefixed UTF-8 string."""
     raw = s.encode("utf-8")
     if len(raw) > 0xFFFF:
-        raise ValueError("string longer than 65535 bytes")
+        raise EncodeError("string longer than 65535 bytes")
     return len(raw).to_bytes(2, "big") + raw
 
 
 def encode_binary(b: bytes) -> bytes:
     """Length-prefixed binary data."""
     if len(b) > 0xFFFF:
-        raise ValueError("binary data longer than 65535 bytes")
+        raise EncodeError("binary data longer than 65535 bytes")
     return len(b).to_bytes(2, "big") + b

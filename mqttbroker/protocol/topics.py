@@ -21,10 +21,6 @@ K = TypeVar("K")
 SHARE_PREFIX = "$share/"
 
 
-class TopicError(ValueError):
-    """A topic name or filter that the specification forbids."""
-
-
 def validate_topic_name(topic: str) -> None:
     """Raise :class:`ProtocolError` unless ``topic`` may be published to.
 
