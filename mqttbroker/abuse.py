@@ -144,14 +144,14 @@ class _Failures:
 
 
 class LoginFailures:
-    """Failed logins per address, and how long to hold that address's next CONNECT.
+    """Failed logins per address, and how long to delay that address's next CONNECT.
 
     After ``threshold`` failures in a row, a CONNECT from the address is handled (its
     credentials looked at) only ``delay`` seconds after the previous failure, doubling with each
-    further failure, at most ``max_delay``. Holds are handed out one after another: CONNECTs
+    further failure, at most ``max_delay``. Delays are handed out one after another: CONNECTs
     sent in parallel queue behind each other, one per delay, so opening many connections at
     once does not buy more guesses per second. A CONNECT that would wait longer than
-    ``max_delay`` is refused at once without looking at its credentials (:meth:`hold` says
+    ``max_delay`` is refused at once without looking at its credentials (:meth:`connect_delay` says
     None). A success forgets the address; so do ``memory`` seconds without a failure.
     """
 
@@ -188,10 +188,10 @@ class LoginFailures:
         e = self._entries.get(address)
         return 0 if e is None else e.count
 
-    def hold(self, address: str, now: float) -> float | None:
-        """A CONNECT from ``address`` arrived at ``now``: the seconds to hold it before its
+    def connect_delay(self, address: str, now: float) -> float | None:
+        """A CONNECT from ``address`` arrived at ``now``: the seconds to delay it before its
         credentials are looked at (0.0: at once), or None to refuse it at once (the address
-        is already held for ``max_delay`` or more). A held CONNECT reserves its turn: the
+        is already delayed for ``max_delay`` or more). A delayed CONNECT reserves its turn: the
         next one waits a further delay."""
         e = self._entries.get(address)
         if e is None:

@@ -410,14 +410,14 @@ class Broker:
                         rate.burst)
         return True
 
-    def connect_hold(self, conn: ClientConnection) -> float | None:
-        """``conn`` sent CONNECT: how long to hold it before looking at it (0.0: not at all),
+    def connect_delay(self, conn: ClientConnection) -> float | None:
+        """``conn`` sent CONNECT: how long to delay it before looking at it (0.0: not at all),
         because its address keeps failing to log in; None: refuse it at once, unread
-        (its address already has CONNECTs held for auth_failure_max_delay)."""
+        (its address already has CONNECTs delayed for auth_failure_max_delay)."""
         guard = self.login_failures
         if guard is None:
             return 0.0
-        wait = guard.hold(self.address(conn), self.now())
+        wait = guard.connect_delay(self.address(conn), self.now())
         if wait != 0.0:
             self.metrics.auth_held += 1
         return wait

@@ -118,7 +118,7 @@ class ClientConnection(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_after_hold",
+        "_after_uncommitted",
         "_auth",
         "_limiter",
         "_loop",
@@ -140,7 +140,6 @@ class ClientConnection(asyncio.Protocol):
         "connect_expiry",
         "connected_at",
         "gate",
-        "held_bytes",
         "keep_alive",
         "last_received",
         "level",
@@ -155,6 +154,7 @@ class ClientConnection(asyncio.Protocol):
         "session",
         "state",
         "transport",
+        "uncommitted_bytes",
         "username",
         "waiters",
         "will",
@@ -202,11 +202,11 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._wbuf: list[bytes] | None = None
         # persistence with sync: commit holds what we send until the changes before it are
-        # committed (see SqliteStorage.held); None when nothing is held
+        # committed (see SqliteStorage.keep_until_committed); None when nothing is kept
         storage = broker.storage
         self.gate = storage if storage is not None and storage.gates_output else None
-        self.held_bytes = 0
-        self._after_hold = False  # sending what must not overtake a held SUBACK
+        self.uncommitted_bytes = 0
+        self._after_uncommitted = False  # sending what must not overtake an uncommitted SUBACK
         self.admitted: bool | None = None  # False: over a connection limit, refused at CONNECT
         self._limiter = PublishLimiter(cfg.max_publish_rate, cfg.max_publish_bytes_rate,
                                        self._loop.time()) if cfg.max_publish_rate or \
@@ -297,7 +297,7 @@ class ClientConnection(asyncio.Protocol):
                 # known before decoding, so a malformed v5 CONNECT gets a v5 CONNACK
                 self.level = peek_protocol_level(body) or self.level
                 if self.broker.login_failures is not None and \
-                        self._hold_connect(first, body, it):
+                        self._delay_connect(first, body, it):
                     break
             if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
                 self._on_publish(cast(Publish, decode(first, body, self.level)), body)
@@ -316,26 +316,26 @@ class ClientConnection(asyncio.Protocol):
             # after every other connection's work in this loop turn
             self._flush()
 
-    def _hold_connect(self, first: int, body: bytes,
+    def _delay_connect(self, first: int, body: bytes,
                       rest: Iterator[tuple[int, bytes]]) -> bool:
-        """The CONNECT's address keeps failing to log in (abuse.py): hold the CONNECT, and
+        """The CONNECT's address keeps failing to log in (abuse.py): delay the CONNECT, and
         what came after it, on a timer (the event loop goes on), not reading meanwhile; or
-        refuse it at once, unread, when the address has CONNECTs held long enough already.
-        True when held or refused; False: handle it now (``rest``, the packets read with it,
+        refuse it at once, unread, when the address has CONNECTs delayed long enough already.
+        True when delayed or refused; False: handle it now (``rest``, the packets read with it,
         is then left untouched for the caller to go on with)."""
-        wait = self.broker.connect_hold(self)
+        wait = self.broker.connect_delay(self)
         if wait is None:
             self.refuse(ReasonCode.SERVER_BUSY,
                         "too many failed logins from this address, try again later", quiet=True)
             return True
         if wait <= 0.0:
             return False
-        log.debug("client %s: CONNECT held %.2fs (failed logins from its address)", self.name,
+        log.debug("client %s: CONNECT delayed %.2fs (failed logins from its address)", self.name,
                   wait)
         self._stash = [(first, body), *rest]
         if self.transport is not None:
             self.transport.pause_reading()
-        if self._timer is not None:  # the hold replaces connect_timeout
+        if self._timer is not None:  # the delay replaces connect_timeout
             self._timer.cancel()
         self._timer = self._loop.call_later(wait, self._connect_resume)
         return True
@@ -393,7 +393,7 @@ class ClientConnection(asyncio.Protocol):
         return self.state is ConnState.CLOSED
 
     def _connect_resume(self) -> None:
-        """A held CONNECT's time has come: handle it and the packets read after it."""
+        """A delayed CONNECT's time has come: handle it and the packets read after it."""
         self._timer = None  # (closing cancels it: we are still awaiting CONNECT)
         stash = self._stash
         if not stash:
@@ -487,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
             for w in waiters:
                 w.unblock()
 
-    def _hold(self, source: ClientConnection | None) -> bool:
+    def _block_publisher(self, source: ClientConnection | None) -> bool:
         """Congested: make ``source`` (the publisher) wait until we drain. False when we have
         been congested longer than SLOW_CONSUMER_GRACE: then we count as not reading, and
         nobody waits for us any more (QoS 0 to us is dropped, QoS 1/2 queue up to the
@@ -537,14 +537,14 @@ class ClientConnection(asyncio.Protocol):
         order among themselves; others (QoS 0/1 deliveries, SUBACK, PINGRESP) need not wait
         and may pass them: MQTT orders PUBLISH per topic *and QoS* [MQTT-4.6.0-6]."""
         gate = self.gate
-        if gate is not None and gate.held(self, data):
-            self.held_bytes += len(data)
+        if gate is not None and gate.keep_until_committed(self, data):
+            self.uncommitted_bytes += len(data)
             return
         self.send(data)
 
-    def release_held(self, data: list[bytes]) -> None:
-        """What was held for a commit may go now (see :attr:`gate`)."""
-        self.held_bytes -= sum(map(len, data))
+    def release_committed(self, data: list[bytes]) -> None:
+        """What was kept until a commit may go now (see :attr:`gate`)."""
+        self.uncommitted_bytes -= sum(map(len, data))
         if self.state is ConnState.CLOSED:
             return
         self._write(data)
@@ -931,10 +931,10 @@ class ClientConnection(asyncio.Protocol):
         publishing connection, held back while this one is congested."""
         session = self.session
         assert session is not None
-        if self.congested_since and not self._hold(source) and qos == 0:
+        if self.congested_since and not self._block_publisher(source) and qos == 0:
             self.metrics.publish_dropped += 1  # a client that does not read loses QoS 0
             return
-        if qos == 0 and self.held_bytes > self.write_limit:
+        if qos == 0 and self.uncommitted_bytes > self.write_limit:
             # nor may QoS 0 pile up behind a storage commit that does not come (failing disk)
             self.metrics.publish_dropped += 1
             return
@@ -953,7 +953,7 @@ class ClientConnection(asyncio.Protocol):
         assert session is not None
         # the SUBACK may be waiting for a commit: these do not overtake it (clients are
         # allowed to see them first, but not all of them cope)
-        self._after_hold = self.held_bytes > 0
+        self._after_uncommitted = self.uncommitted_bytes > 0
         try:
             for m, qos, retain, ident in retained:
                 out = session.offer(m, qos, retain, True, ident, None, force=True)
@@ -961,7 +961,7 @@ class ClientConnection(asyncio.Protocol):
                     self._send_outbound(out, dup=False)
             self._pump()
         finally:
-            self._after_hold = False
+            self._after_uncommitted = False
 
     def _publish_bytes(self, message: Message, qos: int, retain: bool, dup: bool, pid: int,
                        identifiers: tuple[int, ...]) -> bytes | None:
@@ -1018,7 +1018,7 @@ class ClientConnection(asyncio.Protocol):
             m = self.metrics
             m.publish_out[0] += 1
             m.publish_out_bytes[0] += len(data)
-            if self._after_hold:
+            if self._after_uncommitted:
                 self.send_durable(data)
             else:
                 self.send(data)
@@ -1041,7 +1041,7 @@ class ClientConnection(asyncio.Protocol):
         m = self.metrics
         m.publish_out[out.qos] += 1
         m.publish_out_bytes[out.qos] += len(data)
-        if out.qos == 2 or self._after_hold:
+        if out.qos == 2 or self._after_uncommitted:
             # its packet identifier must be stored first: resent after a crash under another
             # identifier, the client would take it for a new message [MQTT-4.3.3]
             self.send_durable(data)
@@ -1051,10 +1051,10 @@ class ClientConnection(asyncio.Protocol):
     def _pump(self) -> None:
         """Send queued messages while the window has room and the socket keeps up (stops
         while congested or while a write buffer's worth waits for a commit; resumed by
-        resume_writing, an acknowledgement, or release_held)."""
+        resume_writing, an acknowledgement, or release_committed)."""
         session = self.session
         assert session is not None
-        while not self.congested_since and self.held_bytes < self.write_limit:
+        while not self.congested_since and self.uncommitted_bytes < self.write_limit:
             items = session.pump(self._loop.time(), PUMP_BATCH)
             if not items:
                 return
@@ -1087,7 +1087,7 @@ class ClientConnection(asyncio.Protocol):
             self.send_durable(_PUBREL_HEAD + pid.to_bytes(2, "big"))
         elif result.freed and session.queue:  # a slot opened: the next one may go
             out = None
-            if not self.congested_since and self.held_bytes < self.write_limit:
+            if not self.congested_since and self.uncommitted_bytes < self.write_limit:
                 out = session.start_head()
             if out is not None:
                 self._send_outbound(out, dup=False)

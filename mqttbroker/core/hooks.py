@@ -47,7 +47,7 @@ class ConnectionHost(Protocol[C]):
     def admit(self, conn: C) -> bool | None:
         """A socket was accepted: True counted, False refuse at CONNECT, None drop now."""
 
-    def connect_hold(self, conn: C) -> float | None:
+    def connect_delay(self, conn: C) -> float | None:
         """How long to hold ``conn``'s CONNECT (failed logins from its address), None: refuse."""
 
     def login_failed(self, conn: C) -> None:

@@ -33,7 +33,7 @@ class GatedOutput(Protocol):
     """Where the commit gate hands back what it kept (a client connection, in practice): the
     packets kept for it, in order, once the changes they acknowledge are committed."""
 
-    def release_held(self, data: list[bytes]) -> None: ...
+    def release_committed(self, data: list[bytes]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -83,7 +83,7 @@ class Snapshot:
 class Storage(Protocol):
     """A persistence backend. ``put``/``delete`` calls are cheap and never block."""
 
-    #: True when acknowledgements must wait for :meth:`held` (sync: commit).
+    #: True when acknowledgements must wait for :meth:`keep_until_committed` (sync: commit).
     gates_output: bool
     #: how long commits take, hand-off to durable (``/metrics``)
     commit_latency: Histogram
@@ -134,7 +134,7 @@ class Storage(Protocol):
     def delete_retained(self, message: Message) -> None:
         """``message`` is no longer retained."""
 
-    def held(self, conn: GatedOutput, data: bytes) -> bool:
+    def keep_until_committed(self, conn: GatedOutput, data: bytes) -> bool:
         """With ``gates_output``: keep ``data`` for ``conn`` until every change made so far is
         committed, and return True; False when nothing is waiting (send it now)."""
 

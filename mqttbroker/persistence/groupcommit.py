@@ -5,9 +5,9 @@ type). One write is in progress at a time: while it runs, the loop goes on filli
 batch, so the cost of a commit is shared by everything that arrived meanwhile. A failed write is
 retried (merged with what came after it) every second.
 
-With ``gates_output`` (``sync: commit``, and always in a cluster), :meth:`GroupCommit.held` keeps
-every packet the broker sends while changes are uncommitted, per connection and in order, and
-releases it when the batch holding those changes is written: a PUBACK never leaves before the
+With ``gates_output`` (``sync: commit``, and always in a cluster),
+:meth:`GroupCommit.keep_until_committed` keeps every packet the broker sends while changes are
+uncommitted, per connection and in order, and releases it when the batch holding those changes is written: a PUBACK never leaves before the
 state it reports is safe. Without it a batch is written every ``flush_interval`` seconds.
 """
 
@@ -41,7 +41,7 @@ B = TypeVar("B", bound=Batch)
 
 
 class GroupCommit(Generic[B]):
-    """The batching, writing and holding machinery; a backend provides :meth:`_new_batch`,
+    """The batching, writing and commit-gate machinery; a backend provides :meth:`_new_batch`,
     :meth:`_submit` (start writing a batch) and ``what`` (how log lines name the store)."""
 
     what = "storage"
@@ -55,7 +55,7 @@ class GroupCommit(Generic[B]):
         self._writing: asyncio.Future[None] | None = None
         self._retry: B | None = None
         self._gen = 1  # the batch now filling
-        self._holds: dict[int, dict[GatedOutput, list[bytes]]] = {}
+        self._kept: dict[int, dict[GatedOutput, list[bytes]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
         self.commits = 0
@@ -89,7 +89,7 @@ class GroupCommit(Generic[B]):
             self._kick()
         if self._writing is not None:
             await asyncio.gather(self._writing, return_exceptions=True)
-        self._holds.clear()
+        self._kept.clear()
         return not (self._dirty or self._retry is not None)
 
     # -- changes (event loop) -------------------------------------------------------------------
@@ -114,9 +114,9 @@ class GroupCommit(Generic[B]):
         """Rows changed since the last hand-off to the writer (what the next commit holds)."""
         return len(self._pending)
 
-    # -- holding output until commit ------------------------------------------------------------
+    # -- the commit gate: output kept until its changes are committed ---------------------
 
-    def held(self, conn: GatedOutput, data: bytes) -> bool:
+    def keep_until_committed(self, conn: GatedOutput, data: bytes) -> bool:
         """Keep ``data`` for ``conn`` until the changes made so far are written (True), or
         say that nothing is waiting to be written (False: send it now)."""
         if self._dirty:
@@ -125,9 +125,9 @@ class GroupCommit(Generic[B]):
             gen = self._gen - 1
         else:
             return False
-        holds = self._holds.get(gen)
+        holds = self._kept.get(gen)
         if holds is None:
-            holds = self._holds[gen] = {}
+            holds = self._kept[gen] = {}
         waiting = holds.get(conn)
         if waiting is None:
             holds[conn] = [data]
@@ -136,9 +136,9 @@ class GroupCommit(Generic[B]):
         return True
 
     def _release(self, upto: int) -> None:
-        for gen in sorted(g for g in self._holds if g <= upto):
-            for conn, data in self._holds.pop(gen).items():
-                conn.release_held(data)
+        for gen in sorted(g for g in self._kept if g <= upto):
+            for conn, data in self._kept.pop(gen).items():
+                conn.release_committed(data)
 
     # -- committing -------------------------------------------------------------------------------
 

@@ -6,11 +6,11 @@ is written once, and a row created and deleted before it is not written at all. 
 thread commits batches: while it writes one (one transaction, one fsync), the loop goes on
 filling the next, so the cost of a commit is shared by everything that arrived meanwhile.
 
-``sync: commit``: :meth:`GroupCommit.held` (groupcommit.py) keeps every packet the broker sends while changes
-are uncommitted, per connection and in order, and releases it when the batch holding those
-changes has committed. So a PUBACK (or PUBREC, PUBREL, PUBCOMP, CONNACK, a delivery) never
+``sync: commit``: :meth:`GroupCommit.keep_until_committed` (groupcommit.py) keeps every
+packet the broker sends while changes are uncommitted, per connection and in order, and
+releases it when the batch holding those changes has committed. So a PUBACK (or PUBREC, PUBREL, PUBCOMP, CONNACK, a delivery) never
 leaves before the state it reports is on disk.
-``sync: periodic``: nothing is held; a batch is committed every ``flush_interval`` seconds.
+``sync: periodic``: nothing is kept back; a batch is committed every ``flush_interval`` seconds.
 
 A lock file next to the database stops two brokers from sharing it.
 """

@@ -416,7 +416,7 @@ def auth_config(tmp_path: Path, **mqtt: Any) -> dict[str, Any]:
 
 
 async def test_held_connect_keeps_the_packets_pipelined_behind_it(tmp_path: Path) -> None:
-    """A CONNECT held for its address's failed logins is handled with whatever the client
+    """A CONNECT delayed for its address's failed logins is handled with whatever the client
     sent right after it (SUBSCRIBE, PUBLISH in the same write): nothing is lost or taken for
     a protocol error, and the event loop was never blocked."""
     broker = Broker(auth_config(tmp_path, auth_failure_threshold=1, auth_failure_delay=0.3,

@@ -163,7 +163,7 @@ def test_sequential_guessing_waits_longer_each_time() -> None:
     t = 0.0
     waits = []
     for _ in range(9):
-        wait = g.hold("a", t)
+        wait = g.connect_delay("a", t)
         assert wait is not None
         waits.append(wait)
         t += wait
@@ -177,27 +177,27 @@ def test_parallel_connects_queue_one_delay_apart_and_overflow_is_refused() -> No
     next turn; one whose turn is further than max_delay away is refused (None)."""
     g = LoginFailures(threshold=1, delay=1.0, max_delay=4.0)
     g.failed("a", 0.0)  # next CONNECT from a: not before 1.0
-    holds = [g.hold("a", 0.0) for _ in range(7)]
+    holds = [g.connect_delay("a", 0.0) for _ in range(7)]
     assert holds == [1.0, 2.0, 3.0, 4.0, None, None, None]
-    assert g.hold("b", 0.0) == 0.0  # another address is not affected
+    assert g.connect_delay("b", 0.0) == 0.0  # another address is not affected
 
 
 def test_success_forgets_the_address() -> None:
     g = LoginFailures(threshold=1, delay=1.0, max_delay=8.0)
     for t in range(5):
         g.failed("a", float(t))
-    assert g.hold("a", 5.0) == 7.0  # the 5th failure (at 4.0) was worth 8 s (the cap)
+    assert g.connect_delay("a", 5.0) == 7.0  # the 5th failure (at 4.0) was worth 8 s (the cap)
     g.succeeded("a")
-    assert g.failures("a") == 0 and g.hold("a", 5.0) == 0.0
+    assert g.failures("a") == 0 and g.connect_delay("a", 5.0) == 0.0
 
 
 def test_failures_are_forgotten_after_a_quiet_while() -> None:
     g = LoginFailures(threshold=1, delay=1.0, max_delay=2.0, memory=60.0)
     for _ in range(5):
         g.failed("a", 0.0)
-    assert g.hold("a", 30.0) == 0.0  # its delay has passed, but it is remembered:
+    assert g.connect_delay("a", 30.0) == 0.0  # its delay has passed, but it is remembered:
     assert g.failures("a") == 5
-    assert g.hold("a", 100.0) == 0.0  # 60 s without a failure: forgotten
+    assert g.connect_delay("a", 100.0) == 0.0  # 60 s without a failure: forgotten
     assert g.failures("a") == 0
     g.failed("b", 0.0)
     g.failed("b", 61.0)  # forgiven meanwhile: counts from 1 again

@@ -130,7 +130,7 @@ class Conn:
     def __init__(self) -> None:
         self.released: list[list[bytes]] = []
 
-    def release_held(self, data: list[bytes]) -> None:
+    def release_committed(self, data: list[bytes]) -> None:
         self.released.append(data)
 
 
@@ -138,9 +138,9 @@ async def test_held_output_waits_for_the_commit_of_earlier_changes(tmp_path: Pat
     st = make(tmp_path / "db.sqlite")
     await st.open(asyncio.get_running_loop())
     conn = Conn()
-    assert not st.held(conn, b"free")  # nothing uncommitted: send at once
+    assert not st.keep_until_committed(conn, b"free")  # nothing uncommitted: send at once
     st.put_session("c", 10, None, None)
-    assert st.held(conn, b"ack1") and st.held(conn, b"ack2")
+    assert st.keep_until_committed(conn, b"ack1") and st.keep_until_committed(conn, b"ack2")
     assert conn.released == []
     for _ in range(100):
         if conn.released:
@@ -165,7 +165,7 @@ async def test_a_failed_commit_keeps_holding_and_is_retried(tmp_path: Path) -> N
     st._write = flaky  # type: ignore[method-assign]
     conn = Conn()
     st.put_session("c", 10, None, None)
-    assert st.held(conn, b"ack")
+    assert st.keep_until_committed(conn, b"ack")
     await asyncio.sleep(0.3)
     assert conn.released == [] and st.commits == 0  # failed: still held
     for _ in range(200):
