@@ -78,13 +78,11 @@ class RetainedStore:
         """The retained message of exactly ``topic``."""
         return self._tree.get(topic)
 
-    def match(self, topic_filter: str, now: float | None = None) -> list[Message]:
+    def match(self, topic_filter: str, now: float) -> list[Message]:
         """Retained messages whose topic matches ``topic_filter``, depth first, each level in
-        the order its topics were first retained. With ``now``, expired ones are deleted
+        the order its topics were first retained. Those expired at ``now`` are deleted
         instead of returned [MQTT-3.3.2-5]."""
         found = self._tree.match(topic_filter)
-        if now is None:
-            return found
         live = []
         for m in found:
             if m.expired(now):

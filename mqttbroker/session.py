@@ -255,10 +255,11 @@ class Session:
             self.queue = kept
         return n
 
-    def pump(self, now: float = 0.0, limit: int = 0) -> list[Outbound | Queued]:
+    def pump(self, now: float, limit: int = 0) -> list[Outbound | Queued]:
         """Move queued messages, in order, into free in-flight slots; QoS 0 ones need no slot
         and come back as Queued (to be sent once, with no state). Messages past their expiry
-        are dropped on the way [MQTT-3.3.2-5]. ``limit`` > 0 returns at most that many."""
+        at ``now`` (the clock their ``expires_at`` is on) are dropped on the way
+        [MQTT-3.3.2-5]. ``limit`` > 0 returns at most that many."""
         out: list[Outbound | Queued] = []
         q = self.queue
         if not q:

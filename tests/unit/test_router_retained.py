@@ -25,6 +25,7 @@ def route(r: Router, topic: str) -> dict[str, int]:
     return {cid: d.qos for cid, d in direct.items()}
 
 SETTINGS = settings(max_examples=200, deadline=None)
+NOW = 100.0  # the clock expiry is read on (these messages have no expiry)
 
 
 # ---- Router --------------------------------------------------------------------------------------
@@ -148,7 +149,7 @@ def test_retained_replace_mqtt_3_3_1_5() -> None:
     s.store(rmsg("a/b", b"1"))
     new = rmsg("a/b", b"2", qos=1)
     s.store(new)
-    assert len(s) == 1 and s.get("a/b") is new and s.match("a/b") == [new]
+    assert len(s) == 1 and s.get("a/b") is new and s.match("a/b", NOW) == [new]
 
 
 def test_retained_empty_payload_deletes_mqtt_3_3_1_10() -> None:
@@ -158,14 +159,14 @@ def test_retained_empty_payload_deletes_mqtt_3_3_1_10() -> None:
     s.store(rmsg("a/c", b"2"))
     s.store(rmsg("a/b", b""))
     assert s.get("a/b") is None and len(s) == 1
-    assert [m.topic for m in s.match("a/#")] == ["a/c"]
+    assert [m.topic for m in s.match("a/#", NOW)] == ["a/c"]
 
 
 def test_retained_empty_payload_is_not_stored_mqtt_3_3_1_11() -> None:
     """[MQTT-3.3.1-11] a zero-byte retained message is never stored itself."""
     s = RetainedStore()
     s.store(rmsg("a/b", b""))
-    assert len(s) == 0 and s.get("a/b") is None and s.match("#") == [] and s.all() == []
+    assert len(s) == 0 and s.get("a/b") is None and s.match("#", NOW) == [] and s.all() == []
 
 
 def test_retained_delete_keeps_parent_and_children() -> None:
@@ -174,7 +175,7 @@ def test_retained_delete_keeps_parent_and_children() -> None:
         s.store(rmsg(t))
     s.store(rmsg("a/b", b""))
     assert sorted(m.topic for m in s.all()) == ["a", "a/b/c"]
-    assert sorted(m.topic for m in s.match("a/#")) == ["a", "a/b/c"]
+    assert sorted(m.topic for m in s.match("a/#", NOW)) == ["a", "a/b/c"]
 
 
 def test_retained_match_by_filter() -> None:
@@ -184,7 +185,7 @@ def test_retained_match_by_filter() -> None:
         s.store(rmsg(t))
 
     def topics(f: str) -> list[str]:
-        return sorted(m.topic for m in s.match(f))
+        return sorted(m.topic for m in s.match(f, NOW))
 
     assert topics("sport/#") == ["sport/golf", "sport/tennis", "sport/tennis/player1"]
     assert topics("sport/tennis/#") == ["sport/tennis", "sport/tennis/player1"]
@@ -205,8 +206,8 @@ def test_retained_match_oldest_topic_first_as_documented() -> None:
     s = RetainedStore()
     for t in ("a/1", "a/2", "a/3"):
         s.store(rmsg(t))
-    assert [m.topic for m in s.match("a/+")] == ["a/1", "a/2", "a/3"]
-    assert [m.topic for m in s.match("#")] == ["a/1", "a/2", "a/3"]
+    assert [m.topic for m in s.match("a/+", NOW)] == ["a/1", "a/2", "a/3"]
+    assert [m.topic for m in s.match("#", NOW)] == ["a/1", "a/2", "a/3"]
 
 
 @SETTINGS
@@ -225,7 +226,7 @@ def test_retained_store_model(ops: list[tuple[str, bytes]], flt: str) -> None:
             model.pop(topic, None)
     assert len(s) == len(model)
     assert {m.topic: m.payload for m in s.all()} == model
-    got = sorted((m.topic, m.payload) for m in s.match(flt))
+    got = sorted((m.topic, m.payload) for m in s.match(flt, NOW))
     assert got == sorted((t, p) for t, p in model.items() if topic_matches(flt, t))
 
 

@@ -15,6 +15,7 @@ from mqttbroker.protocol.flows import OutState
 from mqttbroker.session import AckResult, Outbound, Queued, Session
 
 SETTINGS = settings(max_examples=200, deadline=None)
+NOW = 100.0  # the clock expiry is read on (these messages have no expiry)
 
 PUBACK, PUBREC, PUBCOMP = PacketType.PUBACK, PacketType.PUBREC, PacketType.PUBCOMP
 
@@ -101,7 +102,7 @@ def test_window_queue_non_empty_keeps_order_even_with_free_slot() -> None:
     assert s.ack(first.packet_id, PUBACK) == AckResult(True, False, True)
     # a slot is free but t/1 waits: t/2 must not overtake it
     assert s.offer(msg(2), 1, False, online=True) is None
-    assert names(s.pump()) == ["t/1"]
+    assert names(s.pump(NOW)) == ["t/1"]
     assert names(list(s.queue)) == ["t/2"]
 
 
@@ -109,13 +110,13 @@ def test_pump_fills_free_slots_in_order() -> None:
     s = new(max_inflight=2)
     for i in range(6):
         s.offer(msg(i), 1, False, online=False)
-    assert names(s.pump()) == ["t/0", "t/1"]
-    assert s.pump() == []
+    assert names(s.pump(NOW)) == ["t/0", "t/1"]
+    assert s.pump(NOW) == []
     pids = list(s.inflight)
     s.ack(pids[0], PUBACK)
-    assert names(s.pump()) == ["t/2"]
+    assert names(s.pump(NOW)) == ["t/2"]
     s.ack(pids[1], PUBACK)
-    assert names(s.pump()) == ["t/3"]
+    assert names(s.pump(NOW)) == ["t/3"]
     assert len(s.inflight) == 2 and names(list(s.queue)) == ["t/4", "t/5"]
 
 
@@ -124,7 +125,7 @@ def test_pump_returns_queued_qos0_as_queued_without_state() -> None:
     s.offer(msg(0, 0), 0, False, online=False)
     s.offer(msg(1), 1, True, online=False)
     s.offer(msg(2, 0), 0, True, online=False)
-    items = s.pump()
+    items = s.pump(NOW)
     assert [type(i) for i in items] == [Queued, Outbound, Queued]
     assert names(items) == ["t/0", "t/1", "t/2"]
     assert len(s.inflight) == 1
@@ -144,7 +145,7 @@ def test_online_qos0_does_not_overtake_queued_qos0_same_topic_mqtt_4_6_0_5() -> 
     sent: list[bytes] = []
 
     def pump() -> None:
-        sent.extend(i.message.payload for i in s.pump())
+        sent.extend(i.message.payload for i in s.pump(NOW))
 
     s.offer(Message("t/q1", b"q1", 1), 1, False, online=False)
     s.offer(Message("t/x", b"old", 0), 0, False, online=False)
@@ -164,7 +165,7 @@ def test_pump_with_no_free_slot_returns_nothing() -> None:
     s = new(max_inflight=1)
     s.offer(msg(0), 1, False, online=True)
     s.offer(msg(1), 1, False, online=True)
-    assert s.pump() == []
+    assert s.pump(NOW) == []
     assert len(s.queue) == 1
 
 
@@ -379,7 +380,7 @@ def test_offline_then_reconnect_pump_delivers_queue_in_order() -> None:
     for i in range(4):
         s.offer(msg(i, 1 + i % 2), 1 + i % 2, False, online=False)
     assert s.resend() == []
-    started = s.pump()
+    started = s.pump(NOW)
     assert names(started) == ["t/0", "t/1"]
     assert names(s.resend()) == ["t/0", "t/1"]
 
@@ -469,7 +470,7 @@ def test_session_random_ops_invariants(ops: list[tuple[str, int, object]]) -> No
                 except ProtocolError:  # the wrong kind for its flow: nothing changes
                     assert s.inflight[pid] is out and out.state is before
         else:
-            sent_order += names(s.pump())
+            sent_order += names(s.pump(NOW))
         assert len(s.inflight) <= 3
         assert 0 not in s.inflight
         for pid, out in s.inflight.items():
