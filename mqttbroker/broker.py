@@ -21,6 +21,7 @@ from .acl import ClientAcl
 from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
+from .core.deadlines import Deadlines
 from .enhanced_auth import EnhancedAuth
 from .errors import ConfigError, ProtocolError
 from .keepalive import KeepAliveWheel
@@ -53,6 +54,7 @@ MAX_PENDING_REFUSALS = 64  # sockets over a connection limit kept open to be tol
 # topic (2 + 65535), packet id (2), property length (4)
 _PUBLISH_OVERHEAD = 5 + 2 + 65535 + 2 + 4
 _WILL_ONLY = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
+EXPIRE, WILL = "expire", "will"  # the kinds of deadline
 
 
 class Broker:
@@ -110,9 +112,12 @@ class Broker:
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
         self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
-        # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2]: timers by client id
-        self._expiry: dict[str, asyncio.TimerHandle] = {}
-        self._wills: dict[str, tuple[asyncio.TimerHandle, Message]] = {}
+        # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2]: deadlines keyed
+        # (EXPIRE | WILL, client id) on the loop's clock, one armed timer for the earliest
+        self._deadlines: Deadlines[tuple[str, str]] = Deadlines()
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_at = 0.0
+        self._wills: dict[str, Message] = {}  # delayed wills, by client id
         self._started = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self.http: HttpServer | None = None  # the HTTP listener (http.enabled)
@@ -232,15 +237,15 @@ class Broker:
                 else:
                     message, at = will.message, from_wall(will.at, self._loop)
                 stored = StoredWill(message, will.delay, to_wall(at, self._loop))
-                handle = self._loop.call_at(at, self._publish_delayed_will, cid)
-                self._wills[cid] = (handle, message)
+                self._wills[cid] = message
+                self._set_deadline(WILL, cid, at)
             if left <= 0:
                 log.info("session %r expired while the broker was down", cid)
                 self._end_session(session)  # its will, if any, goes now [MQTT-3.1.3-9]
                 continue
             self.storage.put_session(cid, session.expiry_interval, rec.disconnected_at, stored)
             if left != math.inf:
-                self._expiry[cid] = self._loop.call_later(left, self._expire_session, cid)
+                self._set_deadline(EXPIRE, cid, self.now() + left)
         if (snapshot.sessions or snapshot.retained) and not adopted:
             log.info("restored %d sessions and %d retained messages", len(self.sessions),
                      len(self.retained))
@@ -311,11 +316,10 @@ class Broker:
         for conn in list(self._open):
             conn.disconnect(ReasonCode.SERVER_SHUTTING_DOWN, "server shutting down",
                             publish_will=False)
-        for handle in self._expiry.values():
-            handle.cancel()
-        for handle, _ in self._wills.values():
-            handle.cancel()
-        self._expiry.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        self._deadlines.clear()
         self._wills.clear()
         await self._close_servers()
         await self._close_storage()
@@ -567,9 +571,9 @@ class Broker:
             session = None
         pending = self._wills.pop(client_id, None)
         if pending is not None:
-            pending[0].cancel()
+            self._deadlines.cancel((WILL, client_id))
             if session is None:  # the old session ended: its delayed will goes now
-                self.publish(pending[1])
+                self.publish(pending)
             # else resumed within the Will Delay Interval: no will [MQTT-3.1.3-9]
         self._offline.pop(client_id, None)
         if session is None:
@@ -703,14 +707,12 @@ class Broker:
         if not session.persistent:
             self._end_session(session)
         elif self.running and session.expiry_interval != Session.NEVER:
-            assert self._loop is not None
-            self._expiry[cid] = self._loop.call_later(session.expiry_interval,
-                                                      self._expire_session, cid)
+            self._set_deadline(EXPIRE, cid, self.now() + session.expiry_interval)
         stored: StoredWill | None = None
         if message is not None and delay and session.persistent and self._loop is not None:
             # [MQTT-3.1.3-9] published after the delay, or when the session ends if sooner
-            handle = self._loop.call_later(delay, self._publish_delayed_will, cid)
-            self._wills[cid] = (handle, message)
+            self._wills[cid] = message
+            self._set_deadline(WILL, cid, self.now() + delay)
             stored = StoredWill(message, delay, to_wall(self.now() + delay, self._loop))
             log.info("client %r: will to %r delayed %ds", cid, message.topic, delay)
         elif message is not None:
@@ -737,27 +739,59 @@ class Broker:
         return Message(will.topic, will.payload, will.qos, will.retain, props or None, cid,
                        expires_at)
 
+    # -- deadlines: session expiry and delayed wills (core/deadlines.py) --------------------------
+
+    def _set_deadline(self, kind: str, cid: str, at: float) -> None:
+        self._deadlines.set((kind, cid), at)
+        self._arm_deadline_timer()
+
+    def _arm_deadline_timer(self) -> None:
+        """One timer, for the earliest deadline (a later one is armed when it fires)."""
+        at = self._deadlines.next_at()
+        timer = self._deadline_timer
+        if timer is not None and at is not None and self._deadline_timer_at <= at:
+            return  # armed already for this one or an earlier one
+        if timer is not None:
+            timer.cancel()
+            self._deadline_timer = None
+        if at is not None and self._loop is not None:
+            self._deadline_timer = self._loop.call_at(at, self._deadline_timer_fired)
+            self._deadline_timer_at = at
+
+    def _deadline_timer_fired(self) -> None:
+        assert self._loop is not None
+        self._deadline_timer = None
+        # the loop may run a timer a clock tick early: the deadline it was armed for is due
+        self.handle_timer(max(self._loop.time(), self._deadline_timer_at))
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every deadline due at ``now``: delayed wills go out, sessions expire."""
+        for kind, cid in self._deadlines.pop_due(now):
+            if kind == WILL:
+                self._publish_delayed_will(cid)
+            else:
+                self._expire_session(cid)
+        self._arm_deadline_timer()
+
     def _publish_delayed_will(self, cid: str) -> None:
         pending = self._wills.pop(cid, None)
         if pending is not None:
-            log.info("client %r: publishing its delayed will to %r", cid, pending[1].topic)
-            self.publish(pending[1])
+            self._deadlines.cancel((WILL, cid))
+            log.info("client %r: publishing its delayed will to %r", cid, pending.topic)
+            self.publish(pending)
             session = self.sessions.get(cid)
             if session is not None and session.store is not None:
                 session.store.put_session(cid, session.expiry_interval,
                                           session.disconnected_at, None)
 
     def _expire_session(self, cid: str) -> None:
-        self._expiry.pop(cid, None)
         session = self.sessions.get(cid)
         if session is not None and cid not in self.connections:
             log.info("session %r expired", cid)
             self._end_session(session)
 
     def _cancel_expiry(self, cid: str) -> None:
-        handle = self._expiry.pop(cid, None)
-        if handle is not None:
-            handle.cancel()
+        self._deadlines.cancel((EXPIRE, cid))
 
     def _end_session(self, session: Session) -> None:
         """The session is over: its subscriptions go, and a will still waiting goes out."""
@@ -812,9 +846,8 @@ class Broker:
             conn.disconnect(ReasonCode.SESSION_TAKEN_OVER,
                             f"session taken over by a connection on node {to_node}",
                             publish_will=True)
-        pending = self._wills.pop(client_id, None)
-        if pending is not None:
-            pending[0].cancel()
+        if self._wills.pop(client_id, None) is not None:
+            self._deadlines.cancel((WILL, client_id))
         self._cancel_expiry(client_id)
         session = self.sessions.pop(client_id, None)
         if session is None:

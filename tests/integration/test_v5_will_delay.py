@@ -189,3 +189,29 @@ def test_takeover_resuming_session_within_will_delay_sends_no_will(env: Env) -> 
     assert ack.session_present is True
     assert old.expect_disconnect().reason_code == 0x8E
     assert no_message(w.messages, 1.6)
+
+
+def test_delayed_wills_of_many_clients_go_in_deadline_order_on_one_timer(env: Env) -> None:
+    """Three clients drop one after another with Will Delays 3, 1 and 2 s: each will goes out
+    at its own time, so in the order 1, 2, 3 s, though the earlier deadlines were set after
+    the later one (the broker keeps deadlines, not a timer per session: one timer, armed for
+    the earliest, moved when an earlier one arrives)."""
+    topic = "wd/order"
+    w = watcher(env, topic)
+    clients: dict[int, str] = {}
+    dropped: dict[int, float] = {}
+    for delay in (3, 1, 2):
+        cid = unique_id(f"wdo{delay}")
+        clients[delay] = cid
+        will_client(env, cid, topic, delay=delay, sei=30).abort()
+        dropped[delay] = time.monotonic()
+        wait_until(lambda cid=cid: not env.connected(cid), what="the broker to notice the drop")
+    broker = env.bt.broker
+    assert broker is not None
+    # a will and a session expiry per client, all on the broker's one deadline timer
+    wait_until(lambda: len(broker._deadlines) == 6, what="six deadlines")
+    for n, delay in enumerate((1, 2, 3), start=1):
+        got = w.messages.wait_for(n, timeout=8)
+        elapsed = time.monotonic() - dropped[delay]
+        assert got[-1].payload == b"gone:" + clients[delay].encode(), [m.payload for m in got]
+        assert elapsed >= delay - 0.5, f"will {delay} after {elapsed:.2f}s"
