@@ -7,6 +7,7 @@ handling: that is :class:`~mqttbroker.client.ClientConnection`'s.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from .auth import Authorizer
 from .client import ClientConnection, ConnState
 from .config import Config, load_config
 from .core.deadlines import Deadlines
+from .core.hooks import HoldPacket
 from .enhanced_auth import EnhancedAuth
 from .errors import ConfigError, ProtocolError
 from .keepalive import KeepAliveWheel
@@ -29,6 +31,10 @@ from .message import Message
 from .metrics import Metrics
 from .persistence import Snapshot, Storage, StoredSession, StoredWill, open_storage
 from .persistence.base import from_wall, to_wall
+from .plugins.api import Action
+from .plugins.api import Client as PluginClient
+from .plugins.api import Message as PluginMessage
+from .plugins.host import PluginHost
 from .protocol.constants import MAX_PACKET_SIZE, SUBACK_FAILURE, ProtocolLevel, ReasonCode
 from .protocol.flows import OutState
 from .protocol.packets import Connack, Connect, Suback, Subscribe, Unsuback, Unsubscribe, Will
@@ -89,6 +95,11 @@ class Broker:
         self.authorizer = Authorizer(self.config.auth, self.config.topic_check,
                                      self.config.listeners)
         self.enhanced_auth = EnhancedAuth.from_config(self.config.auth.scram_users)
+        # plugins (plugins/): imported and their options checked now, built in start()
+        self.plugins = PluginHost(self.config.plugins, self.metrics,
+                                  timeout=cfg.plugin_timeout,
+                                  timeout_allows=cfg.plugin_timeout_outcome == "allow")
+        self._plugin_clients: dict[str, PluginClient] = {}  # by client id, while its session
         # per-address defences (abuse.py); None when switched off
         self.connection_rate = ConnectionRateLimiter(
             cfg.max_connection_rate_per_address, cfg.connection_burst_per_address,
@@ -158,6 +169,8 @@ class Broker:
         elif self.storage is not None:
             self._restore(await self.storage.open(self._loop))
         try:
+            if self.plugins:
+                await self.plugins.start(self.config, self._plugin_publish, self.now)
             for lc in self.config.listeners:
                 name = lc.name
                 # TLS: ConfigError naming the listener key if a file does not load or fit
@@ -321,6 +334,8 @@ class Broker:
             self._deadline_timer = None
         self._deadlines.clear()
         self._wills.clear()
+        if self.plugins:
+            await self.plugins.stop()
         await self._close_servers()
         await self._close_storage()
         log.info("broker stopped")
@@ -450,8 +465,10 @@ class Broker:
         return min(requested, cap) if cap else requested
 
     def connect(self, conn: ClientConnection, p: Connect,
-                auth_props: dict[int, Any] | None = None) -> None:
-        """Handle a valid CONNECT: identify, authenticate, take over, attach a session."""
+                auth_props: dict[int, Any] | None = None,
+                plugin_decision: bool | None = None, plugin_asked: bool = False) -> None:
+        """Handle a valid CONNECT: identify, authenticate, take over, attach a session.
+        (``plugin_decision``: the authenticating plugins' answer, once ``plugin_asked``.)"""
         cfg = self.config.mqtt
         client_id = p.client_id
         level = p.protocol_level
@@ -504,7 +521,29 @@ class Broker:
         by_certificate = self._certificate_user(conn, p)
         if by_certificate is False:
             return
-        if auth_props is None and by_certificate is None:
+        if auth_props is None and by_certificate is None and self.plugins.authenticators \
+                and not plugin_asked:
+            # plugins first, in order; the first definite answer decides [docs/plugins.md]
+            decision = self.plugins.authenticate(
+                PluginClient(client_id, p.username, conn.peer, conn.listener, level),
+                p.password)
+            if isinstance(decision, asyncio.Future):
+                # an async plugin: this CONNECT waits (the loop goes on), then starts again
+                conn.suspend_connect()
+                fallback = self.plugins.timeout_allows
+
+                def decided(fut: asyncio.Future[bool | None]) -> None:
+                    answer = fallback if fut.cancelled() else fut.result()
+                    conn.resume_connect(lambda: self.connect(conn, p, auth_props, answer, True))
+
+                decision.add_done_callback(decided)
+                return
+            plugin_decision, plugin_asked = decision, True
+        if plugin_decision is False:
+            self.login_failed(conn)
+            conn.refuse(ReasonCode.NOT_AUTHORIZED, "not authorised (by a plugin)")
+            return
+        if auth_props is None and by_certificate is None and plugin_decision is None:
             code = self.authorizer.authenticate(client_id, p.username, p.password,
                                                 conn.listener)
             if code != ReasonCode.SUCCESS:
@@ -550,7 +589,8 @@ class Broker:
             clean = p.clean_session
 
             def again() -> None:
-                conn.resume_connect(lambda: self.connect(conn, p, auth_props))
+                conn.resume_connect(lambda: self.connect(conn, p, auth_props, plugin_decision,
+                                                         plugin_asked))
 
             def refuse(why: str) -> None:
                 conn.resume_connect(lambda: conn.refuse(ReasonCode.SERVER_UNAVAILABLE, why))
@@ -612,6 +652,15 @@ class Broker:
                  conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
                  keep_alive, ", session resumed" if present else "")
         conn.accept(client_id, session, present, p, props)
+        if self.plugins:
+            client = PluginClient(client_id, p.username, conn.peer, conn.listener, level)
+            self._plugin_clients[client_id] = client
+            self.plugins.forget(client_id)  # a new connection is asked again
+            if p.will is not None and self.plugins.authorizers:
+                # a will is a PUBLISH: asked now, the answer read when it would go out
+                self.plugins.authorize(client, Action.PUBLISH, p.will.topic)
+            if not conn.closed:
+                self.plugins.fire("on_connect", client)
 
     def _bind_acl(self, client_id: str, username: str | None, session: Session) -> None:
         """ACL file: the client's entries for the user name it connected with (perhaps not
@@ -695,6 +744,8 @@ class Broker:
         self.metrics.clients_connected -= 1
         session = conn.session
         assert session is not None
+        if self.plugins.events["on_disconnect"]:
+            self.plugins.fire("on_disconnect", self._plugin_client(conn))
         if self.running:
             self._redistribute(session)
         will = conn.will
@@ -704,6 +755,11 @@ class Broker:
         if publish_will and will is not None and self.running:
             message = self._will_message(will, cid)
             delay = will.properties.get(Prop.WILL_DELAY_INTERVAL, 0) if will.properties else 0
+            if self.plugins.authorizers and not self._plugin_allows(self.plugins.authorize(
+                    self._plugin_client(conn), Action.PUBLISH, will.topic)):
+                log.info("client %r: will to %r not authorised by a plugin; not published",
+                         cid, will.topic)
+                message = None
         if not session.persistent:
             self._end_session(session)
         elif self.running and session.expiry_interval != Session.NEVER:
@@ -802,6 +858,11 @@ class Broker:
             del self.sessions[cid]
             self._offline.pop(cid, None)
             self.authorizer.forget(cid)
+            if self.plugins:
+                self._plugin_clients.pop(cid, None)
+                self.plugins.forget(cid)
+                if session.persistent and cid not in self.connections:
+                    self.plugins.fire("on_session_expired", cid)
         if session.store is not None:
             self._forget_stored(session)
         self._cancel_expiry(cid)
@@ -954,6 +1015,20 @@ class Broker:
             self.metrics.publish_dropped += 1
             log.info("client %s: PUBLISH to %r not authorised", conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
+        plugins = self.plugins
+        if plugins.authorizers and not self._plugin_allows(
+                plugins.authorize(self._plugin_client(conn), Action.PUBLISH, message.topic)):
+            self.metrics.publish_dropped += 1
+            log.info("client %s: PUBLISH to %r not authorised by a plugin", conn.name,
+                     message.topic)
+            return ReasonCode.NOT_AUTHORIZED
+        if plugins.message_hooks:
+            changed = plugins.on_message(self._plugin_client(conn), message)
+            if changed is None:
+                log.debug("client %s: PUBLISH to %r dropped by a plugin", conn.name,
+                          message.topic)
+                return ReasonCode.SUCCESS
+            message = changed
         if message.retain and message.qos and conn.level == V5 \
                 and self.config.mqtt.retain_available and not self.retained.fits(message):
             # refused as a whole: 0x97 tells the publisher it was neither kept nor delivered
@@ -980,6 +1055,9 @@ class Broker:
         if message.retain and self.config.mqtt.retain_available:
             if self.retained.fits(message):
                 self.retained.store(message)
+                if self.plugins.events["on_retained"] and not message.topic.startswith("$SYS/"):
+                    self.plugins.fire("on_retained", message.topic,
+                                      _plugin_message(message) if message.payload else None)
             else:
                 self._retained_full(message, source, "delivered, not retained")
         direct, shared = self.router.route(message.topic, message.sender, self._available)
@@ -1017,6 +1095,8 @@ class Broker:
         if readers:
             direct, shared = _readable(message.topic, direct, shared, readers)
         mqos = message.qos
+        if self.plugins.authorizers:
+            return self._deliver_authorized(message, direct, shared, source)
         for cid, d in direct.items():
             # [MQTT-3.3.1-9] RETAIN is 0 on forwarding, unless Retain As Published [MQTT-3.3.1-13]
             self._deliver_to(cid, message, min(mqos, d.qos),
@@ -1027,6 +1107,84 @@ class Broker:
                              message.retain and d.retain_as_published, d.identifiers, d.share,
                              source)
         return len(direct) + len(shared)
+
+    def _deliver_authorized(self, message: Message, direct: dict[str, Delivery],
+                            shared: list[tuple[str, Delivery]],
+                            source: ClientConnection | None) -> int:
+        """As _deliver_routed, each subscriber asked of the authorizing plugins first
+        (Action.RECEIVE). One whose answer is on its way gets the message when it comes:
+        later messages on the topic wait behind the same answer, so their order holds."""
+        n = 0
+        mqos = message.qos
+        targets: list[tuple[str, Delivery, str | None]] = [
+            (cid, d, None) for cid, d in direct.items()]
+        targets += [(cid, d, d.share) for cid, d in shared]
+        for cid, d, share in targets:
+            retain = message.retain and d.retain_as_published
+            answer = self._may_receive(cid, message.topic)
+            if isinstance(answer, asyncio.Future):
+                answer.add_done_callback(functools.partial(
+                    self._deliver_when_allowed, cid, message, min(mqos, d.qos), retain,
+                    d.identifiers, share))
+            elif answer is False:
+                continue
+            else:
+                self._deliver_to(cid, message, min(mqos, d.qos), retain, d.identifiers,
+                                 share, source)
+            n += 1
+        return n
+
+    def _deliver_when_allowed(self, cid: str, message: Message, qos: int, retain: bool,
+                              identifiers: tuple[int, ...], share: str | None,
+                              answer: asyncio.Future[bool | None]) -> None:
+        if self._plugin_allows(answer) and self.running:
+            self._deliver_to(cid, message, qos, retain, identifiers, share)
+
+    def _retained_when_allowed(self, conn: ClientConnection,
+                               item: tuple[Message, int, bool, tuple[int, ...]],
+                               answer: asyncio.Future[bool | None]) -> None:
+        if self._plugin_allows(answer) and not conn.closed:
+            conn.deliver_retained([item])
+
+    def _may_receive(self, cid: str, topic: str) -> bool | None | asyncio.Future[bool | None]:
+        client = self._plugin_clients.get(cid) or PluginClient(cid, None, "", "", 4)
+        return self.plugins.authorize(client, Action.RECEIVE, topic)
+
+    def _plugin_allows(self, answer: bool | None | asyncio.Future[bool | None]) -> bool:
+        """A plugin decision as allowed or not (no opinion: allowed; the broker's own ACLs
+        decide apart). A future still pending here counts as the timeout outcome."""
+        if isinstance(answer, asyncio.Future):
+            if not answer.done() or answer.cancelled():
+                return self.plugins.timeout_allows
+            answer = answer.result()
+        return answer is not False
+
+    def _plugin_client(self, conn: ClientConnection) -> PluginClient:
+        cid = conn.client_id or ""
+        client = self._plugin_clients.get(cid)
+        if client is None:
+            client = PluginClient(cid, conn.username, conn.peer, conn.listener, conn.level)
+        return client
+
+    def _plugin_publish(self, pm: PluginMessage) -> None:
+        """A plugin publishes (its context's publish): through on_message, then routed."""
+        message: Message | None = Message(pm.topic, pm.payload, pm.qos, pm.retain,
+                                          dict(pm.properties) or None, None)
+        validate_topic_name(pm.topic)
+        if self.plugins.message_hooks:
+            message = self.plugins.on_message(None, message)  # type: ignore[arg-type]
+        if message is not None:
+            self.publish(message)
+
+    def publish_pending(self, conn: ClientConnection, topic: str) -> asyncio.Future[Any] | None:
+        """A PUBLISH to ``topic`` arrived: the authorizing plugins' answer when it is still
+        on its way (the connection then holds the packet), else None."""
+        if not self.plugins.authorizers or topic.startswith("$"):
+            return None  # ($ topics are refused to clients whatever plugins say)
+        answer = self.plugins.authorize(self._plugin_client(conn), Action.PUBLISH, topic)
+        if isinstance(answer, asyncio.Future) and not answer.done():
+            return answer
+        return None
 
     def _deliver_to(self, cid: str, message: Message, qos: int, retain: bool,
                     identifiers: tuple[int, ...], share: str | None = None,
@@ -1053,12 +1211,26 @@ class Broker:
             identifier = ids[0] if ids else 0
         for sub in p.subscriptions:  # the whole packet first: a malformed one changes nothing
             _check_filter(sub.topic_filter, v5, "SUBSCRIBE")
+        plugins = self.plugins
+        client = self._plugin_client(conn) if plugins else None
+        if plugins.authorizers:
+            assert client is not None
+            pending = [a for sub in p.subscriptions
+                       if isinstance(a := plugins.authorize(client, Action.SUBSCRIBE,
+                                                            sub.topic_filter), asyncio.Future)
+                       and not a.done()]
+            if pending:  # an async plugin: the SUBSCRIBE (and what follows) waits for it
+                raise HoldPacket(asyncio.ensure_future(asyncio.wait(pending)))
         codes: list[int] = []
         retained: list[tuple[Message, int, bool, tuple[int, ...]]] = []
         now = self.now()
         for sub in p.subscriptions:
             f = sub.topic_filter
             code = self._refusal(conn, session, sub.topic_filter, v5)
+            if code is None and client is not None and plugins.authorizers and \
+                    not self._plugin_allows(plugins.authorize(client, Action.SUBSCRIBE, f)):
+                log.info("client %s: SUBSCRIBE %r refused by a plugin", conn.name, f)
+                code = ReasonCode.NOT_AUTHORIZED
             if code is None and sub.no_local and f.startswith("$share/"):
                 raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                                     "No Local on a shared subscription [MQTT-3.8.3-4]")
@@ -1074,6 +1246,8 @@ class Broker:
             if session.store is not None:
                 session.store.put_subscription(conn.client_id, sub)
             codes.append(granted)
+            if client is not None and plugins.events["on_subscribe"]:
+                plugins.fire("on_subscribe", client, f, granted)
             if f.startswith("$share/"):
                 continue  # no retained messages on a shared subscription [MQTT 4.8.2]
             # Retain Handling: 0 always, 1 only for a new subscription, 2 never [MQTT-3.3.1-9/10]
@@ -1082,8 +1256,18 @@ class Broker:
                 # ACL file: a filter wider than the read grants brings only what may be read
                 reader = self.authorizer.readers.get(conn.client_id)
                 for m in self.retained.match(f, now):
-                    if reader is None or reader.may_read(m.topic):
-                        retained.append((m, min(m.qos, granted), True, ident))
+                    if reader is not None and not reader.may_read(m.topic):
+                        continue
+                    item = (m, min(m.qos, granted), True, ident)
+                    if plugins.authorizers:  # the plugins' RECEIVE answer, as for deliveries
+                        answer = self._may_receive(conn.client_id, m.topic)
+                        if isinstance(answer, asyncio.Future):
+                            answer.add_done_callback(functools.partial(
+                                self._retained_when_allowed, conn, item))
+                            continue
+                        if answer is False:
+                            continue
+                    retained.append(item)
         # durable: after a crash, a session said to be present must hold this subscription
         # (matching PUBLISH may go first: [MQTT-3.8.4-4] lets them)
         conn.send_packet(Suback(p.packet_id, codes), durable=True)
@@ -1136,6 +1320,8 @@ class Broker:
                 if session.store is not None:
                     session.store.delete_subscription(conn.client_id, f)
                 codes.append(ReasonCode.SUCCESS)
+                if self.plugins.events["on_unsubscribe"]:
+                    self.plugins.fire("on_unsubscribe", self._plugin_client(conn), f)
             elif topic_filter_problem(f) is not None:
                 codes.append(ReasonCode.TOPIC_FILTER_INVALID)
             else:
@@ -1169,6 +1355,8 @@ class Broker:
             "$SYS/broker/retained messages/count": str(len(self.retained)),
             "$SYS/broker/store/messages/count": str(
                 sum(len(s.queue) + len(s.inflight) for s in self.sessions.values())),
+            "$SYS/broker/plugins/errors": str(m.plugin_errors),
+            "$SYS/broker/plugins/timeouts": str(m.plugin_timeouts),
         }
 
     def _publish_sys(self) -> None:
@@ -1202,6 +1390,10 @@ def _check_filter(topic_filter: str, v5: bool, what: str) -> None:
         raise ProtocolError(ReasonCode.MALFORMED_PACKET,
                             f"{what} with a malformed topic filter {topic_filter[:100]!r}: "
                             f"{problem}")
+
+
+def _plugin_message(m: Message) -> PluginMessage:
+    return PluginMessage(m.topic, m.payload, m.qos, m.retain, m.properties or {}, m.sender)
 
 
 def _pending_will(will: Will, client_id: str) -> StoredWill:

@@ -21,6 +21,7 @@ import click
 from . import __version__
 from .config import LOG_LEVELS, Config, load_config
 from .errors import ConfigError, MQTTBrokerError
+from .plugins.host import load_classes
 
 log = logging.getLogger("mqttbroker")
 
@@ -57,6 +58,7 @@ def serve(config_file: str | None, host: str | None, port: int | None,
     """Run the broker until SIGINT or SIGTERM (SIGHUP reloads certificates, passwords, ACLs)."""
     try:
         config = load_config(config_file).with_overrides(host, port, log_level)
+        load_classes(config.plugins, config_file)  # FILE:LINE for a plugin that does not load
     except ConfigError as exc:
         _print_config_error(exc, err=True)
         sys.exit(2)
@@ -108,6 +110,7 @@ def check_config(file: str) -> None:
 
     try:
         config = load_config(file)
+        load_classes(config.plugins, file)  # each plugin imports and takes its options
         for lc in config.listeners:  # TLS files load, and each key fits its certificate
             if lc.ssl:
                 try:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from enum import IntEnum
 from typing import Any, cast
 
-from .core.hooks import ConnectionHost
+from .core.hooks import ConnectionHost, HoldPacket
 from .enhanced_auth import AuthExchange, AuthStatus
 from .errors import ProtocolError
 from .message import Message
@@ -120,10 +120,12 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_after_uncommitted",
         "_auth",
+        "_held_by",
         "_limiter",
         "_loop",
         "_max_levels",
         "_pending_connect",
+        "_plugins",
         "_stash",
         "_timer",
         "_wbuf",
@@ -212,6 +214,8 @@ class ClientConnection(asyncio.Protocol):
                                        self._loop.time()) if cfg.max_publish_rate or \
             cfg.max_publish_bytes_rate else None
         self.rate_paused = False
+        self._held_by: asyncio.Future[Any] | None = None  # a plugin decision it waits for
+        self._plugins = bool(broker.config.plugins)
         self._stash: list[tuple[int, bytes]] | None = None  # packets read, held by the rate
         self.connected_at: float | None = None  # wall clock at CONNACK (the admin API's)
 
@@ -299,18 +303,22 @@ class ClientConnection(asyncio.Protocol):
                 if self.broker.login_failures is not None and \
                         self._delay_connect(first, body, it):
                     break
-            if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
-                self._on_publish(cast(Publish, decode(first, body, self.level)), body)
-                if self._limiter is not None and self._rate_limit(len(body)):
-                    self._stash = list(it)
-                    break
-            elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
-                self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
-            else:
-                _HANDLERS[ptype](self, decode(first, body, self.level))
-                if self._stash is not None and ptype == _P.CONNECT:
-                    self._stash.extend(it)  # the broker suspended the CONNECT: keep the rest
-                    break
+            try:
+                if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
+                    self._on_publish(cast(Publish, decode(first, body, self.level)), body)
+                    if self._limiter is not None and self._rate_limit(len(body)):
+                        self._stash = list(it)
+                        break
+                elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
+                    self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
+                else:
+                    _HANDLERS[ptype](self, decode(first, body, self.level))
+                    if self._stash is not None and ptype == _P.CONNECT:
+                        self._stash.extend(it)  # the broker suspended the CONNECT: keep the rest
+                        break
+            except HoldPacket as hold:  # a plugin's decision is on its way (nothing done yet)
+                self._hold(hold.until, [(first, body), *it])
+                break
         if self._wbuf:
             # our own answers (acks, the next messages a PUBACK let through) go now, not
             # after every other connection's work in this loop turn
@@ -340,9 +348,36 @@ class ClientConnection(asyncio.Protocol):
         self._timer = self._loop.call_later(wait, self._connect_resume)
         return True
 
+    def _hold(self, until: asyncio.Future[Any], stash: list[tuple[int, bytes]]) -> None:
+        """Keep ``stash`` (the held packet first), read no more, until ``until`` is done."""
+        self.metrics.messages_received -= 1  # counted again when it is handled
+        self._stash = stash
+        self._held_by = until
+        if self.transport is not None:
+            self.transport.pause_reading()
+        until.add_done_callback(self._unhold)
+
+    def _unhold(self, until: asyncio.Future[Any]) -> None:
+        if self._held_by is not until:
+            return
+        self._held_by = None
+        if self.closed:
+            return
+        stash, self._stash = self._stash, None
+        if stash and not self._guarded(lambda: self._process(stash)):
+            return
+        if self._wbuf:
+            self._flush()
+        self._read_again()
+
     def suspend_connect(self) -> None:
-        """The broker needs time to finish this CONNECT (a cluster claims the client id):
-        keep the packets read after it, read no more, until :meth:`resume_connect`."""
+        """The broker needs time to finish this CONNECT (a cluster claims the client id, a
+        plugin decides): keep the packets read after it, read no more, until
+        :meth:`resume_connect`. connect_timeout stops counting: the CONNECT has come, and
+        what the broker waits for is bounded on its side (claim and plugin timeouts)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._stash = []
         if self.transport is not None:
             self.transport.pause_reading()
@@ -384,7 +419,7 @@ class ClientConnection(asyncio.Protocol):
         """Read the socket again unless something still holds it: packets kept back (a
         suspended CONNECT, the publish rate) or congested subscribers this client feeds."""
         if self.transport is not None and not self.closed and self._stash is None \
-                and not self.rate_paused and self.blocked_by == 0:
+                and self._held_by is None and not self.rate_paused and self.blocked_by == 0:
             self.transport.resume_reading()
 
     @property
@@ -435,8 +470,8 @@ class ClientConnection(asyncio.Protocol):
     def _rate_resume(self) -> None:
         self.rate_paused = False
         self.last_received = self._loop.time()  # paused by us: not silent
-        if self.state is not ConnState.CONNECTED:
-            return
+        if self.state is not ConnState.CONNECTED or self._held_by is not None:
+            return  # (a held packet goes on when its decision comes)
         stash, self._stash = self._stash, None
         if stash and not self._guarded(lambda: self._process(stash)):
             return
@@ -827,10 +862,6 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         assert session is not None
         qos = p.qos
-        m = self.metrics
-        m.publish_in[qos] += 1
-        if body is not None:
-            m.publish_in_bytes[qos] += packet_size(len(body))
         props = p.properties
         expires_at = None
         if self.level == V5:
@@ -860,6 +891,14 @@ class ClientConnection(asyncio.Protocol):
         if len(p.topic) >= levels and p.topic.count("/") >= levels:
             raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
                                 f"topic name deeper than max_topic_levels {levels}")
+        if self._plugins:  # an async plugin still deciding this topic: hold the PUBLISH
+            pending = self.broker.publish_pending(self, p.topic)
+            if pending is not None:
+                raise HoldPacket(pending)
+        m = self.metrics
+        m.publish_in[qos] += 1
+        if body is not None:
+            m.publish_in_bytes[qos] += packet_size(len(body))
         pid = p.packet_id
         if qos == 2:
             assert pid is not None

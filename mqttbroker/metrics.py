@@ -25,6 +25,8 @@ class Metrics:
         "connections_total",
         "messages_received",
         "messages_sent",
+        "plugin_errors",
+        "plugin_timeouts",
         "protocol_errors",
         "publish_dropped",
         "publish_in",
@@ -57,6 +59,8 @@ class Metrics:
         self.sys_publish_refused = 0
         self.sessions_evicted = 0  # offline sessions discarded to stay under max_sessions
         self.retained_dropped = 0  # retained messages not kept: over a retained limit
+        self.plugin_errors = 0  # plugin hooks that raised (logged with the plugin's name)
+        self.plugin_timeouts = 0  # async plugin decisions that did not come in time
 
     @property
     def publish_received(self) -> int:

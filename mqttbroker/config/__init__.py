@@ -47,13 +47,14 @@ from .model import (
     ListenerConfig,
     MqttConfig,
     PersistenceConfig,
+    PluginSpec,
     TopicCheckConfig,
 )
 from .sections import _validate
 from .yaml_reader import _KeyPath, _merge, _read_yaml
 
 __all__ = ["LOG_LEVELS", "AuthConfig", "ClusterConfig", "Config", "HttpConfig", "ListenerConfig",
-           "MqttConfig", "PersistenceConfig", "TopicCheckConfig", "load_config",
+           "MqttConfig", "PersistenceConfig", "PluginSpec", "TopicCheckConfig", "load_config",
            "parse_config_dict"]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from ..errors import ConfigError, ConfigIssue
 
@@ -126,6 +126,10 @@ class MqttConfig:
     auth_failure_delay: float = 1.0  # first delay (s), doubling per failure; 0 = off
     auth_failure_max_delay: float = 30.0  # the longest delay (s)
     max_topic_levels: int = 200  # levels in a topic name or filter (Mosquitto's limit)
+    # plugins: how long a CONNECT or packet waits for an async plugin's decision, and the
+    # decision when none comes in time ("deny" or "allow")
+    plugin_timeout: float = 5.0
+    plugin_timeout_outcome: str = "deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,17 @@ class ClusterConfig:
     takeover_timeout: float = 3.0  # how long a session's old node has to hand it over
 
 
+@dataclass(frozen=True)
+class PluginSpec:
+    """One entry of the ``plugins`` section: a plugin class by its dotted path, with its
+    options (amqtt 0.11+'s shape). Imported and checked against the class's ``Config`` by
+    ``mqttbroker.plugins``, which names ``line`` when something is wrong."""
+
+    path: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    line: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated broker configuration; build it with :func:`load_config`."""
@@ -184,6 +199,7 @@ class Config:
     persistence: PersistenceConfig = PersistenceConfig()
     http: HttpConfig = HttpConfig()
     cluster: ClusterConfig | None = None
+    plugins: tuple[PluginSpec, ...] = ()
 
     def with_overrides(
         self, host: str | None = None, port: int | None = None, log_level: str | None = None

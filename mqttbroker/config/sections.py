@@ -6,12 +6,14 @@ and :func:`_validate`, which turns the plain values of a whole config into a :cl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import ConfigError, ConfigIssue
 from .convert import (
     _acl,
     _acl_file,
+    _Bad,
     _bind,
     _bool,
     _choice,
@@ -43,6 +45,7 @@ from .model import (
     ListenerConfig,
     MqttConfig,
     PersistenceConfig,
+    PluginSpec,
     TopicCheckConfig,
 )
 from .yaml_reader import _INVALID, _canon, _KeyPath
@@ -103,6 +106,8 @@ _MQTT_FIELDS: Final[Mapping[str, _Conv]] = {
     "auth_failure_delay": _float(0),
     "auth_failure_max_delay": _float(0),
     "max_topic_levels": _int(0),
+    "plugin_timeout": _float(0, exclusive=True),
+    "plugin_timeout_outcome": _choice(("deny", "allow"), str.lower),
 }
 _PERSISTENCE_FIELDS: Final[Mapping[str, _Conv]] = {
     "backend": _choice(("memory", "sqlite"), str.lower),
@@ -227,6 +232,29 @@ def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfi
     return tuple(result)
 
 
+def _plugins(v: _Validator, value: Any, path: _KeyPath) -> tuple[PluginSpec, ...]:
+    """amqtt 0.11+'s ``plugins``: a mapping of dotted class path -> options (or nothing).
+    amqtt 0.10's list of entry-point names is accepted and ignored, as before. The classes
+    are imported and their options checked by ``mqttbroker.plugins``, with these lines."""
+    if value is None or isinstance(value, list):
+        return ()
+    specs = []
+    for name, options in v.mapping(value, path).items():
+        kpath = (*path, name)
+        module, _, cls = name.rpartition(".")
+        if not module or not cls or not all(part.isidentifier() for part in name.split(".")):
+            v.issue(kpath, "a plugin is named by its dotted class path, "
+                    "e.g. package.module.ClassName")
+            continue
+        try:
+            opts = v.mapping(options, kpath)
+        except _Bad as exc:
+            v.issue(kpath, f"a plugin's options: {exc}")
+            continue
+        specs.append(PluginSpec(name, MappingProxyType(opts), v.lines.get(kpath)))
+    return tuple(specs)
+
+
 _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "listeners": _listeners,
     "sys_interval": _float(0),
@@ -237,8 +265,9 @@ _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "persistence": _subsection(PersistenceConfig, _PERSISTENCE_FIELDS),
     "http": _http,
     "cluster": _cluster,
+    "plugins": _plugins,
 }
-_TOP_IGNORED: Final = frozenset({"plugins", "timeout_disconnect_delay"})
+_TOP_IGNORED: Final = frozenset({"timeout_disconnect_delay"})
 _ELSEWHERE: Final[Mapping[str, str]] = {
     **{k: "listeners.<name>" for k in _LISTENER_FIELDS},
     **{k: "auth" for k in _AUTH_FIELDS},

@@ -8,6 +8,7 @@ generic in the connection type, so that this module knows no connection class.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -70,6 +71,9 @@ class ConnectionHost(Protocol[C]):
 
     def on_connection_closed(self, conn: C, publish_will: bool) -> None:
         """The connection ended, for whatever reason."""
+
+    def publish_pending(self, conn: C, topic: str) -> asyncio.Future[Any] | None:
+        """An async plugin's answer for a PUBLISH to ``topic`` still on its way, or None."""
 
 
 class ConnectionInfo(Protocol):
@@ -172,3 +176,13 @@ class ClusterHost(Protocol):
 
     def drop_routes(self, client_id: str, filters: list[str]) -> None:
         """Unsubscribe a session that is not here any more from ``filters``."""
+
+
+class HoldPacket(Exception):
+    """Raised by the broker while it handles a packet whose decision is on its way (an
+    async plugin's answer): the connection keeps that packet and those after it, reads no
+    more, and handles them again, in order, once ``until`` is done."""
+
+    def __init__(self, until: asyncio.Future[Any]) -> None:
+        super().__init__("packet held for a decision")
+        self.until = until

@@ -108,6 +108,10 @@ class BrokerCollector:
         yield _counter("protocol_errors", "Connections closed for bad input", m.protocol_errors)
         yield _counter("auth_failures", "CONNECTs refused for their credentials",
                        m.auth_failures)
+        yield _counter("plugin_errors", "Plugin hooks that raised (logged with the plugin's name)",
+                       m.plugin_errors)
+        yield _counter("plugin_timeouts", "Async plugin decisions that did not come in time",
+                       m.plugin_timeouts)
         cluster = b.cluster
         if cluster is not None:
             st = cluster.stats()

@@ -553,7 +553,8 @@ def test_all_problems_are_collected_and_sorted_by_line(tmp_path: Path) -> None:
         "max_keepalive, max_packet_size, max_publish_bytes_rate, max_publish_rate, max_qos, "
         "max_queued_bytes, max_queued_messages, max_retained_bytes, max_retained_messages, "
         "max_session_expiry_interval, max_sessions, max_subscriptions_per_client, "
-        "max_topic_levels, max_write_buffer, message_size_limit, "
+        "max_topic_levels, max_write_buffer, message_size_limit, plugin_timeout, "
+        "plugin_timeout_outcome, "
         "queue_full_policy, queue_qos0_messages, receive_maximum, response_information, "
         "retain_available, topic_alias_maximum, write_buffer_limit)"),
     ]
