@@ -42,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,24 +65,10 @@ SEQ = struct.Struct(">I")
 
 
 @dataclass
-class Broker:
-    """Our broker with a tcp listener and one ws listener per variant."""
+class Broker(brokers.BrokerProcess):
+    """Our broker with a tcp listener (``port``) and one ws listener per variant."""
 
-    proc: subprocess.Popen[bytes]
-    workdir: Path
-    log: Path
-    tcp_port: int
-    ws_ports: dict[str, int]
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+    ws_ports: dict[str, int] = field(default_factory=dict)
 
 
 def start_broker(timeout: float = 20.0) -> Broker:
@@ -122,7 +108,7 @@ def start_broker(timeout: float = 20.0) -> Broker:
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, cwd=workdir)
-        b = Broker(proc, workdir, log, tcp, ws)
+        b = Broker("ours", tcp, proc, workdir, log, ws_ports=ws)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if all(brokers.accepts(p) for p in (tcp, *ws.values())):
@@ -188,39 +174,25 @@ class WsSubscriber:
 
     def _parse(self) -> None:
         buf, lay = self.buf, self.layout
-        i, n = 0, len(buf)
         publishes, seq, bad = self.publishes, self.next_seq, self.bad
         size, first_ok, seq_at = lay.size, lay.first, lay.payload_offset + wire.SEQ_OFFSET
-        while i + 2 <= n:
-            first = buf[i]
-            j, rem, shift = i + 1, 0, 0
-            while j < n:
-                b = buf[j]
-                rem |= (b & 0x7F) << shift
-                j += 1
-                if not b & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    raise ValueError("malformed remaining length")
-            else:
-                break  # the length is not all here yet
-            if j + rem > n:
-                break
+        frames, used = wire.split_frames(buf)
+        begin = 0  # frames are contiguous: each packet starts where the last one ended
+        for first, start, end in frames:
             if first >> 4 == wire.PUBLISH:
                 publishes += 1
-                if j + rem - i == size and first == first_ok:
-                    got = SEQ.unpack_from(buf, i + seq_at)[0]
+                if end - begin == size and first == first_ok:
+                    got = SEQ.unpack_from(buf, begin + seq_at)[0]
                     if got != seq:
                         bad += 1
                     seq = got + 1
                 else:
                     bad += 1
             else:
-                self.others.append((first, bytes(buf[j:j + rem])))
-            i = j + rem
-        if i:
-            del buf[:i]
+                self.others.append((first, bytes(buf[start:end])))
+            begin = end
+        if used:
+            del buf[:used]
         if publishes != self.publishes:
             self.last_ns = time.monotonic_ns()
         self.publishes, self.next_seq, self.bad = publishes, seq, bad
@@ -330,7 +302,7 @@ def one_run(b: Broker, variant: str, n: int, blob: bytes, layout: wire.PublishLa
     """Subscriber on ``variant``'s ws listener, publisher on tcp; N PUBLISH through."""
     deadline = time.monotonic() + run_timeout
     sub = WsSubscriber(b.ws_ports[variant], layout, timeout=min(10.0, run_timeout))
-    pub = Publisher(b.tcp_port, blob, batch_bytes, timeout=run_timeout)
+    pub = Publisher(b.port, blob, batch_bytes, timeout=run_timeout)
     try:
         sub.handshake(f"wsf-sub-{tag}", deadline)
         pub.start()
@@ -397,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[RunResult] = []
     failed: list[str] = []
     try:
-        progress(f"broker pid {b.pid}: tcp 127.0.0.1:{b.tcp_port}, ws split "
+        progress(f"broker pid {b.pid}: tcp 127.0.0.1:{b.port}, ws split "
                  f"127.0.0.1:{b.ws_ports['split']}, ws packed 127.0.0.1:{b.ws_ports['packed']}; "
                  f"{n:,} x {layout.size}-byte PUBLISH per run, {pairs} pairs")
         warm = max(1, min(n, 10_000))
