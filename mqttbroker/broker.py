@@ -989,10 +989,12 @@ class Broker:
         s = conn.session
         return s is not None and len(s.inflight) < s.max_inflight
 
-    def publish_from(self, conn: ClientConnection, message: Message) -> int:
+    def publish_from(self, conn: ClientConnection, message: Message,
+                     plugins_allow: bool = True) -> int:
         """A client published: check it may, then route. Returns the MQTT 5 reason code for
         its PUBACK/PUBREC (0x00, 0x10 no matching subscribers, 0x87 not authorised, 0x95
-        payload over ``message_size_limit``)."""
+        payload over ``message_size_limit``). ``plugins_allow``: the authorizing plugins'
+        answer for its topic, which the connection asked first (:meth:`publish_answer`)."""
         if message.topic.startswith("$"):
             # clients do not publish to $ topics ($SYS belongs to the broker)
             self.metrics.sys_publish_refused += 1
@@ -1016,8 +1018,7 @@ class Broker:
             log.info("client %s: PUBLISH to %r not authorised", conn.name, message.topic)
             return ReasonCode.NOT_AUTHORIZED
         plugins = self.plugins
-        if plugins.authorizers and not self._plugin_allows(
-                plugins.authorize(self._plugin_client(conn), Action.PUBLISH, message.topic)):
+        if not plugins_allow:
             self.metrics.publish_dropped += 1
             log.info("client %s: PUBLISH to %r not authorised by a plugin", conn.name,
                      message.topic)
@@ -1176,15 +1177,16 @@ class Broker:
         if message is not None:
             self.publish(message)
 
-    def publish_pending(self, conn: ClientConnection, topic: str) -> asyncio.Future[Any] | None:
-        """A PUBLISH to ``topic`` arrived: the authorizing plugins' answer when it is still
-        on its way (the connection then holds the packet), else None."""
+    def publish_answer(self, conn: ClientConnection,
+                       topic: str) -> bool | asyncio.Future[bool | None]:
+        """A PUBLISH to ``topic`` arrived: whether the authorizing plugins allow it, or their
+        answer still on its way (the connection then holds the packet and asks again)."""
         if not self.plugins.authorizers or topic.startswith("$"):
-            return None  # ($ topics are refused to clients whatever plugins say)
+            return True  # ($ topics are refused to clients whatever plugins say)
         answer = self.plugins.authorize(self._plugin_client(conn), Action.PUBLISH, topic)
         if isinstance(answer, asyncio.Future) and not answer.done():
             return answer
-        return None
+        return self._plugin_allows(answer)
 
     def _deliver_to(self, cid: str, message: Message, qos: int, retain: bool,
                     identifiers: tuple[int, ...], share: str | None = None,

@@ -891,10 +891,12 @@ class ClientConnection(asyncio.Protocol):
         if len(p.topic) >= levels and p.topic.count("/") >= levels:
             raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
                                 f"topic name deeper than max_topic_levels {levels}")
-        if self._plugins:  # an async plugin still deciding this topic: hold the PUBLISH
-            pending = self.broker.publish_pending(self, p.topic)
-            if pending is not None:
-                raise HoldPacket(pending)
+        allowed = True
+        if self._plugins:  # asked once; an async plugin still deciding: hold the PUBLISH
+            answer = self.broker.publish_answer(self, p.topic)
+            if not isinstance(answer, bool):
+                raise HoldPacket(answer)
+            allowed = answer
         m = self.metrics
         m.publish_in[qos] += 1
         if body is not None:
@@ -915,7 +917,7 @@ class ClientConnection(asyncio.Protocol):
         if body is not None and self.level != V5:
             # a 3.1/3.1.1 PUBLISH body is already the forwarded wire form: no re-encoding
             message.preset_wire(body, qos)
-        code = self.broker.publish_from(self, message)
+        code = self.broker.publish_from(self, message, allowed)
         if qos == 1:
             assert pid is not None
             if code and self.level == V5:  # [MQTT-3.4.2] PUBACK with a reason code

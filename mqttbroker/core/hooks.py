@@ -66,14 +66,14 @@ class ConnectionHost(Protocol[C]):
     def unsubscribe(self, conn: C, p: Unsubscribe) -> None:
         """UNSUBSCRIBE: UNSUBACK."""
 
-    def publish_from(self, conn: C, message: Message) -> int:
+    def publish_from(self, conn: C, message: Message, plugins_allow: bool = True) -> int:
         """A client published: the MQTT 5 reason code for its PUBACK/PUBREC."""
 
     def on_connection_closed(self, conn: C, publish_will: bool) -> None:
         """The connection ended, for whatever reason."""
 
-    def publish_pending(self, conn: C, topic: str) -> asyncio.Future[Any] | None:
-        """An async plugin's answer for a PUBLISH to ``topic`` still on its way, or None."""
+    def publish_answer(self, conn: C, topic: str) -> bool | asyncio.Future[bool | None]:
+        """The plugins' answer for a PUBLISH to ``topic``, or that answer on its way."""
 
 
 class ConnectionInfo(Protocol):
