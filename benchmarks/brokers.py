@@ -291,12 +291,22 @@ def accepts(port: int) -> bool:
 def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
           max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
           config: str | os.PathLike[str] | None = None, bench_limits: bool = True,
-          persistence: str = "keep") -> BrokerProcess:
+          persistence: str = "keep",
+          source: str | os.PathLike[str] | None = None) -> BrokerProcess:
     """Start a fresh broker ``name`` on a free port and wait until that port accepts.
 
     ``config`` (ours only): start from a copy of that config file (see :func:`ours_config`
-    for ``bench_limits`` and ``persistence``; its database lives in the temporary folder)."""
+    for ``bench_limits`` and ``persistence``; its database lives in the temporary folder).
+    ``source`` (ours only): a folder holding an ``mqttbroker`` package (e.g. another revision's
+    tree, see benchmarks/ab.py), run instead of the installed one: it goes first on the
+    broker's PYTHONPATH; same interpreter and venv."""
     raise_nofile(nofile)
+    env: dict[str, str] | None = None
+    if source is not None:
+        if name != "ours":
+            raise BrokerError(f"a source folder applies to ours only, not {name!r}")
+        paths = [str(Path(source).resolve()), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     last: BrokerError | None = None
     for _ in range(3):  # the free port may be taken between probing and binding
@@ -311,7 +321,7 @@ def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
         log = workdir / "broker.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, cwd=workdir)
+                                    stdin=subprocess.DEVNULL, cwd=workdir, env=env)
         bp = BrokerProcess(name, port, proc, workdir, log, config=prepared)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -344,12 +354,13 @@ def _nofile_of(pid: int) -> tuple[int, int]:
 def running(name: str, *, timeout: float = 20.0, nofile: int | None = None,
             max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
             config: str | os.PathLike[str] | None = None, bench_limits: bool = True,
-            persistence: str = "keep") -> Iterator[BrokerProcess]:
+            persistence: str = "keep",
+            source: str | os.PathLike[str] | None = None) -> Iterator[BrokerProcess]:
     """``with running("ours") as b: ... b.port, b.pid``: started fresh, stopped and cleaned
     up afterwards."""
     bp = start(name, timeout=timeout, nofile=nofile, max_queued=max_queued,
                max_inflight=max_inflight, config=config, bench_limits=bench_limits,
-               persistence=persistence)
+               persistence=persistence, source=source)
     try:
         yield bp
     finally:
