@@ -1,7 +1,7 @@
 """MQTT 5 enhanced authentication [MQTT 4.12] and its SCRAM-SHA-256 method [RFC 5802, RFC 7677].
 
 Pure and synchronous, like ``auth.py``: bytes in, an :class:`AuthResult` out, no I/O and no
-clock. ``client.py``/``broker.py`` carry the bytes:
+clock. ``client/`` and ``broker.py`` carry the bytes:
 
 - CONNECT names an Authentication Method [MQTT 3.1.2.11.9] and usually carries Authentication
   Data [MQTT 3.1.2.11.10]. :meth:`EnhancedAuth.begin` returns ``None`` for a method nobody

@@ -1,7 +1,7 @@
 """One root error for the project, and the two kinds every layer raises.
 
 A :class:`ProtocolError` carries the MQTT 5 reason code that describes it; the one place that
-turns it into bytes (a CONNACK return code or a DISCONNECT) is ``client.py``. A
+turns it into a packet (a CONNACK return code or a DISCONNECT) is ``protocol/connection.py``. A
 :class:`ConfigError` names the key path and the YAML line so an operator can fix the file.
 """
 

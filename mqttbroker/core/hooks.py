@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 from ..abuse import LoginFailures
+from ..acl import ClientAcl
 from ..config import Config
 from ..enhanced_auth import EnhancedAuth
 from ..keepalive import KeepAliveWheel, Watched
 from ..message import Message
 from ..metrics import Metrics
 from ..persistence.base import Storage, StoredSession
+from ..protocol.connection import Limits
 from ..protocol.constants import ReasonCode
 from ..protocol.packets import Connect, Subscribe, Unsubscribe
 from ..retained import RetainedStore
@@ -37,6 +39,7 @@ class ConnectionHost(Protocol[C]):
     """
 
     config: Config
+    limits: Limits  # what the configuration allows each connection
     metrics: Metrics
     storage: Storage | None
     running: bool
@@ -74,6 +77,27 @@ class ConnectionHost(Protocol[C]):
 
     def publish_answer(self, conn: C, topic: str) -> bool | asyncio.Future[bool | None]:
         """The plugins' answer for a PUBLISH to ``topic``, or that answer on its way."""
+
+
+class Access(Protocol):
+    """The broker's own access control as the core asks it (``auth.py``'s Authorizer: the
+    password file, the ACL file and amqtt's topic-check), synchronously. Plugins answer
+    beside it, through the plugin API."""
+
+    @property
+    def publish_checked(self) -> bool:
+        """Anything to check on PUBLISH? (the core skips the call when not)"""
+
+    @property
+    def readers(self) -> Mapping[str, ClientAcl]:
+        """Client id -> read grants to check per delivery (an ACL file's subscriptions that
+        reach past what the client may read); empty unless there is an ACL file."""
+
+    def may_publish(self, client_id: str, username: str | None, topic: str) -> bool:
+        """May this client publish to ``topic``?"""
+
+    def may_subscribe(self, client_id: str, username: str | None, topic_filter: str) -> bool:
+        """May this client subscribe to ``topic_filter``?"""
 
 
 class ConnectionInfo(Protocol):

@@ -25,11 +25,14 @@ is not asked per message.
 :meth:`Plugin.on_message` sees every client's PUBLISH as it arrives, and what plugins publish
 through their context, and may return it changed (a new :class:`Message`, e.g.
 ``dataclasses.replace(message, topic=...)``) or None to drop it.
+:meth:`Plugin.on_subscribe_filter` may change the topic filter of a SUBSCRIBE (once it was
+allowed) and of an UNSUBSCRIBE, so a plugin that moves topics moves subscriptions with them.
 The ``on_*`` events observe; a coroutine event runs in the background.
 
 A plugin that raises is logged with its name and counted (``plugin_errors`` in ``/metrics``
 and ``$SYS/broker/plugins/errors``); it never takes the broker down: a failing decision
-counts as ``plugin_timeout_outcome``, a failing ``on_message`` leaves the message as it was.
+counts as ``plugin_timeout_outcome``, a failing ``on_message`` leaves the message as it was,
+a failing ``on_subscribe_filter`` the filter.
 """
 
 from __future__ import annotations
@@ -114,11 +117,15 @@ class Plugin:
     """Base class of mqttbroker plugins: override the hooks you need.
 
     Every hook may be a plain method or a coroutine function (``async def``), except
-    :meth:`on_message`, which is called on the broker's hot path and must answer at once.
+    :meth:`on_message`, :meth:`on_deliver` and :meth:`on_subscribe_filter`, which are called on
+    the broker's hot path and must answer at once.
     """
 
     #: the dataclass the plugin's options fill (unknown or missing options are errors)
     Config: ClassVar[type[Any]] = NoOptions
+    #: ``$`` topic prefixes (``"$delayed/"``) whose clients' PUBLISH this plugin takes: the
+    #: broker does not refuse them as its own topics; they are authorized and reach on_message
+    claimed_topics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, context: PluginContext, config: Any) -> None:
         self.context = context
@@ -151,6 +158,20 @@ class Plugin:
     def on_message(self, client: Client | None, message: Message) -> Message | None:
         """A message arrived (``client`` None: the broker's own): return it, a changed one,
         or None to drop it (a QoS 1/2 PUBLISH is still acknowledged)."""
+        return message
+
+    def on_subscribe_filter(self, client: Client, topic_filter: str) -> str:
+        """The filter ``client`` subscribes to (after the broker's checks and
+        :meth:`authorize` allowed ``topic_filter``) or unsubscribes from, as the broker is to
+        use it: ``topic_filter`` itself, or another well-formed filter (a shared
+        subscription's ``$share/{group}/`` prefix kept as it is)."""
+        return topic_filter
+
+    def on_deliver(self, client: Client, message: Message) -> Message | None:
+        """``message`` is about to be delivered to ``client`` (once per subscriber, retained
+        messages on subscribe included): return it, a changed one (its topic, payload or
+        properties; the delivery's QoS and retain flag stay the broker's), or None to not
+        deliver it to that client. Called on the hot path: answer at once."""
         return message
 
     # -- events ---------------------------------------------------------------------------------

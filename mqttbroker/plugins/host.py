@@ -21,7 +21,7 @@ from ..config import Config, PluginSpec
 from ..errors import ConfigError, ConfigIssue
 from ..message import Message as Internal
 from ..metrics import Metrics
-from ..protocol.topics import validate_topic_name
+from ..protocol.topics import SHARE_PREFIX, topic_filter_problem, validate_topic_name
 from .amqtt import AmqttPlugin, adapter_for, link
 from .api import Action, Client, Decision, Message, Plugin, PluginContext
 
@@ -145,6 +145,9 @@ class PluginHost:
         self.authenticators: list[Plugin] = []
         self.authorizers: list[Plugin] = []
         self.message_hooks: list[Plugin] = []
+        self.deliver_hooks: list[Plugin] = []
+        self.filter_hooks: list[Plugin] = []
+        self.claimed: tuple[str, ...] = ()  # $ topic prefixes plugins take from clients
         self.events: dict[str, list[Plugin]] = {e: [] for e in _EVENTS}
         self._cache: dict[str, dict[tuple[Action, str], Any]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()  # events and decisions under way
@@ -172,9 +175,12 @@ class PluginHost:
                     f"could not be built: {type(exc).__name__}: {exc}")]) from exc
             self.plugins.append(plugin)
             self.names[plugin] = spec.path
+            self.claimed += tuple(plugin.claimed_topics)
             for hook, hooks in (("authenticate", self.authenticators),
                                 ("authorize", self.authorizers),
-                                ("on_message", self.message_hooks)):
+                                ("on_message", self.message_hooks),
+                                ("on_deliver", self.deliver_hooks),
+                                ("on_subscribe_filter", self.filter_hooks)):
                 if _overrides(plugin, hook):
                     hooks.append(plugin)
             for event, listeners in self.events.items():
@@ -304,15 +310,29 @@ class PluginHost:
 
     # -- messages -------------------------------------------------------------------------------
 
+    def claims(self, topic: str) -> bool:
+        """Does a plugin take clients' PUBLISH to ``topic`` (a ``$`` topic)?"""
+        return bool(self.claimed) and topic.startswith(self.claimed)
+
     def on_message(self, client: Client | None, message: Internal) -> Internal | None:
         """``message`` through every on_message in order: itself, a changed one, or None
         (dropped). A plugin that fails or returns an invalid message is skipped."""
+        return self._chain(self.message_hooks, "on_message", client, message)
+
+    def on_deliver(self, client: Client, message: Internal) -> Internal | None:
+        """``message``, about to be delivered to ``client``, through every on_deliver in
+        order: itself, a changed one, or None (not delivered to that client). A plugin that
+        fails or returns an invalid message is skipped."""
+        return self._chain(self.deliver_hooks, "on_deliver", client, message)
+
+    def _chain(self, hooks: list[Plugin], hook: str, client: Client | None,
+               message: Internal) -> Internal | None:
         view = Message(message.topic, message.payload, message.qos, message.retain,
                        message.properties or {}, message.sender)
         current = view
-        for plugin in self.message_hooks:
+        for plugin in hooks:
             try:
-                result = plugin.on_message(client, current)
+                result = getattr(plugin, hook)(client, current)
                 if result is None:
                     return None
                 if result is not current:
@@ -321,13 +341,32 @@ class PluginHost:
                             or not isinstance(result.properties, Mapping):
                         raise ValueError(f"not a valid message: {result!r}")
             except Exception:
-                self.failed(plugin, "on_message")
+                self.failed(plugin, hook)
                 continue
             current = result
         if current is view:
             return message
         return Internal(current.topic, current.payload, current.qos, current.retain,
                         dict(current.properties) or None, current.sender, message.expires_at)
+
+    def on_subscribe_filter(self, client: Client, topic_filter: str) -> str:
+        """``topic_filter`` (of a SUBSCRIBE or an UNSUBSCRIBE) through every
+        on_subscribe_filter in order: itself or a changed one. A plugin that fails or returns
+        a filter that is not well-formed, or that adds, drops or changes a ``$share/{group}/``
+        prefix, is skipped."""
+        current = topic_filter
+        for plugin in self.filter_hooks:
+            try:
+                result = plugin.on_subscribe_filter(client, current)
+                if result != current:
+                    problem = _filter_change_problem(current, result)
+                    if problem:
+                        raise ValueError(f"not a valid filter for {current!r}: {problem}")
+            except Exception:
+                self.failed(plugin, "on_subscribe_filter")
+                continue
+            current = result
+        return current
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -352,3 +391,21 @@ class PluginHost:
                 log.error("plugin %s failed in %s: %s", self.names.get(plugin), event, exc,
                           exc_info=exc)
         return done
+
+
+def _share_prefix(topic_filter: str) -> str:
+    """``$share/{group}/`` of a shared subscription's filter ('' for a plain filter)."""
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return ""
+    group, sep, _ = topic_filter[len(SHARE_PREFIX):].partition("/")
+    return f"{SHARE_PREFIX}{group}{sep}"
+
+
+def _filter_change_problem(old: str, new: object) -> str | None:
+    """What is wrong with a plugin's ``new`` filter for ``old``, or None."""
+    if not isinstance(new, str):
+        return f"not a str: {new!r}"
+    prefix = _share_prefix(old)
+    if _share_prefix(new) != prefix:
+        return f"{new!r} does not keep the shared subscription prefix {prefix!r}"
+    return topic_filter_problem(new[len(prefix):])

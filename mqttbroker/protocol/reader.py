@@ -26,6 +26,10 @@ class FrameReader:
         """Bytes held that do not make a complete frame yet."""
         return len(self._buf)
 
+    def head(self, n: int) -> bytes:
+        """The first ``n`` bytes held (of a frame not complete yet)."""
+        return bytes(self._buf[:n])
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add ``data``; return every complete frame, in order."""
         buf = self._buf
