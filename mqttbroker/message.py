@@ -61,3 +61,16 @@ class Message:
     def __repr__(self) -> str:
         return (f"Message({self.topic!r}, {len(self.payload)} bytes, qos={self.qos}, "
                 f"retain={self.retain})")
+
+
+class Derived(Message):
+    """A message as a plugin changed it for one subscriber (``on_deliver``): ``origin`` is the
+    message as published, which another subscriber gets its own form of (a shared
+    subscription's message handed on when its member leaves)."""
+
+    __slots__ = ("origin",)
+
+    def __init__(self, changed: Message, origin: Message) -> None:
+        super().__init__(changed.topic, changed.payload, changed.qos, changed.retain,
+                         changed.properties, changed.sender, changed.expires_at)
+        self.origin = origin

@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..acl import ClientAcl
 from ..config import Config
-from ..message import Message
+from ..message import Derived, Message
 from ..metrics import Metrics
 from ..plugins.api import Action
 from ..plugins.api import Client as PluginClient
@@ -101,6 +101,10 @@ class Dispatcher(Generic[R]):
         self.backplane: Backplane | None = None
         # what plugins see of each client, by client id, while its session lasts
         self.plugin_clients: dict[str, PluginClient] = {}
+        # the per-delivery path reads these (the same objects for the broker's life)
+        self._connections = registry.connections
+        self._sessions = registry.sessions
+        self._deliver_hooks = plugins.deliver_hooks
 
     def redistribute(self, session: Session) -> None:
         """Messages a leaving shared-subscription member had not acknowledged go to another
@@ -111,14 +115,16 @@ class Dispatcher(Generic[R]):
         keep: list[Queued] = []
         for item in taken:
             assert item.share is not None
+            # as published (a plugin's on_deliver form was the leaving member's own)
+            message = item.message.origin if isinstance(item.message, Derived) else item.message
             group = self.router.group(item.share)
             picked = group.pick(self._available, exclude=session.client_id) if group else None
             reader = self.authorizer.readers.get(picked[0]) if picked is not None else None
-            if picked is None or (reader is not None and not reader.may_read(item.message.topic)):
+            if picked is None or (reader is not None and not reader.may_read(message.topic)):
                 keep.append(item)
                 continue
             cid, sub = picked
-            self._deliver_to(cid, item.message, min(item.qos, sub.qos), item.retain,
+            self._deliver_to(cid, message, min(item.qos, sub.qos), item.retain,
                              (sub.identifier,) if sub.identifier else (), item.share)
         if keep:
             session.requeue(keep)
@@ -127,7 +133,7 @@ class Dispatcher(Generic[R]):
 
     def _available(self, cid: str) -> bool:
         """Can this client take another message now (online, window not full)?"""
-        conn = self.registry.connections.get(cid)
+        conn = self._connections.get(cid)
         if conn is None:
             return False
         s = conn.session
@@ -341,18 +347,18 @@ class Dispatcher(Generic[R]):
     def _deliver_to(self, cid: str, message: Message, qos: int, retain: bool,
                     identifiers: tuple[int, ...], share: str | None = None,
                     source: R | None = None) -> None:
-        conn = self.registry.connections.get(cid)
+        conn = self._connections.get(cid)
         if conn is not None:
-            if self.plugins.deliver_hooks:
+            if self._deliver_hooks:
                 changed = self.delivered_form(cid, message)
                 if changed is None:
                     return
                 message = changed
             conn.deliver(message, qos, retain, identifiers, share, source)
         else:
-            session = self.registry.sessions.get(cid)
+            session = self._sessions.get(cid)
             if session is not None:
-                if self.plugins.deliver_hooks:
+                if self._deliver_hooks:
                     changed = self.delivered_form(cid, message)
                     if changed is None:
                         return
@@ -368,7 +374,8 @@ class Dispatcher(Generic[R]):
         changed = self.plugins.on_deliver(client, message)
         if changed is None:
             log.debug("client %r: delivery of %r withheld by a plugin", cid, message.topic)
-        return changed
+            return None
+        return changed if changed is message else Derived(changed, message)
 
 
 def _readable(topic: str, direct: dict[str, Delivery], shared: list[tuple[str, Delivery]],

@@ -21,6 +21,7 @@ from ..config import Config, PluginSpec
 from ..errors import ConfigError, ConfigIssue
 from ..message import Message as Internal
 from ..metrics import Metrics
+from ..protocol.codec import encode_publish_parts
 from ..protocol.topics import SHARE_PREFIX, topic_filter_problem, validate_topic_name
 from .amqtt import AmqttPlugin, adapter_for, link
 from .api import Action, Client, Decision, Message, Plugin, PluginContext
@@ -340,6 +341,12 @@ class PluginHost:
                     if result.qos not in (0, 1, 2) or not isinstance(result.payload, bytes) \
                             or not isinstance(result.properties, Mapping):
                         raise ValueError(f"not a valid message: {result!r}")
+                    if result.properties:
+                        # a property MQTT cannot carry (a Content Type that is not a string,
+                        # an unknown identifier) fails here, as this plugin's error, not
+                        # later while the message is encoded for a subscriber
+                        encode_publish_parts(result.topic, b"", 0, False, False, 5,
+                                             dict(result.properties))
             except Exception:
                 self.failed(plugin, hook)
                 continue

@@ -1,5 +1,5 @@
-"""Sample plugins for tests/integration/test_plugins.py, named in a broker's configuration by
-their dotted path (``tests.integration.sample_plugins.ClassName``: the tests run from the
+"""Sample plugins for tests/integration/test_plugins.py and test_plugin_on_deliver.py, named in a
+broker's configuration by their dotted path (``tests.integration.sample_plugins.ClassName``: the tests run from the
 repository root).
 
 Each plugin keeps what it was asked (``calls``) or told (``events``) on the instance; a test
@@ -171,6 +171,69 @@ class Rewriter(Plugin):
         if topic.startswith(c.wildcard):
             return dataclasses.replace(message, topic=topic + "/#")
         return message
+
+
+# -- on_deliver -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeliverOptions:
+    tag: str = "A"  # what this plugin writes into the payloads it marks
+    mark: str = "dl/mark/"  # topic prefixes: payload + b"|<tag>=<receiving client id>"
+    move: str = ""  # ... topic + "/<client id>", Content Type "for <client id>"
+    withhold: str = ""  # "client-id-prefix:topic-prefix" pairs not delivered (None)
+    flags: str = ""  # ... returned with QoS and retain flipped, payload + b"|flags"
+    fail: str = ""  # ... on_deliver raises
+    spoil: str = ""  # ... returned with a '#' level in the topic (not a valid message)
+    bad_props: str = ""  # ... returned with a Content Type that is not a string
+
+
+class Deliverer(Plugin):
+    """on_deliver by topic prefix: mark, move, withhold, re-flag, fail or spoil a message per
+    receiving client; every call kept in ``seen`` as (client id, user name, protocol, topic,
+    payload, qos, retain) as this plugin was handed it."""
+
+    Config = DeliverOptions
+
+    def __init__(self, context: PluginContext, config: DeliverOptions) -> None:
+        super().__init__(context, config)
+        self.seen: list[tuple[str, str | None, int, str, bytes, int, bool]] = []
+
+    def on_deliver(self, client: Client, message: Message) -> Message | None:
+        cid = client.client_id
+        self.seen.append((cid, client.username, client.protocol, message.topic,
+                          message.payload, message.qos, message.retain))
+        c = self.config
+        topic = message.topic
+        for pair in _prefixes(c.withhold):
+            who, _, what = pair.partition(":")
+            if cid.startswith(who) and topic.startswith(what):
+                return None
+        if topic.startswith(_prefixes(c.fail)):
+            raise RuntimeError(f"on_deliver failed on purpose for {topic} to {cid}")
+        if topic.startswith(_prefixes(c.spoil)):
+            return dataclasses.replace(message, topic=topic + "/#")
+        if topic.startswith(_prefixes(c.bad_props)):
+            return dataclasses.replace(message, properties={0x03: 5})
+        if topic.startswith(_prefixes(c.flags)):
+            return dataclasses.replace(message, qos=0 if message.qos else 2,
+                                       retain=not message.retain,
+                                       payload=message.payload + b"|flags")
+        if topic.startswith(_prefixes(c.move)):
+            return dataclasses.replace(message, topic=f"{topic}/{cid}",
+                                       properties={**message.properties,
+                                                   0x03: f"for {cid}"})
+        if topic.startswith(_prefixes(c.mark)):
+            return dataclasses.replace(
+                message, payload=message.payload + f"|{c.tag}={cid}".encode())
+        return message
+
+    def seen_on(self, prefix: str) -> list[tuple[str, str | None, int, str, bytes, int, bool]]:
+        """The calls for topics starting with ``prefix`` ($SYS and the rest left out)."""
+        return [s for s in self.seen if s[3].startswith(prefix)]
+
+
+class SecondDeliverer(Deliverer):
+    """The same, as a second entry of the chain (a class may be named once)."""
 
 
 # -- events -----------------------------------------------------------------------------------------
