@@ -546,7 +546,8 @@ class ClientConnection(Output, asyncio.Protocol):
         session = self.session
         assert session is not None
         qos = p.qos
-        props, expires_at = self.receive_publish(p, self._loop.time())
+        # (its Message Expiry counts from when its bytes arrived: receive_data's now)
+        props, expires_at = self.receive_publish(p, self.last_received)
         allowed = True
         if self._plugins:  # asked once; an async plugin still deciding: hold the PUBLISH
             answer = self.broker.publish_answer(self, p.topic)

@@ -261,7 +261,9 @@ class Output(ServerConnection):
                        identifiers: tuple[int, ...]) -> bytes | None:
         """The PUBLISH as this client must see it; None when expired [MQTT-3.3.2-5] or too
         big for the client's Maximum Packet Size [MQTT-3.1.2-25]."""
-        if self.needs_own_publish(message.expires_at is not None, identifiers):
+        # (needs_own_publish, inline: once per delivery)
+        if self.level == V5 and (message.expires_at is not None or identifiers
+                                 or self.alias_out_max):
             parts = self.publish_parts(message.topic, message.payload, qos, retain,
                                        message.properties, message.expires_at, identifiers,
                                        self._loop.time())
