@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -23,14 +22,7 @@ from .auth import Authorizer
 from .client import ClientConnection
 from .config import Config, load_config
 from .core.admission import Admission
-from .core.connect import (
-    Refusal,
-    Terms,
-    connack_properties,
-    negotiate,
-    send_window,
-    session_expiry,
-)
+from .core.connect import Connector
 from .core.delivery import Dispatcher
 from .core.registry import Registry, will_message
 from .core.subscriptions import Subscriptions
@@ -41,11 +33,10 @@ from .message import Message
 from .metrics import Metrics
 from .persistence import Snapshot, Storage, StoredSession, open_storage
 from .plugins.api import Action
-from .plugins.api import Client as PluginClient
 from .plugins.host import PluginHost
 from .protocol.connection import ConnState, Limits
 from .protocol.constants import ProtocolLevel, ReasonCode
-from .protocol.packets import Connack, Connect, Subscribe, Unsubscribe
+from .protocol.packets import Connect, Subscribe, Unsubscribe
 from .protocol.properties import PropertyId as Prop
 from .retained import RetainedStore
 from .router import Router, parse_share
@@ -125,6 +116,10 @@ class Broker:
         # a client published (its PUBACK/PUBREC reason code): the connections call the
         # dispatcher's method itself, one call less per message
         self.publish_from = self.dispatch.publish_from
+        self.connector: Connector[ClientConnection] = Connector(
+            self.config, self.metrics, self.admission, self.registry, self.authorizer,
+            self.plugins, self.dispatch.plugin_clients, self._certificate, self.now)
+        self.connector.claims = self.cluster
         self.subscriptions: Subscriptions[ClientConnection] = Subscriptions(
             self.config, self.router, self.retained, self.authorizer, self.plugins,
             self.dispatch, self.now)
@@ -341,181 +336,18 @@ class Broker:
         return self.registry.cap_session_expiry(requested)
 
     def connect(self, conn: ClientConnection, p: Connect,
-                auth_props: dict[int, Any] | None = None,
-                plugin_decision: bool | None = None, plugin_asked: bool = False) -> None:
-        """Handle a valid CONNECT, step by step: admission, the client id, keep-alive and will
-        (core/connect.py), authentication, the CONNACK's size, a cluster claim, then the
-        session. Each step refuses, suspends, or lets the next one go on.
-        (``auth_props``: the properties an enhanced-authentication exchange ended with;
-        ``plugin_decision``: the authenticating plugins' answer, once ``plugin_asked``.)"""
-        cfg = self.config.mqtt
-        if not conn.admitted:
-            conn.refuse(ReasonCode.QUOTA_EXCEEDED, self.admission.over_limit(conn))
-            return
-        terms = negotiate(p, cfg, _new_client_id)  # client id, keep-alive, will
-        if isinstance(terms, Refusal):
-            conn.refuse(terms.code, terms.why)
-            return
+                auth_props: dict[int, Any] | None = None) -> None:
+        """A valid CONNECT (authenticated, if enhanced authentication ran): decide it
+        (core/connect.py)."""
+        self.connector.connect(conn, p, auth_props)
 
-        def again(answer: bool | None) -> None:  # the CONNECT resumed with the plugins' answer
-            self.connect(conn, p, auth_props, answer, True)
-
-        if not self._authenticate(conn, p, terms.client_id, auth_props,
-                                  plugin_decision, plugin_asked, again):
-            return  # refused, or waiting for a plugin
-        if auth_props is not None:
-            terms.props.update(auth_props)
-        self._screen_will(p, terms.client_id)
-        expiry = session_expiry(p, self.cap_session_expiry, terms.props)
-        if p.protocol_level == V5 and not self._connack_fits(conn, p, terms):
-            return
-        cluster = self.cluster
-        if cluster is not None and not cluster.owns(terms.client_id) \
-                and terms.client_id == p.client_id:
-            # (an id assigned just now is new everywhere: nothing to claim)
-            # the client id may be another node's: claim it (and its session) first; the
-            # CONNECT goes on when the claim is done [MQTT-3.1.4-3]
-            conn.suspend_connect()
-            cluster.claim(terms.client_id, p.clean_session,
-                          lambda: conn.resume_connect(lambda: self.connect(
-                              conn, p, auth_props, plugin_decision, plugin_asked)),
-                          lambda why: conn.resume_connect(lambda: conn.refuse(
-                              ReasonCode.SERVER_UNAVAILABLE, why)))
-            return
-        self._attach(conn, p, terms, expiry)
-
-    def _authenticate(self, conn: ClientConnection, p: Connect, client_id: str,
-                      auth_props: dict[int, Any] | None, plugin_decision: bool | None,
-                      plugin_asked: bool, again: Callable[[bool | None], None]) -> bool:
-        """Whether the CONNECT's credentials let it in: a TLS certificate
-        (use-identity-as-username), an enhanced-authentication exchange that ended well
-        (``auth_props``), the plugins in order, then the password file. False: refused, or
-        suspended until an async plugin answers (``again`` is then called with its answer)."""
-        # TLS use-identity-as-username: the client certificate's CN replaces the user name and
-        # stands for the password, as in Mosquitto (False: refused, no usable certificate)
-        by_certificate = self._certificate_user(conn, p)
-        if by_certificate is False:
-            return False
-        if auth_props is None and by_certificate is None and self.plugins.authenticators \
-                and not plugin_asked:
-            # plugins first, in order; the first definite answer decides [docs/plugins.md]
-            decision = self.plugins.authenticate(
-                PluginClient(client_id, p.username, conn.peer, conn.listener, p.protocol_level),
-                p.password)
-            if isinstance(decision, asyncio.Future):
-                # an async plugin: this CONNECT waits (the loop goes on), then starts again
-                conn.suspend_connect()
-                fallback = self.plugins.timeout_allows
-
-                def decided(fut: asyncio.Future[bool | None]) -> None:
-                    answer = fallback if fut.cancelled() else fut.result()
-                    conn.resume_connect(lambda: again(answer))
-
-                decision.add_done_callback(decided)
-                return False
-            plugin_decision = decision
-        if plugin_decision is False:
-            self.login_failed(conn)
-            conn.refuse(ReasonCode.NOT_AUTHORIZED, "not authorised (by a plugin)")
-            return False
-        if auth_props is None and by_certificate is None and plugin_decision is None:
-            code = self.authorizer.authenticate(client_id, p.username, p.password,
-                                                conn.listener)
-            if code != ReasonCode.SUCCESS:
-                self.login_failed(conn)  # slows its address down (abuse.py)
-                conn.refuse(code, "not authorised" if code == ReasonCode.NOT_AUTHORIZED
-                            else "bad user name or password")
-                return False
-        if p.username is not None:  # real credentials (an anonymous login forgives nothing)
-            self.admission.login_succeeded(conn)
-        return True
-
-    def _screen_will(self, p: Connect, client_id: str) -> None:
-        """A will is a PUBLISH like any other: one the client may not make never goes out
-        (Mosquitto checks it when it would be sent, and drops it likewise)."""
-        if p.will is not None and self.authorizer.publish_checked and \
-                not self.authorizer.may_publish(client_id, p.username, p.will.topic):
-            log.info("client %r: will to %r not authorised; it will not be published",
-                     client_id, p.will.topic)
-            p.will = None
-
-    def _connack_fits(self, conn: ClientConnection, p: Connect, terms: Terms) -> bool:
-        """Add what the broker enforces to an MQTT 5 CONNACK; False (closed) when no CONNACK
-        fits the client's Maximum Packet Size [MQTT-3.1.2-24]: closed without one, before
-        anything of its session is touched."""
-        terms.props.update(connack_properties(self.config.mqtt, terms.client_id, p))
-        if conn.encode_fitting(Connack(False, 0, dict(terms.props))) is not None:
-            return True
-        log.warning("closing client %r (%s) without CONNACK: it does not fit its Maximum "
-                    "Packet Size %d [MQTT-3.1.2-24]", terms.client_id, conn.peer,
-                    conn.max_out_packet)
-        conn.close(publish_will=False)
-        return False
-
-    def _attach(self, conn: ClientConnection, p: Connect, terms: Terms, expiry: int) -> None:
-        """The CONNECT is accepted: take over the client id, attach its session, CONNACK."""
-        cfg = self.config.mqtt
-        client_id = terms.client_id
-        attached = self.registry.attach(client_id, conn, conn.peer, p.clean_session, expiry,
-                                        p.will)
-        if attached is None:
-            conn.refuse(ReasonCode.QUOTA_EXCEEDED,
-                        f"max_sessions {cfg.max_sessions} reached and every session is "
-                        "connected")
-            return
-        session, present = attached
-        session.max_inflight = send_window(p, cfg)
-        if self.authorizer.acl is not None:
-            self._bind_acl(client_id, p.username, session)
-        conn.keep_alive = terms.keep_alive
-        m = self.metrics
-        m.clients_connected += 1
-        m.clients_maximum = max(m.clients_maximum, m.clients_connected)
-        level = p.protocol_level
-        log.info("client %r connected from %s (MQTT %s, clean=%d, keep-alive=%ds%s)", client_id,
-                 conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
-                 terms.keep_alive, ", session resumed" if present else "")
-        conn.accept(client_id, session, present, p, terms.props)
-        if self.plugins:
-            client = PluginClient(client_id, p.username, conn.peer, conn.listener, level)
-            self._plugin_clients[client_id] = client
-            self.plugins.forget(client_id)  # a new connection is asked again
-            if p.will is not None and self.plugins.authorizers:
-                # a will is a PUBLISH: asked now, the answer read when it would go out
-                self.plugins.authorize(client, Action.PUBLISH, p.will.topic)
-            if not conn.closed:
-                self.plugins.fire("on_connect", client)
-
-    def _bind_acl(self, client_id: str, username: str | None, session: Session) -> None:
-        """ACL file: the client's entries for the user name it connected with (perhaps not
-        the one that made the session, or unknown after a restart), and whether its
-        subscriptions need each delivery checked. Messages waiting in the session that it
-        may not read are dropped, as Mosquitto does on reconnect."""
-        filters = [share[1] if (share := parse_share(f)) is not None else f
-                   for f in session.subscriptions]
-        client = self.authorizer.bind(client_id, username, filters)
-        if client is not None and (session.queue or session.inflight):
-            dropped = session.discard(lambda m: client.may_read(m.topic))
-            if dropped:
-                self.metrics.publish_dropped += dropped
-                log.info("client %r: %d queued message(s) it may not read dropped", client_id,
-                         dropped)
-
-    def _certificate_user(self, conn: ClientConnection, p: Connect) -> bool | None:
-        """``use-identity-as-username`` (Mosquitto's): on such a listener the CN of the
-        client's verified certificate becomes ``p.username``, whatever the CONNECT said, and
-        the certificate authenticates it (no password is checked; ACLs apply to the CN).
-        None: not such a listener; True: done; False: no certificate with a CN, refused."""
+    def _certificate(self, conn: ClientConnection) -> tuple[bool, str | None]:
+        """Whether ``conn``'s listener takes the client certificate's CN as the user name
+        (use-identity-as-username), and the CN of its verified certificate, if any."""
         tls = self._tls.get(conn.listener)
         if tls is None or not tls.config.use_identity_as_username:
-            return None
-        cn = peer_common_name(conn.transport)
-        if cn is None:
-            conn.refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD,
-                        "use-identity-as-username: no client certificate with a CN")
-            return False
-        p.username, p.password = cn, None
-        return True
+            return False, None
+        return True, peer_common_name(conn.transport)
 
     def on_connection_closed(self, conn: ClientConnection, publish_will: bool) -> None:
         """A connection ended, for whatever reason: release it, hand shared messages to other
@@ -701,10 +533,6 @@ class Broker:
             self.publish(Message(topic, value.encode(), 0, True))
         assert self._loop is not None
         self._sys_timer = self._loop.call_later(self.config.sys_interval, self._publish_sys)
-
-
-def _new_client_id() -> str:
-    return "auto-" + uuid.uuid4().hex  # [MQTT-3.1.3-6]
 
 
 __all__ = ["Broker", "ConnState", "ProtocolError"]

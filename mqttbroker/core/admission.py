@@ -48,6 +48,7 @@ class Admission(Generic[A]):
         self.total = 0  # connections open over every listener
         self.refusing = 0  # connections over a limit, waiting for their CONNECT to refuse
         self.open: set[A] = set()
+        self._refused: dict[A, str] = {}  # why each one waiting to be refused is (its CONNACK)
         # per-address defences (abuse.py); None when switched off
         self.connection_rate = ConnectionRateLimiter(
             cfg.max_connection_rate_per_address, cfg.connection_burst_per_address,
@@ -72,6 +73,9 @@ class Admission(Generic[A]):
                             "%d refusals pending)", name, conn.peer, self.refusing)
                 return None
             self.refusing += 1
+            self._refused[conn] = f"listener {name} is at max-connections {limit}" \
+                if limit and self.per_listener[name] >= limit \
+                else f"the broker is at max_connections {total}"
             return False
         self.per_listener[name] += 1
         self.total += 1
@@ -87,14 +91,13 @@ class Admission(Generic[A]):
             self.total -= 1
         elif conn.admitted is False:
             self.refusing -= 1
+            self._refused.pop(conn, None)
             conn.admitted = None
 
     def over_limit(self, conn: A) -> str:
-        """Why a connection that was not admitted is refused (for its CONNACK and the log)."""
-        limit = self.limits.get(conn.listener, 0)
-        if limit and self.per_listener[conn.listener] >= limit:
-            return f"listener {conn.listener} is at max-connections {limit}"
-        return f"the broker is at max_connections {self.max_connections}"
+        """Why a connection that was not admitted is refused (for its CONNACK and the log):
+        the limit that refused it when it was accepted, whatever happened since."""
+        return self._refused.get(conn, "over a connection limit")
 
     # -- abuse: per-address connection rate and failed logins (abuse.py) -------------------------
 

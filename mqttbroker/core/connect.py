@@ -1,25 +1,41 @@
-"""The CONNECT decision, as steps that return what they decided.
+"""The CONNECT decision: steps that return what they decided, and the :class:`Connector` that
+runs them for a connection.
 
-Each step reads the CONNECT and the configuration and returns either what it settled (the
-client id, the keep-alive, the session's expiry, CONNACK properties) or a :class:`Refusal`
-saying which CONNACK code refuses the CONNECT and why. Nothing here touches a connection or
-a socket: the broker runs the steps in order and acts on the first refusal
-(:meth:`Broker.connect`), so every rule can be tested with a packet and a config.
+Each step function reads the CONNECT and the configuration and returns either what it settled
+(the client id, the keep-alive, the session's expiry, CONNACK properties) or a
+:class:`Refusal` saying which CONNACK code refuses the CONNECT and why, so every rule can be
+tested with a packet and a config. :class:`Connector` runs them in order with what lies beyond
+a packet (admission, the password file and plugins, a cluster claim, the registry) and acts on
+the first refusal. It reaches the connection through :class:`Connecting` and the cluster
+through :class:`Claims`: no transport, connection class or broker is imported.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from ..config import MqttConfig
+from ..config import Config, MqttConfig
 from ..errors import ProtocolError
+from ..metrics import Metrics
+from ..plugins.api import Action
+from ..plugins.api import Client as PluginClient
+from ..plugins.host import PluginHost
 from ..protocol.constants import MAX_PACKET_SIZE, ProtocolLevel, ReasonCode
-from ..protocol.packets import Connect
+from ..protocol.packets import Connack, Connect, Packet
 from ..protocol.properties import PropertyId as Prop
 from ..protocol.topics import validate_topic_name
+from ..router import parse_share
 from ..session import Session
+from .admission import Admission
+from .hooks import Access
+from .registry import Registry
+
+log = logging.getLogger("mqttbroker")
 
 V5 = ProtocolLevel.MQTT_5
 # what a PUBLISH adds to its payload at most, bar properties: fixed header (5), the longest
@@ -155,7 +171,259 @@ def connack_properties(cfg: MqttConfig, client_id: str, p: Connect) -> dict[int,
 
 def send_window(p: Connect, cfg: MqttConfig) -> int:
     """How many QoS 1/2 messages may be in flight to the client: the configured window,
-    within an MQTT 5 client's Receive Maximum [MQTT-3.3.4-7]."""
+    within an MQTT 5 client's Receive Maximum [MQTT-3.3.4-9]."""
     if p.protocol_level == V5:
         return min(cfg.max_inflight_messages, int(p.properties.get(Prop.RECEIVE_MAXIMUM, 65535)))
     return cfg.max_inflight_messages
+
+
+# -- the steps run for a connection ------------------------------------------------------------
+
+
+class Connecting(Protocol):
+    """A connection as its CONNECT is handled: it can be refused, closed, held while an
+    answer is on its way, and accepted."""
+
+    admitted: bool | None
+    peer: str
+    listener: str
+    keep_alive: int
+    max_out_packet: int
+
+    @property
+    def closed(self) -> bool: ...
+
+    def refuse(self, code: ReasonCode, why: str, quiet: bool = False) -> None:
+        """CONNACK refusing the CONNECT with ``code``, then close."""
+
+    def close(self, publish_will: bool) -> None:
+        """Close without a word (no CONNACK fits)."""
+
+    def disconnect(self, code: ReasonCode, why: str, publish_will: bool) -> None:
+        """Close on the broker's initiative (a takeover)."""
+
+    def suspend_connect(self) -> None:
+        """Hold the CONNECT (and what follows) until :meth:`resume_connect`."""
+
+    def resume_connect(self, finish: Callable[[], None]) -> None:
+        """Finish the held CONNECT with ``finish``, then go on with what followed it."""
+
+    def accept(self, client_id: str, session: Session, present: bool, p: Connect,
+               props: dict[int, Any]) -> None:
+        """CONNACK 0x00 with ``props``; resend what was in flight."""
+
+    def encode_fitting(self, packet: Packet) -> bytes | None:
+        """``packet`` within the client's Maximum Packet Size, or None."""
+
+
+class Claims(Protocol):
+    """A cluster, as a CONNECT sees it: a client id may be another node's (cluster/node.py)."""
+
+    def owns(self, client_id: str) -> bool:
+        """Whether a CONNECT with this id may go on here at once."""
+
+    def claim(self, client_id: str, clean: bool, then: Callable[[], None],
+              refuse: Callable[[str], None]) -> None:
+        """Claim ``client_id`` for this node, then ``then()`` or ``refuse(why)``."""
+
+
+K = TypeVar("K", bound=Connecting)
+
+
+def _new_client_id() -> str:
+    return "auto-" + uuid.uuid4().hex  # [MQTT-3.1.3-6]
+
+
+class Connector(Generic[K]):
+    """Runs a CONNECT's steps for a connection: admission, the client id, keep-alive and will,
+    authentication (a TLS certificate, an enhanced-authentication exchange, the plugins, the
+    password file), the CONNACK's size, a cluster claim, then the session. Each step refuses,
+    holds the CONNECT, or lets the next one go on."""
+
+    def __init__(self, config: Config, metrics: Metrics, admission: Admission[Any],
+                 registry: Registry[Any], access: Access, plugins: PluginHost,
+                 plugin_clients: dict[str, PluginClient],
+                 certificate: Callable[[K], tuple[bool, str | None]],
+                 now: Callable[[], float]) -> None:
+        """``certificate(conn)``: whether its listener takes the client certificate's CN as
+        the user name (Mosquitto's use-identity-as-username), and that CN if it has one."""
+        self.config = config
+        self.metrics = metrics
+        self.admission = admission
+        self.registry = registry
+        self.access = access
+        self.plugins = plugins
+        self.plugin_clients = plugin_clients
+        self.certificate = certificate
+        self.now = now
+        self.claims: Claims | None = None  # a cluster's
+
+    def connect(self, conn: K, p: Connect, auth_props: dict[int, Any] | None = None,
+                plugin_decision: bool | None = None, plugin_asked: bool = False) -> None:
+        """Handle a valid CONNECT. (``auth_props``: the properties an enhanced-authentication
+        exchange ended with; ``plugin_decision``: the authenticating plugins' answer, once
+        ``plugin_asked``.)"""
+        cfg = self.config.mqtt
+        if not conn.admitted:
+            conn.refuse(ReasonCode.QUOTA_EXCEEDED, self.admission.over_limit(conn))
+            return
+        terms = negotiate(p, cfg, _new_client_id)  # client id, keep-alive, will
+        if isinstance(terms, Refusal):
+            conn.refuse(terms.code, terms.why)
+            return
+
+        def again(answer: bool | None) -> None:  # the CONNECT resumed with the plugins' answer
+            self.connect(conn, p, auth_props, answer, True)
+
+        if not self._authenticate(conn, p, terms.client_id, auth_props,
+                                  plugin_decision, plugin_asked, again):
+            return  # refused, or waiting for a plugin
+        if auth_props is not None:
+            terms.props.update(auth_props)
+        self._screen_will(p, terms.client_id)
+        expiry = session_expiry(p, self.registry.cap_session_expiry, terms.props)
+        if p.protocol_level == V5 and not self._connack_fits(conn, p, terms):
+            return
+        claims = self.claims
+        if claims is not None and not claims.owns(terms.client_id) \
+                and terms.client_id == p.client_id:
+            # (an id assigned just now is new everywhere: nothing to claim)
+            # the client id may be another node's: claim it (and its session) first; the
+            # CONNECT goes on when the claim is done [MQTT-3.1.4-3]
+            conn.suspend_connect()
+            claims.claim(terms.client_id, p.clean_session,
+                         lambda: conn.resume_connect(lambda: self.connect(
+                             conn, p, auth_props, plugin_decision, plugin_asked)),
+                         lambda why: conn.resume_connect(lambda: conn.refuse(
+                             ReasonCode.SERVER_UNAVAILABLE, why)))
+            return
+        self._attach(conn, p, terms, expiry)
+
+    def _authenticate(self, conn: K, p: Connect, client_id: str,
+                      auth_props: dict[int, Any] | None, plugin_decision: bool | None,
+                      plugin_asked: bool, again: Callable[[bool | None], None]) -> bool:
+        """Whether the CONNECT's credentials let it in: a TLS certificate
+        (use-identity-as-username), an enhanced-authentication exchange that ended well
+        (``auth_props``), the plugins in order, then the password file. False: refused, or
+        held until an async plugin answers (``again`` is then called with its answer)."""
+        by_certificate = self._certificate_user(conn, p)
+        if by_certificate is False:
+            return False
+        if auth_props is None and by_certificate is None and self.plugins.authenticators \
+                and not plugin_asked:
+            # plugins first, in order; the first definite answer decides [docs/plugins.md]
+            decision = self.plugins.authenticate(
+                PluginClient(client_id, p.username, conn.peer, conn.listener, p.protocol_level),
+                p.password)
+            if isinstance(decision, asyncio.Future):
+                # an async plugin: this CONNECT waits (the loop goes on), then starts again
+                conn.suspend_connect()
+                fallback = self.plugins.timeout_allows
+
+                def decided(fut: asyncio.Future[bool | None]) -> None:
+                    answer = fallback if fut.cancelled() else fut.result()
+                    conn.resume_connect(lambda: again(answer))
+
+                decision.add_done_callback(decided)
+                return False
+            plugin_decision = decision
+        if plugin_decision is False:
+            self.admission.login_failed(conn, self.now())
+            conn.refuse(ReasonCode.NOT_AUTHORIZED, "not authorised (by a plugin)")
+            return False
+        if auth_props is None and by_certificate is None and plugin_decision is None:
+            code = self.access.authenticate(client_id, p.username, p.password, conn.listener)
+            if code != ReasonCode.SUCCESS:
+                self.admission.login_failed(conn, self.now())  # slows its address down
+                conn.refuse(code, "not authorised" if code == ReasonCode.NOT_AUTHORIZED
+                            else "bad user name or password")
+                return False
+        if p.username is not None:  # real credentials (an anonymous login forgives nothing)
+            self.admission.login_succeeded(conn)
+        return True
+
+    def _certificate_user(self, conn: K, p: Connect) -> bool | None:
+        """``use-identity-as-username`` (Mosquitto's): on such a listener the CN of the
+        client's verified certificate becomes ``p.username``, whatever the CONNECT said, and
+        the certificate authenticates it (no password is checked; ACLs apply to the CN).
+        None: not such a listener; True: done; False: no certificate with a CN, refused."""
+        applies, cn = self.certificate(conn)
+        if not applies:
+            return None
+        if cn is None:
+            conn.refuse(ReasonCode.BAD_USER_NAME_OR_PASSWORD,
+                        "use-identity-as-username: no client certificate with a CN")
+            return False
+        p.username, p.password = cn, None
+        return True
+
+    def _screen_will(self, p: Connect, client_id: str) -> None:
+        """A will is a PUBLISH like any other: one the client may not make never goes out
+        (Mosquitto checks it when it would be sent, and drops it likewise)."""
+        if p.will is not None and self.access.publish_checked and \
+                not self.access.may_publish(client_id, p.username, p.will.topic):
+            log.info("client %r: will to %r not authorised; it will not be published",
+                     client_id, p.will.topic)
+            p.will = None
+
+    def _connack_fits(self, conn: K, p: Connect, terms: Terms) -> bool:
+        """Add what the broker enforces to an MQTT 5 CONNACK; False (closed) when no CONNACK
+        fits the client's Maximum Packet Size [MQTT-3.1.2-24]: closed without one, before
+        anything of its session is touched."""
+        terms.props.update(connack_properties(self.config.mqtt, terms.client_id, p))
+        if conn.encode_fitting(Connack(False, 0, dict(terms.props))) is not None:
+            return True
+        log.warning("closing client %r (%s) without CONNACK: it does not fit its Maximum "
+                    "Packet Size %d [MQTT-3.1.2-24]", terms.client_id, conn.peer,
+                    conn.max_out_packet)
+        conn.close(publish_will=False)
+        return False
+
+    def _attach(self, conn: K, p: Connect, terms: Terms, expiry: int) -> None:
+        """The CONNECT is accepted: take over the client id, attach its session, CONNACK."""
+        cfg = self.config.mqtt
+        client_id = terms.client_id
+        attached = self.registry.attach(client_id, conn, conn.peer, p.clean_session, expiry,
+                                        p.will)
+        if attached is None:
+            conn.refuse(ReasonCode.QUOTA_EXCEEDED,
+                        f"max_sessions {cfg.max_sessions} reached and every session is "
+                        "connected")
+            return
+        session, present = attached
+        session.max_inflight = send_window(p, cfg)
+        self._bind_acl(client_id, p.username, session)
+        conn.keep_alive = terms.keep_alive
+        m = self.metrics
+        m.clients_connected += 1
+        m.clients_maximum = max(m.clients_maximum, m.clients_connected)
+        level = p.protocol_level
+        log.info("client %r connected from %s (MQTT %s, clean=%d, keep-alive=%ds%s)", client_id,
+                 conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
+                 terms.keep_alive, ", session resumed" if present else "")
+        conn.accept(client_id, session, present, p, terms.props)
+        plugins = self.plugins
+        if plugins:
+            client = PluginClient(client_id, p.username, conn.peer, conn.listener, level)
+            self.plugin_clients[client_id] = client
+            plugins.forget(client_id)  # a new connection is asked again
+            if p.will is not None and plugins.authorizers:
+                # a will is a PUBLISH: asked now, the answer read when it would go out
+                plugins.authorize(client, Action.PUBLISH, p.will.topic)
+            if not conn.closed:
+                plugins.fire("on_connect", client)
+
+    def _bind_acl(self, client_id: str, username: str | None, session: Session) -> None:
+        """ACL file: the client's entries for the user name it connected with (perhaps not
+        the one that made the session, or unknown after a restart), and whether its
+        subscriptions need each delivery checked. Messages waiting in the session that it
+        may not read are dropped, as Mosquitto does on reconnect."""
+        filters = (share[1] if (share := parse_share(f)) is not None else f
+                   for f in session.subscriptions)  # (read only with an ACL file)
+        client = self.access.bind(client_id, username, filters)
+        if client is not None and (session.queue or session.inflight):
+            dropped = session.discard(lambda m: client.may_read(m.topic))
+            if dropped:
+                self.metrics.publish_dropped += dropped
+                log.info("client %r: %d queued message(s) it may not read dropped", client_id,
+                         dropped)

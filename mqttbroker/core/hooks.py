@@ -9,7 +9,7 @@ generic in the connection type, so that this module knows no connection class.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from ..abuse import LoginFailures
@@ -98,6 +98,14 @@ class Access(Protocol):
 
     def may_subscribe(self, client_id: str, username: str | None, topic_filter: str) -> bool:
         """May this client subscribe to ``topic_filter``?"""
+
+    def authenticate(self, client_id: str, username: str | None, password: bytes | None,
+                     listener: str | None = None) -> ReasonCode:
+        """SUCCESS, or the reason code that refuses this CONNECT's credentials."""
+
+    def bind(self, client_id: str, username: str | None,
+             filters: Iterable[str] = ()) -> ClientAcl | None:
+        """A client connected: its ACL entries (None without an ACL file)."""
 
 
 class ConnectionInfo(Protocol):

@@ -144,7 +144,10 @@ class Registry(Generic[C]):
             self.set_deadline(EXPIRE, cid, now + session.expiry_interval)
         stored: StoredWill | None = None
         if will is not None and delay and session.persistent:
-            # [MQTT-3.1.3-9] published after the delay, or when the session ends if sooner
+            # [MQTT-3.1.3-9] published after the delay, or when the session ends if sooner;
+            # its Message Expiry counts from its publication [MQTT 3.1.3.2.4]
+            if will.expires_at is not None:
+                will.expires_at += delay
             self.wills[cid] = will
             self.set_deadline(WILL, cid, now + delay)
             stored = StoredWill(will, delay, wall + delay)
@@ -250,10 +253,11 @@ class Registry(Generic[C]):
             stored: StoredWill | None = None
             if will is not None:
                 if will.at is None:  # its connection ended with the broker: now it counts
+                    at = now + will.delay
+                    # (its Message Expiry counts from its publication [MQTT 3.1.3.2.4])
                     message = will_message(
                         Will(will.message.topic, will.message.payload, will.message.qos,
-                             will.message.retain, will.message.properties or {}), cid, now)
-                    at = now + will.delay
+                             will.message.retain, will.message.properties or {}), cid, at)
                 else:
                     message, at = will.message, will.at - wall + now
                 stored = StoredWill(message, will.delay, at - now + wall)
