@@ -39,6 +39,7 @@ from ..protocol.packets import (
     Will,
 )
 from ..protocol.properties import PropertyId as Prop
+from ..protocol.topics import validate_topic_name
 from ..ratelimit import PublishLimiter
 from ..session import Session
 from .output import Output
@@ -546,8 +547,12 @@ class ClientConnection(Output, asyncio.Protocol):
         session = self.session
         assert session is not None
         qos = p.qos
-        # (its Message Expiry counts from when its bytes arrived: receive_data's now)
-        props, expires_at = self.receive_publish(p, self.last_received)
+        if self.level == V5:
+            # (its Message Expiry counts from when its bytes arrived: receive_data's now)
+            props, expires_at = self.receive_publish(p, self.last_received)
+        else:  # 3.1/3.1.1 have no properties: receive_publish's topic check, one call less
+            validate_topic_name(p.topic, self.max_levels)
+            props, expires_at = p.properties, None
         allowed = True
         if self._plugins:  # asked once; an async plugin still deciding: hold the PUBLISH
             answer = self.broker.publish_answer(self, p.topic)

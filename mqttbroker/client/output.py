@@ -272,11 +272,15 @@ class Output(ServerConnection):
             head, tail = parts
         else:
             head, tail = message.wire(self.level, qos, retain)
-        data = self.frame_publish(head, tail, qos, dup, pid)
-        if data is None:
+        # (frame_publish, inline: once per delivery)
+        if dup:
+            head = bytes((head[0] | 0x08,)) + head[1:]  # [MQTT-3.3.1-1] DUP on redelivery
+        data = head + pid.to_bytes(2, "big") + tail if qos else head + tail
+        if self.max_out_packet and len(data) > self.max_out_packet:  # [MQTT-3.1.2-25]
             self.metrics.publish_dropped += 1
-            log.debug("client %s: PUBLISH over its Maximum Packet Size %d, discarded",
-                      self.name, self.max_out_packet)
+            log.debug("client %s: %d-byte PUBLISH over its Maximum Packet Size %d, discarded",
+                      self.name, len(data), self.max_out_packet)
+            return None
         return data
 
     def _send_qos0(self, message: Message, retain: bool,

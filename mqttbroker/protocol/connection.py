@@ -140,7 +140,6 @@ class ServerConnection:
     """
 
     __slots__ = (
-        "_max_levels",
         "alias_in",
         "alias_in_max",
         "alias_out",
@@ -150,6 +149,7 @@ class ServerConnection:
         "last_received",
         "level",
         "limits",
+        "max_levels",
         "max_out_packet",
         "problem_info",
         "reader",
@@ -162,7 +162,7 @@ class ServerConnection:
         # until CONNACK, only a packet of max_connect_size is read (a peer that never logs in
         # cannot make us buffer the configured maximum); the limit opens up at CONNACK
         self.reader = FrameReader(min(limits.max_packet_size, limits.max_connect_size))
-        self._max_levels = limits.max_topic_levels or 65536  # (a topic has at most 65535 "/")
+        self.max_levels = limits.max_topic_levels  # 0: no limit
         self.state = ConnState.AWAIT_CONNECT
         self.level: int = ProtocolLevel.MQTT_3_1_1
         self.keep_alive = 0
@@ -372,11 +372,7 @@ class ServerConnection:
                     expires_at = now + mei
                 if alias is not None or mei is not None:
                     props = {k: v for k, v in props.items() if k not in _HOP_PROPS}
-        validate_topic_name(p.topic)
-        levels = self._max_levels  # (n levels take n - 1 "/": a shorter topic cannot have them)
-        if len(p.topic) >= levels and p.topic.count("/") >= levels:
-            raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
-                                f"topic name deeper than max_topic_levels {levels}")
+        validate_topic_name(p.topic, self.max_levels)
         return props, expires_at
 
     def _inbound_alias(self, alias: int, topic: str) -> str:

@@ -21,10 +21,11 @@ K = TypeVar("K")
 SHARE_PREFIX = "$share/"
 
 
-def validate_topic_name(topic: str) -> None:
+def validate_topic_name(topic: str, max_levels: int = 0) -> None:
     """Raise :class:`ProtocolError` unless ``topic`` may be published to.
 
-    [MQTT-4.7.3-1] at least one character; [MQTT-3.3.2-2] no wildcard characters.
+    [MQTT-4.7.3-1] at least one character; [MQTT-3.3.2-2] no wildcard characters; at most
+    ``max_levels`` levels when that is set (the broker's max_topic_levels).
     (UTF-8 validity and U+0000 are checked by the decoder [MQTT-1.5.3-1/2].)
     """
     if not topic:
@@ -32,6 +33,10 @@ def validate_topic_name(topic: str) -> None:
     if "+" in topic or "#" in topic:
         raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
                             f"wildcard in topic name {topic!r} [MQTT-3.3.2-2]")
+    # (n levels take n - 1 "/": a shorter topic cannot have them)
+    if max_levels and len(topic) >= max_levels and topic.count("/") >= max_levels:
+        raise ProtocolError(ReasonCode.TOPIC_NAME_INVALID,
+                            f"topic name deeper than max_topic_levels {max_levels}")
 
 
 def topic_filter_problem(topic_filter: str, v5: bool = False) -> str | None:
