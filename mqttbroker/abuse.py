@@ -19,6 +19,7 @@ make the broker forget about some of them, never make it grow.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 
@@ -29,6 +30,7 @@ FAILURE_MEMORY = 600.0  # seconds after its last failed login an address is forg
 _EXPIRE_BATCH = 8  # stale entries dropped from the front per call (amortised O(1))
 
 
+@functools.lru_cache(maxsize=4096)  # (pure; parsed once per address, not per connection)
 def address_key(host: str) -> str:
     """The unit the limits count per: an IPv4 address as is, an IPv4-mapped IPv6 address as
     its IPv4 address, any other IPv6 address as its /64 (one host or site usually holds a whole

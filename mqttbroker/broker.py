@@ -320,12 +320,12 @@ class Broker:
         (shutting down, or core/admission.py says so)."""
         if not self.running:
             return None
-        return self.admission.admit(conn, self.now())
+        return self.admission.admit(conn, conn.last_received)  # (when it was accepted)
 
     def connect_delay(self, conn: ClientConnection) -> float | None:
         """How long to delay ``conn``'s CONNECT (failed logins from its address), None:
         refuse it at once."""
-        return self.admission.connect_delay(conn, self.now())
+        return self.admission.connect_delay(conn, conn.last_received)  # (when CONNECT came)
 
     def login_failed(self, conn: ClientConnection) -> None:
         """``conn``'s credentials were refused: count it against its address."""

@@ -137,7 +137,7 @@ class ClientConnection(Output, asyncio.Protocol):
         peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
-        self.last_received = self._loop.time()
+        # (last_received: the loop's time when this connection was made, from __init__)
         self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
         admitted = self.broker.admit(self)
         if admitted is None:

@@ -257,6 +257,10 @@ class Connector(Generic[K]):
         self.certificate = certificate
         self.now = now
         self.claims: Claims | None = None  # a cluster's
+        # (read per CONNECT: which listeners take the CN, whether there is an ACL file)
+        self._by_certificate = frozenset(lc.name for lc in config.listeners
+                                         if lc.ssl and lc.use_identity_as_username)
+        self._acl_file = config.auth.acl_file is not None
 
     def connect(self, conn: K, p: Connect, auth_props: dict[int, Any] | None = None,
                 plugin_decision: bool | None = None, plugin_asked: bool = False) -> None:
@@ -347,6 +351,8 @@ class Connector(Generic[K]):
         client's verified certificate becomes ``p.username``, whatever the CONNECT said, and
         the certificate authenticates it (no password is checked; ACLs apply to the CN).
         None: not such a listener; True: done; False: no certificate with a CN, refused."""
+        if conn.listener not in self._by_certificate:
+            return None
         applies, cn = self.certificate(conn)
         if not applies:
             return None
@@ -392,7 +398,8 @@ class Connector(Generic[K]):
             return
         session, present = attached
         session.max_inflight = send_window(p, cfg)
-        self._bind_acl(client_id, p.username, session)
+        if self._acl_file:
+            self._bind_acl(client_id, p.username, session)
         conn.keep_alive = terms.keep_alive
         m = self.metrics
         m.clients_connected += 1

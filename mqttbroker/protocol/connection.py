@@ -314,8 +314,9 @@ class ServerConnection:
         self.reader.max_packet_size = self.limits.max_packet_size
 
     def ended(self) -> None:
-        """The connection is over (idempotent)."""
-        self.transition("close")
+        """The connection is over (idempotent: TRANSITIONS lets "close" go from every state
+        to CLOSED, so it is one assignment, on every connection's way out)."""
+        self.state = ConnState.CLOSED
 
     def receive_disconnect(self, p: Disconnect) -> tuple[bool, int | None]:
         """A client's DISCONNECT: whether its will is published (only reason 0x00 discards
