@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
 from .auth import Authorizer
 from .client import ClientConnection
 from .config import Config, load_config
@@ -41,6 +40,7 @@ from .protocol.properties import PropertyId as Prop
 from .retained import RetainedStore
 from .router import Router, parse_share
 from .session import Session
+from .systopics import SysTopics
 from .transports.tcp import serve_tcp
 from .transports.tls import ListenerTLS, peer_common_name
 from .transports.websocket import serve_websocket
@@ -126,7 +126,7 @@ class Broker:
         self.addresses: list[tuple[str, str, int]] = []
         self._servers: list[asyncio.Server] = []
         self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
-        self._sys_timer: asyncio.TimerHandle | None = None
+        self.sys_topics = SysTopics(self, self.publish)  # $SYS (systopics.py)
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
         self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -218,8 +218,7 @@ class Broker:
             raise
         self.running = True
         self._keepalive_tick()
-        if self.config.sys_interval > 0:
-            self._publish_sys()
+        self.sys_topics.start()
 
     def _restore(self, snapshot: Snapshot, adopted: bool = False) -> None:
         """Put back what storage kept: retained messages, then sessions (offline until their
@@ -265,10 +264,10 @@ class Broker:
 
     async def shutdown(self) -> None:
         """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
-        for timer in (self._sys_timer, self._keepalive_timer):
-            if timer is not None:
-                timer.cancel()
-        self._sys_timer = self._keepalive_timer = None
+        self.sys_topics.stop()
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
         self.running = False
         for server in self._servers:
             server.close()
@@ -500,39 +499,8 @@ class Broker:
     # -- $SYS --------------------------------------------------------------------------------------
 
     def sys_values(self) -> dict[str, str]:
-        """``$SYS/broker/...`` topics and values, with Mosquitto's names."""
-        m = self.metrics
-        connected = len(self.connections)
-        total = len(self.sessions)
-        return {
-            "$SYS/broker/version": f"mqttbroker version {__version__}",
-            "$SYS/broker/uptime": f"{int(self.uptime())} seconds",
-            "$SYS/broker/clients/connected": str(connected),
-            "$SYS/broker/clients/active": str(connected),
-            "$SYS/broker/clients/disconnected": str(total - connected),
-            "$SYS/broker/clients/inactive": str(total - connected),
-            "$SYS/broker/clients/total": str(total),
-            "$SYS/broker/clients/maximum": str(m.clients_maximum),
-            "$SYS/broker/messages/received": str(m.messages_received),
-            "$SYS/broker/messages/sent": str(m.messages_sent),
-            "$SYS/broker/publish/messages/received": str(m.publish_received),
-            "$SYS/broker/publish/messages/sent": str(m.publish_sent),
-            "$SYS/broker/publish/messages/dropped": str(m.publish_dropped),
-            "$SYS/broker/bytes/received": str(m.bytes_received),
-            "$SYS/broker/bytes/sent": str(m.bytes_sent),
-            "$SYS/broker/subscriptions/count": str(self.router.count),
-            "$SYS/broker/retained messages/count": str(len(self.retained)),
-            "$SYS/broker/store/messages/count": str(
-                sum(len(s.queue) + len(s.inflight) for s in self.sessions.values())),
-            "$SYS/broker/plugins/errors": str(m.plugin_errors),
-            "$SYS/broker/plugins/timeouts": str(m.plugin_timeouts),
-        }
-
-    def _publish_sys(self) -> None:
-        for topic, value in self.sys_values().items():
-            self.publish(Message(topic, value.encode(), 0, True))
-        assert self._loop is not None
-        self._sys_timer = self._loop.call_later(self.config.sys_interval, self._publish_sys)
+        """``$SYS/broker/...`` topics and values, with Mosquitto's names (systopics.py)."""
+        return self.sys_topics.values()
 
 
 __all__ = ["Broker", "ConnState", "ProtocolError"]
