@@ -3,12 +3,6 @@ by the test, from Debian's ``mosquitto`` package). Bounded: a few hundred device
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +10,6 @@ import pytest
 from devices.fleet import run_fleet
 from devices.profile import Profile, load_profile
 from tests.conftest import BrokerThread
-
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 # a quick profile: every sensor reports five times as often as in the field
 FAST = Profile(name="test-fast", interval_scale=0.2, ramp_up=1.0, drain=5.0)
@@ -76,40 +68,6 @@ def test_reconnect_storm_loses_no_qos1_or_qos2(broker_thread: BrokerThread) -> N
 def test_shipped_profiles_load(name: str) -> None:
     prof = load_profile(name)
     assert prof.name == name and prof.description
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[int]:
-    """A Mosquitto of our own on a free loopback port (installed by `make test`)."""
-    if not Path(MOSQUITTO).exists():
-        pytest.fail(f"{MOSQUITTO} missing: `make test` installs Debian's mosquitto package")
-    port = _free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                    "max_queued_messages 10000\npersistence false\n")
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("mosquitto did not start")
-    try:
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_fleet_against_mosquitto(mosquitto: int) -> None:
