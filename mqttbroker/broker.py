@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .auth import Authorizer
+from .bridge import Bridges
 from .client import ClientConnection
 from .config import Config, load_config
 from .core.admission import Admission
@@ -35,7 +36,7 @@ from .plugins.api import Action
 from .plugins.host import PluginHost
 from .protocol.connection import ConnState, Limits
 from .protocol.constants import ProtocolLevel, ReasonCode
-from .protocol.packets import Connect, Subscribe, Unsubscribe
+from .protocol.packets import Connect, Subscribe, Subscription, Unsubscribe
 from .protocol.properties import PropertyId as Prop
 from .retained import RetainedStore
 from .router import Router, parse_share
@@ -127,6 +128,7 @@ class Broker:
         self._servers: list[asyncio.Server] = []
         self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
         self.sys_topics = SysTopics(self, self.publish)  # $SYS (systopics.py)
+        self.bridges = Bridges(self.config.bridges, self)  # bridges to other brokers (bridge/)
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
         self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -219,6 +221,7 @@ class Broker:
         self.running = True
         self._keepalive_tick()
         self.sys_topics.start()
+        self.bridges.start()
 
     def _restore(self, snapshot: Snapshot, adopted: bool = False) -> None:
         """Put back what storage kept: retained messages, then sessions (offline until their
@@ -265,6 +268,7 @@ class Broker:
     async def shutdown(self) -> None:
         """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
         self.sys_topics.stop()
+        await self.bridges.stop()
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()
             self._keepalive_timer = None
@@ -497,6 +501,30 @@ class Broker:
         self.subscriptions.unsubscribe(conn, p)
 
     # -- $SYS --------------------------------------------------------------------------------------
+
+    # -- local clients of extensions (bridges: core/hooks.LocalClients) --------------------------
+
+    def attach_local(self, client: Any, filters: list[tuple[str, int]]) -> None:
+        """Register an extension's local client and subscribe it (No Local) to ``filters``;
+        the retained messages they match go to it as to any new subscriber."""
+        cid = client.client_id
+        self.sessions[cid] = client.session
+        self.connections[cid] = client
+        now = self.now()
+        for topic_filter, qos in filters:
+            sub = Subscription(topic_filter, qos, no_local=True, retain_as_published=True)
+            client.session.subscriptions[topic_filter] = sub
+            self.router.subscribe(cid, sub)
+            client.deliver_retained([(m, min(m.qos, qos), True, ())
+                                     for m in self.retained.match(topic_filter, now)])
+
+    def detach_local(self, client_id: str) -> None:
+        """Unregister an extension's local client and its subscriptions."""
+        session = self.sessions.pop(client_id, None)
+        self.connections.pop(client_id, None)
+        if session is not None:
+            for topic_filter in session.subscriptions:
+                self.router.unsubscribe(client_id, topic_filter)
 
     def sys_values(self) -> dict[str, str]:
         """``$SYS/broker/...`` topics and values, with Mosquitto's names (systopics.py)."""

@@ -17,6 +17,10 @@ The file format is a superset of the hbmqtt/amqtt broker config:
 * ``sys_interval``, ``auth`` (``allow-anonymous``, ``password-file``, ``acl-file``, our
   ``v5-subscribe-refusal``; a listener may have its own ``allow-anonymous``),
   ``topic-check`` (``enabled``, ``acl``, ``publish-acl``), ``log_level`` and our own ``mqtt``.
+* ``bridges``: name -> a bridge to another broker, Mosquitto's ``connection`` options under
+  our names (``addresses``, ``protocol``, ``client_id``, ``topics``, ``tls``, ``queue``, ...;
+  :mod:`mqttbroker.config.bridges` maps each to its Mosquitto option). Validated; the bridge
+  runtime is not built yet (docs/bridges.md).
 * amqtt's ``plugins`` (top level, in ``auth`` and in ``topic-check``) and
   ``timeout-disconnect-delay`` are accepted and **ignored**: our authentication and topic checks
   are configured by the keys above, not by plugin lists.
@@ -27,8 +31,9 @@ file are resolved against the directory of that file, so a config means the same
 the working directory.
 
 The package: ``model`` (the frozen dataclasses), ``yaml_reader`` (YAML with lines),
-``convert`` (the validator and the value converters) and ``sections`` (the schema and
-the checks across keys); this module holds the entry points.
+``convert`` (the validator and the value converters), ``sections`` (the schema and
+the checks across keys) and ``bridges`` (the bridges section: its model and checks); this
+module holds the entry points.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigIssue
+from .bridges import BridgeConfig, BridgeQueue, BridgeTLS, BridgeTopic
 from .model import (
     LOG_LEVELS,
     AuthConfig,
@@ -53,8 +59,9 @@ from .model import (
 from .sections import _validate
 from .yaml_reader import _KeyPath, _merge, _read_yaml
 
-__all__ = ["LOG_LEVELS", "AuthConfig", "ClusterConfig", "Config", "HttpConfig", "ListenerConfig",
-           "MqttConfig", "PersistenceConfig", "PluginSpec", "TopicCheckConfig", "load_config",
+__all__ = ["LOG_LEVELS", "AuthConfig", "BridgeConfig", "BridgeQueue", "BridgeTLS", "BridgeTopic",
+           "ClusterConfig", "Config", "HttpConfig", "ListenerConfig", "MqttConfig",
+           "PersistenceConfig", "PluginSpec", "TopicCheckConfig", "load_config",
            "parse_config_dict"]
 
 

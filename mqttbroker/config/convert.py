@@ -16,8 +16,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import ConfigError, ConfigIssue
-from .model import _choices_msg
-from .yaml_reader import _INVALID, _canon, _describe, _dotted, _KeyPath
+from .yaml_reader import _INVALID, _canon, _choices_msg, _describe, _dotted, _KeyPath
 
 
 class _Bad(Exception):

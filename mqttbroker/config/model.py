@@ -2,7 +2,9 @@
 their defaults and limits (:data:`LOG_LEVELS`, ``_MAX_PACKET``).
 
 Nothing here reads or checks a file; :mod:`mqttbroker.config.sections` builds these from
-checked values. This module imports nothing else of the package.
+checked values. The ``bridges`` section keeps its model beside its checks, in
+:mod:`mqttbroker.config.bridges`; apart from that and a message helper, this module imports
+nothing else of the package.
 """
 
 from __future__ import annotations
@@ -13,13 +15,11 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import ConfigError, ConfigIssue
+from .bridges import BridgeConfig
+from .yaml_reader import _choices_msg
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_PACKET: Final = 268_435_460  # 1 + 4 (max remaining-length varint) + 268,435,455
-
-
-def _choices_msg(choices: tuple[str, ...], value: object) -> str:
-    return f"must be one of {', '.join(choices)}; got {value!r}"
 
 
 def _no_acl() -> Mapping[str, tuple[str, ...]]:
@@ -200,6 +200,8 @@ class Config:
     http: HttpConfig = HttpConfig()
     cluster: ClusterConfig | None = None
     plugins: tuple[PluginSpec, ...] = ()
+    # bridges to other brokers, in the order given (config/bridges.py; no runtime yet)
+    bridges: tuple[BridgeConfig, ...] = ()
 
     def with_overrides(
         self, host: str | None = None, port: int | None = None, log_level: str | None = None

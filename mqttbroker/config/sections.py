@@ -1,6 +1,7 @@
 """The schema: one field table per section (``_LISTENER_FIELDS``, ``_MQTT_FIELDS``, ...,
 ``_TOP_FIELDS``), the checks that span several keys of a section (listeners, http, cluster),
 and :func:`_validate`, which turns the plain values of a whole config into a :class:`Config`.
+The ``bridges`` section has its own module, :mod:`mqttbroker.config.bridges`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from ..errors import ConfigError, ConfigIssue
+from .bridges import _BRIDGE_FIELDS, _bridges
 from .convert import (
     _acl,
     _acl_file,
@@ -266,9 +268,11 @@ _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "http": _http,
     "cluster": _cluster,
     "plugins": _plugins,
+    "bridges": _bridges,
 }
 _TOP_IGNORED: Final = frozenset({"timeout_disconnect_delay"})
 _ELSEWHERE: Final[Mapping[str, str]] = {
+    **{k: "bridges.<name>" for k in _BRIDGE_FIELDS},  # first: auth's password_file wins
     **{k: "listeners.<name>" for k in _LISTENER_FIELDS},
     **{k: "auth" for k in _AUTH_FIELDS},
     **{k: "topic-check" for k in _TOPIC_CHECK_FIELDS},

@@ -3,7 +3,8 @@
 
 It also holds what reading and checking share: key paths (``_KeyPath``, ``_dotted``), the
 ``_INVALID`` marker for a value whose problem is already reported, hyphen/underscore key
-spelling (``_canon``) and how a wrong value reads in a message (``_describe``).
+spelling (``_canon``) and how a wrong value reads in a message (``_describe``,
+``_choices_msg``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def _describe(value: Any) -> str:
         return f"a boolean ({str(value).lower()}; YAML reads yes/no/on/off as booleans)"
     kind = next((name for t, name in _KINDS if isinstance(value, t)), type(value).__name__)
     return f"{kind} ({value!r})" if isinstance(value, int | float | str) else kind
+
+
+def _choices_msg(choices: tuple[str, ...], value: object) -> str:
+    return f"must be one of {', '.join(choices)}; got {value!r}"
 
 
 def _read_yaml(filename: str) -> tuple[Any, dict[_KeyPath, int], list[ConfigIssue]]:

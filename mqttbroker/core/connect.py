@@ -38,6 +38,7 @@ from .registry import Registry
 log = logging.getLogger("mqttbroker")
 
 V5 = ProtocolLevel.MQTT_5
+BRIDGE_IDS = "$bridge/"  # the local client ids of the broker's bridges (bridge/link.py)
 # what a PUBLISH adds to its payload at most, bar properties: fixed header (5), the longest
 # topic (2 + 65535), packet id (2), property length (4)
 PUBLISH_OVERHEAD = 5 + 2 + 65535 + 2 + 4
@@ -88,6 +89,9 @@ def client_identifier(p: Connect, cfg: MqttConfig,
     if len(client_id) > cfg.max_client_id_length:
         return Refusal(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                        f"client identifier longer than {cfg.max_client_id_length}")
+    if client_id.startswith(BRIDGE_IDS):
+        return Refusal(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                       f"client identifiers starting {BRIDGE_IDS!r} are the bridges' own")
     return Terms(client_id, p.keep_alive)
 
 

@@ -210,6 +210,24 @@ class ClusterHost(Protocol):
         """Unsubscribe a session that is not here any more from ``filters``."""
 
 
+class LocalClients(Protocol):
+    """How an extension joins the broker as a client of its own (a bridge: Mosquitto's model):
+    ``client`` gets every message its subscriptions match through ``client.deliver`` (its
+    subscriptions are No Local: what it publishes under its client id never comes back)."""
+
+    metrics: Metrics
+
+    def attach_local(self, client: Any, filters: list[tuple[str, int]]) -> None:
+        """Register ``client`` (a core.delivery.Recipient with a ``client_id``) and subscribe
+        it to ``filters`` (filter, QoS); the retained messages they match go to it too."""
+
+    def detach_local(self, client_id: str) -> None:
+        """Unregister the local client ``client_id`` and its subscriptions."""
+
+    def publish(self, message: Message, source: Any = None) -> int:
+        """Publish ``message`` (its ``sender`` names the local client) to local subscribers."""
+
+
 class HoldPacket(Exception):
     """Raised by the broker while it handles a packet whose decision is on its way (an
     async plugin's answer): the connection keeps that packet and those after it, reads no

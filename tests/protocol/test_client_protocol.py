@@ -212,6 +212,7 @@ def test_inbound_qos2_exactly_once_mqtt_4_3_3_2() -> None:
     c = connected()
     frame = h("34 06 | 00 01 74 | 00 09 | 78")
     [m] = c.receive_data(frame, 1.0)
+    assert isinstance(m, Message) and m.packet_id == 9 and m.qos == 2
     c.acknowledge(9, 2, 1.0)
     assert c.data_to_send() == h("50 02 00 09")
     # a resend before PUBREL: PUBREC again, no second message

@@ -60,7 +60,7 @@ def test_check_config_ok(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "example-hbmqtt.yaml", "paho-interop.yaml",
-                                  "cluster.yaml", "durable.yaml"])
+                                  "cluster.yaml", "durable.yaml", "bridge-example.yaml"])
 def test_check_config_on_shipped_configs(name: str) -> None:
     result = run_cli("check-config", f"configs/{name}")
     assert (result.returncode, result.stdout) == (0, f"configs/{name}: OK\n")

@@ -519,3 +519,11 @@ def test_connector_max_sessions_all_connected_is_quota_exceeded() -> None:
     s.connector.connect(second, connect(V311, "b"))
     assert second.refused and second.refused[0][0] == ReasonCode.QUOTA_EXCEEDED
     assert list(s.registry.sessions) == ["a"]
+
+
+def test_bridge_client_ids_are_reserved() -> None:
+    """``$bridge/<name>`` is how the broker's own bridges are known locally: no client may
+    take it (it would take a bridge's place)."""
+    refusal = client_identifier(Connect("MQTT", 4, "$bridge/cloud", True, 60), load_config(None).mqtt,
+                                lambda: "auto-x")
+    assert isinstance(refusal, Refusal) and refusal.code == 0x85
