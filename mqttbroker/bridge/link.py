@@ -173,8 +173,9 @@ class BridgeLink(asyncio.Protocol):
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        """Say DISCONNECT to the remote and stop."""
+        """Say DISCONNECT to the remote and stop (the state topic says 0)."""
         self._stopping = True
+        self._set_state(False)
         if self._transport is not None and not self.proto.closed:
             self._transport.write(self.proto.disconnect(self._now()))
             self._transport.close()
