@@ -38,6 +38,8 @@ V5 = ProtocolLevel.MQTT_5
 class Subscriber(Recipient, Protocol):
     """A connection as SUBSCRIBE sees it: it is answered with a packet."""
 
+    bridge: bool  # a bridge (try_private): No Local and Retain As Published, always
+
     def send_packet(self, packet: Packet, durable: bool = False) -> None:
         """Encode and send ``packet`` (``durable``: after what it reports is stored)."""
 
@@ -100,6 +102,10 @@ class Subscriptions(Generic[S]):
                 continue
             if client is not None and plugins.filter_hooks:  # allowed: a plugin may change it
                 f = sub.topic_filter = plugins.on_subscribe_filter(client, f)
+            if conn.bridge and not f.startswith("$share/"):
+                # Mosquitto's bridges: what a bridge publishes is not sent back to it (no
+                # loop), and retained flags reach it as published
+                sub.no_local = sub.retain_as_published = True
             granted = min(sub.qos, cfg.max_qos)
             sub.qos = granted
             sub.identifier = identifier

@@ -79,6 +79,8 @@ def peek_protocol_level(body: bytes) -> int | None:
     if pos >= len(body):
         return None
     level = body[pos]
+    if level & 0x80 and level & 0x7F in (3, 4):  # a bridge's (try_private)
+        level &= 0x7F
     return level if level in (3, 4, 5) else None
 
 
@@ -87,6 +89,10 @@ def decode_connect(flags: int, body: bytes) -> Connect:
     buf = Buffer(body)
     name = read_string(buf)
     level = buf.read_byte()
+    # a bridge's CONNECT (Mosquitto's try_private): the 3.x level with its top bit set
+    bridge = bool(level & 0x80) and (level & 0x7F) in (3, 4)
+    if bridge:
+        level &= 0x7F
     if name not in ("MQTT", "MQIsdp"):
         # [MQTT-3.1.2-1] an unknown protocol name: close without CONNACK
         raise _protocol(f"unknown protocol name {name!r}")
@@ -121,7 +127,8 @@ def decode_connect(flags: int, body: bytes) -> Connect:
     username = read_string(buf) if has_username else None
     password = read_binary(buf) if has_password else None
     _done(buf, "CONNECT")
-    return Connect(name, level, client_id, clean, keep_alive, username, password, will, props)
+    return Connect(name, level, client_id, clean, keep_alive, username, password, will, props,
+                   bridge)
 
 
 def _decode_publish(flags: int, body: bytes, level: int) -> Publish:
@@ -429,7 +436,8 @@ def _encode_connect(p: Connect) -> bytes:
         flags |= 0x40
     if p.username is not None:
         flags |= 0x80
-    body = bytearray(encode_string(p.protocol_name) + bytes((level, flags)))
+    level_byte = level | 0x80 if p.bridge and level != V5 else level  # try_private
+    body = bytearray(encode_string(p.protocol_name) + bytes((level_byte, flags)))
     body += p.keep_alive.to_bytes(2, "big")
     if level == V5:
         body += encode_properties(p.properties)

@@ -144,6 +144,7 @@ class ServerConnection:
         "alias_in_max",
         "alias_out",
         "alias_out_max",
+        "bridge",
         "connect_expiry",
         "keep_alive",
         "last_received",
@@ -168,6 +169,7 @@ class ServerConnection:
         self.keep_alive = 0
         self.last_received = now
         # MQTT 5, per connection
+        self.bridge = False  # a bridge's CONNECT (level | 0x80, Mosquitto's try_private)
         self.connect_expiry = 0  # Session Expiry Interval given at CONNECT
         self.max_out_packet = 0  # the client's Maximum Packet Size, 0 = none
         self.problem_info = True  # Request Problem Information
@@ -263,6 +265,7 @@ class ServerConnection:
         Method it asks for, if any (enhanced authentication [MQTT 4.12])."""
         self.level = p.protocol_level
         self.keep_alive = p.keep_alive
+        self.bridge = p.bridge
         if p.protocol_level != V5:
             return None
         props = p.properties

@@ -37,6 +37,9 @@ class Connect:
     password: bytes | None = None
     will: Will | None = None
     properties: Properties = field(default_factory=dict)
+    # a bridge (protocol level | 0x80, Mosquitto's try_private): its own messages are not
+    # sent back to it, and retained flags go to it as published
+    bridge: bool = False
     type: PacketType = field(default=PacketType.CONNECT, init=False, repr=False)
 
 

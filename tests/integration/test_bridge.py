@@ -207,3 +207,73 @@ def test_backlog_waits_for_the_cloud(make_broker_thread: MakeBroker, tmp_path: A
     finally:
         back.loop_stop()
         back.disconnect()
+
+
+def test_two_way_311_bridge_with_try_private_passes_each_message_once(
+        make_broker_thread: MakeBroker) -> None:
+    """MQTT 3.1.1 has no No Local: the bridge says it is one (try_private, CONNECT level
+    0x84) and the remote (ours) then sends it nothing it published itself."""
+    cloud = make_broker_thread(base_config())
+    edge = make_broker_thread(bridged(cloud.port, [{"pattern": "#", "direction": "both",
+                                                     "qos": 1}], protocol="mqttv311",
+                                      try_private=True, notifications=False))
+    wait_state(edge, True)
+    time.sleep(0.3)
+    at_cloud = Inbox(cloud.port, "loop/#")
+    at_edge = Inbox(edge.port, "loop/#")
+    try:
+        publish(edge.port, "loop/a", b"from edge")
+        publish(cloud.port, "loop/b", b"from cloud")
+        at_cloud.wait(2)
+        at_edge.wait(2)
+        time.sleep(1.0)  # a loop would multiply them by now
+        assert sorted(m.payload for m in at_cloud.got) == [b"from cloud", b"from edge"]
+        assert sorted(m.payload for m in at_edge.got) == [b"from cloud", b"from edge"]
+    finally:
+        at_cloud.close()
+        at_edge.close()
+
+
+def test_mosquitto_bridged_into_ours_both_ways(make_broker_thread: MakeBroker,
+                                               tmp_path: Any) -> None:
+    """Mosquitto as the edge, bridging both ways on ``#`` into our broker (its defaults:
+    MQTT 3.1.1, try_private): each message crosses once, in either direction."""
+    import subprocess
+
+    from .conftest import MOSQUITTO
+
+    ours = make_broker_thread(base_config())
+    port = free_port()
+    conf = tmp_path / "edge.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    f"connection ours\naddress 127.0.0.1:{ours.port}\n"
+                    f"remote_clientid {unique_id('mosq-edge-')}\n"
+                    "topic mx/# both 1\nnotifications false\nrestart_timeout 1\n")
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not ours.call(lambda: any(c.startswith("mosq-edge-")
+                                        for c in ours.broker.connections)):
+            assert time.monotonic() < deadline, "Mosquitto's bridge did not connect"
+            time.sleep(0.05)
+        bridge_id = ours.call(lambda: next(c for c in ours.broker.connections
+                                           if c.startswith("mosq-edge-")))
+        assert ours.call(lambda: ours.broker.connections[bridge_id].bridge)  # try_private
+        time.sleep(0.5)  # its SUBSCRIBE at ours
+        at_ours = Inbox(ours.port, "mx/#")
+        at_mosq = Inbox(port, "mx/#")
+        try:
+            publish(port, "mx/a", b"from mosquitto")
+            publish(ours.port, "mx/b", b"from ours")
+            at_ours.wait(2)
+            at_mosq.wait(2)
+            time.sleep(1.0)
+            assert sorted(m.payload for m in at_ours.got) == [b"from mosquitto", b"from ours"]
+            assert sorted(m.payload for m in at_mosq.got) == [b"from mosquitto", b"from ours"]
+        finally:
+            at_ours.close()
+            at_mosq.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)

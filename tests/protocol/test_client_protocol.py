@@ -278,3 +278,26 @@ def test_remote_disconnect_v5_reason() -> None:
 def test_our_disconnect_is_clean() -> None:
     c = connected()
     assert c.disconnect(1.0) == h("E0 00") and c.closed
+
+
+# -- the server side of try_private (codec) -------------------------------------------------------
+
+def test_server_decodes_a_bridge_connect_mqtt_3_1_2_2() -> None:
+    """Mosquitto's try_private: CONNECT level 0x84 (0x83) is 3.1.1 (3.1) from a bridge; a v5
+    level with the bit (0x85) is not a level at all."""
+    from mqttbroker.errors import ProtocolError
+    from mqttbroker.protocol.codec import decode, encode, peek_protocol_level
+    from mqttbroker.protocol.packets import Connect
+
+    data = ClientProtocol("e7", private=True).connect(0.0)
+    assert peek_protocol_level(data[2:]) == 4
+    p = decode(data[0], data[2:], 4)
+    assert isinstance(p, Connect) and p.protocol_level == 4 and p.bridge
+    assert encode(p, 4) == data  # the bit goes back out
+    plain = decode(0x10, ClientProtocol("e7").connect(0.0)[2:], 4)
+    assert isinstance(plain, Connect) and not plain.bridge
+    v5 = bytearray(ClientProtocol("e7", level=5).connect(0.0))
+    v5[8] |= 0x80
+    with pytest.raises(ProtocolError) as err:
+        decode(v5[0], bytes(v5[2:]), 5)
+    assert err.value.code == 0x84  # unsupported protocol version
