@@ -277,3 +277,31 @@ def test_mosquitto_bridged_into_ours_both_ways(make_broker_thread: MakeBroker,
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.mark.parametrize("protocol", ["mqttv311", "mqttv5"])
+def test_ours_bridged_to_mosquitto(make_broker_thread: MakeBroker, mosquitto: int,
+                                   protocol: str) -> None:
+    """Our broker as the edge, Mosquitto as the cloud (3.1.1 with try_private, and 5.0):
+    out with a remote prefix at QoS 1 in order, in from Mosquitto, and nothing loops."""
+    edge = make_broker_thread(bridged(mosquitto, [
+        {"pattern": "up/#", "direction": "out", "qos": 1, "remote_prefix": "edge-1/"},
+        {"pattern": "down/#", "direction": "in", "qos": 1, "remote_prefix": "edge-1/"}],
+        protocol=protocol, notifications=False))
+    wait_state(edge, True)
+    time.sleep(0.3)
+    at_mosq = Inbox(mosquitto, "edge-1/#")
+    at_edge = Inbox(edge.port, "down/#")
+    try:
+        publish_all(edge.port, [(f"up/{i}", str(i).encode()) for i in range(10)])
+        publish(mosquitto, "edge-1/down/cmd", b"do")
+        got = at_mosq.wait(11)  # the 10 from the edge and the command itself
+        [cmd] = at_edge.wait(1)
+        assert [(m.topic, m.payload) for m in got if m.topic.startswith("edge-1/up/")] == \
+            [(f"edge-1/up/{i}", str(i).encode()) for i in range(10)]
+        assert (cmd.topic, cmd.payload) == ("down/cmd", b"do")
+        time.sleep(0.5)
+        assert len(at_edge.got) == 1
+    finally:
+        at_mosq.close()
+        at_edge.close()
