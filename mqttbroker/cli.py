@@ -102,6 +102,23 @@ def _worker_config(config: Config, index: int) -> Config:
     return dataclasses.replace(config, cluster=cluster, http=http)
 
 
+@cli.command("convert-mosquitto")
+@click.argument("file", metavar="MOSQUITTO_CONF", type=click.Path(exists=True, dir_okay=False))
+def convert_mosquitto(file: str) -> None:
+    """Print MOSQUITTO_CONF as our YAML configuration; the lines it cannot carry over are
+    named, with their numbers, in the opening comments."""
+    import yaml
+
+    from .config.mosquitto import convert
+
+    with open(file, encoding="utf-8") as fh:
+        config, notes = convert(fh.read())
+    click.echo(f"# converted from {file} by mqttbroker convert-mosquitto")
+    for note in notes:
+        click.echo(f"# not carried over: {note}")
+    click.echo(yaml.safe_dump(config, sort_keys=False, default_flow_style=False), nl=False)
+
+
 @cli.command("check-config")
 @click.argument("file", metavar="FILE")
 def check_config(file: str) -> None:
