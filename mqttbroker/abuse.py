@@ -28,6 +28,11 @@ __all__ = ["MAX_ADDRESSES", "ConnectionRateLimiter", "LoginFailures", "address_k
 MAX_ADDRESSES = 10_000  # entries per table; ~200 bytes each
 FAILURE_MEMORY = 600.0  # seconds after its last failed login an address is forgiven
 _EXPIRE_BATCH = 8  # stale entries dropped from the front per call (amortised O(1))
+# how much earlier than its reserved turn a delayed CONNECT may be handled: event-loop timers
+# fire with millisecond granularity (uvloop rounds the delay down), so at the cap the next
+# sequential guess can find its wait a fraction of a millisecond over max_delay; it is not
+# refused for that
+TIMER_SLACK = 0.005
 
 
 @functools.lru_cache(maxsize=4096)  # (pure; parsed once per address, not per connection)
@@ -207,7 +212,7 @@ class LoginFailures:
             start = now
         else:
             start = e.ready_at
-        if wait > self.max_delay:
+        if wait > self.max_delay + TIMER_SLACK:
             return None
         e.ready_at = start + self.delay_after(e.count)
         return wait

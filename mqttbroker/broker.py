@@ -328,7 +328,7 @@ class Broker:
     def connect_delay(self, conn: ClientConnection) -> float | None:
         """How long to delay ``conn``'s CONNECT (failed logins from its address), None:
         refuse it at once."""
-        return self.admission.connect_delay(conn, conn.last_received)  # (when CONNECT came)
+        return self.admission.connect_delay(conn, self.now())
 
     def login_failed(self, conn: ClientConnection) -> None:
         """``conn``'s credentials were refused: count it against its address."""
