@@ -52,14 +52,13 @@ LEVELS = {"mqttv31": ProtocolLevel.MQTT_3_1, "mqttv311": ProtocolLevel.MQTT_3_1_
 @dataclass(slots=True)
 class Outgoing:
     """A message waiting for the remote: its remote topic and QoS (the lower of the message's
-    and the rule's), and the packet id once sent at QoS 1/2."""
+    and the rule's)."""
 
     topic: str
     payload: bytes
     qos: int
     retain: bool
     properties: dict[int, Any] | None
-    packet_id: int | None = None
 
 
 @dataclass
@@ -95,8 +94,8 @@ class BridgeLink(asyncio.Protocol):
             password=password.encode() if password is not None else None,
             private=config.try_private,
             session_expiry=0 if config.clean_session else 0xFFFFFFFF)
-        self.backlog: deque[Outgoing] = deque()  # not yet sent (in order)
-        self.inflight: dict[int, Outgoing] = {}  # sent at QoS 1/2, not yet acknowledged
+        self.backlog: deque[Outgoing] = deque()  # not yet sent (in order); what is in
+        # flight (sent at QoS 1/2, not yet acknowledged) is the protocol's own outflows
         self.backlog_bytes = 0
         self._transport: asyncio.Transport | None = None
         self._task: asyncio.Task[None] | None = None
@@ -241,9 +240,7 @@ class BridgeLink(asyncio.Protocol):
             elif isinstance(ev, RemoteMessage):
                 self._on_remote_message(ev, now)
             elif isinstance(ev, Delivered):
-                out = self.inflight.pop(ev.packet_id, None)
-                if out is not None:
-                    self.stats.sent += 1
+                self.stats.sent += 1
             elif isinstance(ev, Subscribed):
                 if any(c >= 0x80 for c in ev.codes):
                     log.warning("%s: the remote refused a subscription: %s", self.name,
@@ -310,14 +307,10 @@ class BridgeLink(asyncio.Protocol):
                 break
             self.backlog.popleft()
             self.backlog_bytes -= len(out.payload)
-            pid = proto.publish(out.topic, out.payload, out.qos, out.retain, now,
-                                out.properties)
-            if pid is None:
-                self.stats.sent += 1
-            else:
-                out.packet_id = pid
-                self.inflight[pid] = out
-        self.stats.queued = len(self.backlog) + len(self.inflight)
+            if proto.publish(out.topic, out.payload, out.qos, out.retain, now,
+                             out.properties) is None:
+                self.stats.sent += 1  # (QoS 0: sent is done)
+        self.stats.queued = len(self.backlog) + len(proto.outflows)
         self._flush()
 
     def _flush(self) -> None:

@@ -272,15 +272,11 @@ class Output(ServerConnection):
             head, tail = parts
         else:
             head, tail = message.wire(self.level, qos, retain)
-        # (frame_publish, inline: once per delivery)
-        if dup:
-            head = bytes((head[0] | 0x08,)) + head[1:]  # [MQTT-3.3.1-1] DUP on redelivery
-        data = head + pid.to_bytes(2, "big") + tail if qos else head + tail
-        if self.max_out_packet and len(data) > self.max_out_packet:  # [MQTT-3.1.2-25]
+        data = self.frame_publish(head, tail, qos, dup, pid)
+        if data is None:  # over the client's Maximum Packet Size [MQTT-3.1.2-25]
             self.metrics.publish_dropped += 1
-            log.debug("client %s: %d-byte PUBLISH over its Maximum Packet Size %d, discarded",
-                      self.name, len(data), self.max_out_packet)
-            return None
+            log.debug("client %s: PUBLISH over its Maximum Packet Size %d, discarded",
+                      self.name, self.max_out_packet)
         return data
 
     def _send_qos0(self, message: Message, retain: bool,
