@@ -24,6 +24,7 @@ from .config import Config, load_config
 from .core.admission import Admission
 from .core.connect import Connector
 from .core.delivery import Dispatcher
+from .core.hooks import BridgeStats
 from .core.registry import Registry, will_message
 from .core.subscriptions import Subscriptions
 from .enhanced_auth import EnhancedAuth
@@ -439,6 +440,10 @@ class Broker:
         if client_id in self.connections:
             self.admin_disconnect(client_id, ReasonCode.ADMINISTRATIVE_ACTION)
         return self.registry.discard(client_id)
+
+    def bridge_stats(self) -> list[BridgeStats]:
+        """Every configured bridge's state and counters (bridge/link.py keeps them)."""
+        return [link.stats for link in self.bridges.links]
 
     def adopt_session(self, rec: StoredSession) -> None:
         """A session this node took over from another node (cluster), offline until its

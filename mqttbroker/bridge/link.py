@@ -28,6 +28,7 @@ from typing import Any
 
 from ..config.bridges import BridgeConfig
 from ..core.connect import BRIDGE_IDS
+from ..core.hooks import BridgeStats
 from ..message import Message
 from ..metrics import Metrics
 from ..protocol.client_protocol import (
@@ -61,18 +62,6 @@ class Outgoing:
     properties: dict[int, Any] | None
 
 
-@dataclass
-class BridgeStats:
-    """What ``/metrics``, ``$SYS`` and the admin API show of a bridge."""
-
-    connected: bool = False
-    queued: int = 0
-    sent: int = 0
-    received: int = 0
-    dropped: int = 0
-    connects: int = 0
-
-
 class BridgeLink(asyncio.Protocol):
     """One configured bridge: its local half (``deliver``) and its remote connection."""
 
@@ -82,7 +71,7 @@ class BridgeLink(asyncio.Protocol):
         self.client_id = BRIDGE_IDS + config.name  # (refused to clients: core/connect.py)
         self._publish = publish
         self.metrics = metrics
-        self.stats = BridgeStats()
+        self.stats = BridgeStats(config.name, [f"{h}:{p}" for h, p in config.addresses])
         level = LEVELS[config.protocol]
         password = config.password
         if config.password_file is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from ..abuse import LoginFailures
@@ -28,6 +29,26 @@ from ..router import Router
 from ..session import Session
 
 C = TypeVar("C", bound=Watched)
+
+
+@dataclass
+class BridgeStats:
+    """One bridge as ``/metrics``, ``$SYS``, the admin API and the dashboard show it (kept up
+    to date by bridge/link.py; read on the event loop)."""
+
+    name: str
+    addresses: list[str]  # host:port, in the order tried
+    remote: str | None = None  # host:port while connected
+    connected: bool = False
+    connected_since: float | None = None  # wall clock
+    queued: int = 0  # waiting to be sent, in flight included
+    queued_bytes: int = 0
+    inflight: int = 0  # sent at QoS 1/2, not yet acknowledged
+    sent: int = 0  # acknowledged by the remote (QoS 0: written)
+    received: int = 0  # taken in from the remote
+    dropped: int = 0  # dropped by the queue's full_policy
+    connects: int = 0  # successful connections so far
+    last_error: str | None = None
 
 
 class ConnectionHost(Protocol[C]):
@@ -170,6 +191,9 @@ class BrokerView(Protocol):
 
     def discard_session(self, client_id: str) -> bool:
         """End a session now, as if it had expired; False when there is none."""
+
+    def bridge_stats(self) -> list[BridgeStats]:
+        """Every configured bridge, in configuration order."""
 
 
 class Blockable(Protocol):
