@@ -129,7 +129,10 @@ class Broker:
         self._servers: list[asyncio.Server] = []
         self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
         self.sys_topics = SysTopics(self, self.publish)  # $SYS (systopics.py)
-        self.bridges = Bridges(self.config.bridges, self)  # bridges to other brokers (bridge/)
+        # bridges to other brokers (bridge/); their backlogs in the store (not a cluster's:
+        # every node would share one bridge's backlog)
+        self.bridges = Bridges(self.config.bridges, self,
+                               self.storage if self.cluster is None else None)
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
         self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -230,7 +233,11 @@ class Broker:
         assert self._loop is not None and self.storage is not None
         for m in snapshot.retained:
             self.retained.load(m)
-        self.registry.restore(snapshot.sessions, self.now(), time.time())
+        sessions = [s for s in snapshot.sessions if not self.bridges.owns(s.client_id)]
+        if len(sessions) < len(snapshot.sessions):  # bridges' backlogs (bridge/)
+            self.bridges.restore([s for s in snapshot.sessions
+                                  if self.bridges.owns(s.client_id)])
+        self.registry.restore(sessions, self.now(), time.time())
         if (snapshot.sessions or snapshot.retained) and not adopted:
             log.info("restored %d sessions and %d retained messages", len(self.sessions),
                      len(self.retained))

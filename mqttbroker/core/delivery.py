@@ -84,6 +84,14 @@ class Backplane(Protocol):
         """A delivery to a session that moved to another node a moment ago."""
 
 
+def is_bridge_state(topic: str) -> bool:
+    """``$SYS/broker/connection/<name>/state``: where a bridge (another broker's, connected
+    here as a client) says 1 or 0 (its will), retained; Mosquitto's bridge notifications."""
+    parts = topic.split("/")
+    return (len(parts) == 5 and parts[0] == "$SYS" and parts[1] == "broker"
+            and parts[2] == "connection" and parts[3] != "" and parts[4] == "state")
+
+
 class Dispatcher(Generic[R]):
     """Routes messages to sessions (the broker's hot path)."""
 
@@ -145,8 +153,10 @@ class Dispatcher(Generic[R]):
         its PUBACK/PUBREC (0x00, 0x10 no matching subscribers, 0x87 not authorised, 0x95
         payload over ``message_size_limit``). ``plugins_allow``: the authorizing plugins'
         answer for its topic, which the connection asked first (:meth:`publish_answer`)."""
-        if message.topic.startswith("$") and not self.plugins.claims(message.topic):
-            # clients do not publish to $ topics ($SYS belongs to the broker)
+        if (message.topic.startswith("$") and not self.plugins.claims(message.topic)
+                and not is_bridge_state(message.topic)):
+            # clients do not publish to $ topics ($SYS belongs to the broker), but for a
+            # remote bridge's state (its notifications, as Mosquitto takes them)
             self.metrics.sys_publish_refused += 1
             log.debug("client %s: PUBLISH to %r refused ($ topics are the broker's)",
                       conn.name, message.topic)

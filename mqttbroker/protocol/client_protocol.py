@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from ..errors import MQTTBrokerError, ProtocolError
+from ..errors import EncodeError, MQTTBrokerError, ProtocolError
 from .codec import decode, encode
 from .constants import PacketType, ProtocolLevel, ReasonCode
 from .packets import (
@@ -369,6 +369,17 @@ class ClientProtocol:
         if self.state is ClientState.CONNECTED:
             self._send(encode(p, self.level), now)
         return pid
+
+    def restore(self, packet_id: int, topic: str, payload: bytes, qos: int, retain: bool,
+                properties: dict[int, Any] | None = None) -> None:
+        """Put back a QoS 1/2 message that was in flight under ``packet_id`` before a restart
+        (kept by the caller): the next CONNECT resends it with DUP set when the remote still
+        holds the session, so a QoS 2 message keeps its identifier and is not delivered twice
+        [MQTT-4.3.3-2], [MQTT-4.4.0-1]. It counts against the window like any in flight."""
+        if qos not in (1, 2) or not 0 < packet_id <= 0xFFFF or packet_id in self.outflows:
+            raise EncodeError(f"cannot restore packet {packet_id} at QoS {qos}")
+        self.outflows[packet_id] = OutFlow(
+            Publish(topic, payload, qos, retain, True, packet_id, dict(properties or {})))
 
     def subscribe(self, filters: list[tuple[str, int]], now: float, *,
                   no_local: bool = False, retain_as_published: bool = False) -> int:

@@ -64,12 +64,13 @@ class BrokerProc:
     """One broker process (restartable) with its config file, database and log in ``folder``.
 
     ``persist`` is the ``persistence`` section (default: SQLite ``db.sqlite`` in ``folder``,
-    ``sync: commit``, ``fsync: false``); ``mqtt`` the ``mqtt`` section.
+    ``sync: commit``, ``fsync: false``); ``mqtt`` the ``mqtt`` section; ``extra`` any other
+    top-level sections.
     """
 
     def __init__(self, folder: Path, *, persist: dict[str, Any] | None = None,
                  mqtt: dict[str, Any] | None = None, port: int | None = None,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", extra: dict[str, Any] | None = None) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.db_path = folder / "db.sqlite"
@@ -86,6 +87,7 @@ class BrokerProc:
         }
         if mqtt:
             config["mqtt"] = dict(mqtt)
+        config.update(extra or {})  # more sections (``bridges``, ``http``)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
