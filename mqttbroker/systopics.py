@@ -25,13 +25,14 @@ class SysTopics:
         self._timer: asyncio.TimerHandle | None = None
 
     def values(self) -> dict[str, str]:
-        """``$SYS/broker/...`` topics and values, with Mosquitto's names."""
+        """``$SYS/broker/...`` topics and values, with Mosquitto's names (and ours for the
+        bridges: ``$SYS/broker/bridges/<name>/...``)."""
         view = self.view
         m = view.metrics
         sessions = view.sessions
         connected = len(view.connections)
         total = len(sessions)
-        return {
+        values = {
             "$SYS/broker/version": f"mqttbroker version {__version__}",
             "$SYS/broker/uptime": f"{int(view.uptime())} seconds",
             "$SYS/broker/clients/connected": str(connected),
@@ -54,6 +55,18 @@ class SysTopics:
             "$SYS/broker/plugins/errors": str(m.plugin_errors),
             "$SYS/broker/plugins/timeouts": str(m.plugin_timeouts),
         }
+        for st in view.bridge_stats():
+            # $SYS/broker/connection/<name>/state is the bridge's own (published at each
+            # change, bridge/link.py); these follow the interval, as the counters above do
+            root = f"$SYS/broker/bridges/{st.name}/"
+            values[root + "connected"] = "1" if st.connected else "0"
+            values[root + "remote"] = st.remote or ""  # empty: not connected
+            values[root + "queued"] = str(st.queued)
+            values[root + "inflight"] = str(st.inflight)
+            values[root + "sent"] = str(st.sent)
+            values[root + "received"] = str(st.received)
+            values[root + "dropped"] = str(st.dropped)
+        return values
 
     def start(self) -> None:
         """Publish now and every ``sys_interval`` seconds after (nothing when it is 0)."""

@@ -16,7 +16,7 @@ from ..protocol.topics import topic_filter_problem
 from ..router import parse_share
 
 if TYPE_CHECKING:
-    from ..core.hooks import BrokerView
+    from ..core.hooks import BridgeStats, BrokerView
     from ..session import Session
 
 DEFAULT_LIMIT: Final = 1000
@@ -165,3 +165,36 @@ def retained(broker: BrokerView, query: dict[str, str]) -> dict[str, Any]:
         out.append({"topic": m.topic, "qos": m.qos, "size": len(m.payload), "payload": text,
                     "encoding": encoding, "truncated": truncated})
     return {"total": total, "retained": out}
+
+
+def bridge_info(st: BridgeStats) -> dict[str, Any]:
+    """One bridge as the API shows it (docs/web.md: BRIDGE): every field of
+    :class:`~mqttbroker.core.hooks.BridgeStats`, its time in ISO 8601."""
+    return {
+        "name": st.name,
+        "addresses": list(st.addresses),
+        "remote": st.remote,
+        "connected": st.connected,
+        "connected_since": _iso(st.connected_since),
+        "queued": st.queued,
+        "queued_bytes": st.queued_bytes,
+        "inflight": st.inflight,
+        "sent": st.sent,
+        "received": st.received,
+        "dropped": st.dropped,
+        "connects": st.connects,
+        "last_error": st.last_error,
+    }
+
+
+def bridges(broker: BrokerView, query: dict[str, str]) -> dict[str, Any]:
+    limit, offset = paging(query)
+    total, chosen = page(sorted(broker.bridge_stats(), key=lambda st: st.name), limit, offset)
+    return {"total": total, "bridges": [bridge_info(st) for st in chosen]}
+
+
+def bridge(broker: BrokerView, name: str) -> dict[str, Any]:
+    for st in broker.bridge_stats():
+        if st.name == name:
+            return bridge_info(st)
+    raise ApiError(404, f"no bridge named {name!r}")

@@ -8,7 +8,7 @@ two agree at any instant.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from .. import __version__
 
 if TYPE_CHECKING:
-    from ..core.hooks import BrokerView
+    from ..core.hooks import BridgeStats, BrokerView
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _QOS: Final = ("0", "1", "2")
@@ -129,6 +129,7 @@ class BrokerCollector:
                            "did not keep up", st["dropped"])
             yield _gauge("cluster_backlog", "Messages for other nodes waiting for Redis",
                          st["backlog"])
+        yield from _bridges(b)
         storage = b.storage
         if storage is not None:
             h = storage.commit_latency
@@ -140,6 +141,41 @@ class BrokerCollector:
             yield family
             yield _gauge("storage_pending_changes", "Changes waiting for the next commit",
                          storage.pending_changes())
+
+
+def _bridges(b: BrokerView) -> Iterator[Metric]:
+    """The ``mqttbroker_bridge_*`` families, labelled ``bridge="<name>"``, one sample per
+    configured bridge (none without bridges, as the cluster's and the storage's families
+    appear only with them)."""
+    stats = b.bridge_stats()
+    if not stats:
+        return
+
+    def family(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str,
+               value: Callable[[BridgeStats], float]) -> Metric:
+        f = kind(f"mqttbroker_bridge_{name}", doc, labels=["bridge"])
+        for st in stats:
+            f.add_metric([st.name], value(st))
+        return f
+
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    yield family(gauge, "connected", "1 while the bridge is connected to its remote",
+                 lambda s: int(s.connected))
+    yield family(gauge, "queued_messages", "Messages waiting for the remote, in flight "
+                 "included", lambda s: s.queued)
+    yield family(gauge, "queued_bytes", "Payload bytes of the messages waiting for the remote",
+                 lambda s: s.queued_bytes)
+    yield family(gauge, "inflight_messages", "Messages sent to the remote at QoS 1/2, not yet "
+                 "acknowledged", lambda s: s.inflight)
+    yield family(counter, "sent", "Messages the remote has (QoS 0: written; QoS 1/2: "
+                 "acknowledged)", lambda s: s.sent)
+    yield family(counter, "received", "Messages taken in from the remote",
+                 lambda s: s.received)
+    yield family(counter, "dropped", "Messages for the remote dropped: the queue full (its "
+                 "full_policy), expired while queued, or refused by the remote",
+                 lambda s: s.dropped)
+    yield family(counter, "connects", "Successful connections to the remote",
+                 lambda s: s.connects)
 
 
 def _bound(le: float) -> str:

@@ -94,6 +94,8 @@ class HttpServer:
         app.router.add_delete("/api/v1/clients/{client_id:.+}", self._discard)
         app.router.add_get("/api/v1/subscriptions", self._subscriptions)
         app.router.add_get("/api/v1/retained", self._retained)
+        app.router.add_get("/api/v1/bridges", self._bridges)
+        app.router.add_get("/api/v1/bridges/{name}", self._bridge)
         if cfg.dashboard:
             app.router.add_get("/", self._index)
             app.router.add_get("/assets/{name}", self._asset)
@@ -160,8 +162,10 @@ class HttpServer:
         mqtt = [{"listener": name, "host": host, "port": port, "path": by_name[name].path,
                  "tls": by_name[name].ssl}
                 for name, host, port in b.addresses if by_name[name].type == "ws"]
+        bridges = [{"name": st.name, "addresses": list(st.addresses)}
+                   for st in b.bridge_stats()]
         return _json({"version": __version__, "sys_interval": b.config.sys_interval,
-                      "fleet_root": "fleet", "mqtt": mqtt})
+                      "fleet_root": "fleet", "mqtt": mqtt, "bridges": bridges})
 
     async def _index(self, _request: web.Request) -> web.StreamResponse:
         index = DIST / "index.html"
@@ -217,3 +221,9 @@ class HttpServer:
 
     async def _retained(self, request: web.Request) -> web.Response:
         return _json(api.retained(self.broker, dict(request.query)))
+
+    async def _bridges(self, request: web.Request) -> web.Response:
+        return _json(api.bridges(self.broker, dict(request.query)))
+
+    async def _bridge(self, request: web.Request) -> web.Response:
+        return _json(api.bridge(self.broker, request.match_info["name"]))

@@ -10,7 +10,10 @@ connects back over MQTT/WebSocket and must show:
 * a chart (a ``<canvas>`` in ``[data-chart=TOPIC]``) after a click on the telemetry topic in
   the tree;
 * the same number of connected clients as ``$SYS/broker/clients/connected`` and ``/metrics``'
-  ``mqttbroker_clients_connected``.
+  ``mqttbroker_clients_connected``;
+* no "Bridges" card without a bridge; with one (an edge bridged to a second broker), its row
+  ``tr[data-bridge=NAME]``: connected to its remote, the messages it sent, then disconnected
+  with its backlog once the remote is gone.
 
 The page's screenshot is saved to ``test-results/dashboard.png`` in every run, pass or fail.
 Every wait is bounded. Skipped only when Chromium or the built dashboard is missing (``make
@@ -232,6 +235,8 @@ def test_dashboard_in_chromium(make_broker_thread: Callable[[dict[str, Any]], An
                     text = driver.find_element(By.CSS_SELECTOR, f'[data-count="{key}"]').text
                     assert text.strip().isdigit(), (key, text)
                 time.sleep(2.0)  # more points in the charts for the screenshot
+                # no bridge configured: no bridges card
+                assert not driver.find_element(By.ID, "bridges").is_displayed()
                 # no uncaught exception in the page
                 errors = [e for e in driver.get_log("browser")
                           if e.get("level") == "SEVERE" and e.get("source") == "javascript"]
@@ -310,3 +315,90 @@ def test_mqttjs_in_chromium_at_every_qos(
                                        ("from-browser/q2", 2, b"js-2")]
     finally:
         _close(paho)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
+                    reason="/usr/bin/chromium or /usr/bin/chromedriver is missing "
+                           "(make browser installs them)")
+@pytest.mark.skipif(not DIST_INDEX.exists(),
+                    reason="the dashboard is not built (make dashboard builds it)")
+def test_dashboard_shows_a_bridge(make_broker_thread: Callable[[dict[str, Any]], Any]) -> None:
+    """An edge bridged to a cloud broker: the page's bridges card shows the bridge by name,
+    connected to the cloud's address, with the QoS 1 messages it carried counted as sent;
+    once the cloud is stopped, disconnected, with what was published since queued.
+    (``$SYS`` every second: each change shows within about a second.)"""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    cloud = make_broker_thread({"listeners": {"default": {"type": "tcp",
+                                                          "bind": "127.0.0.1:0"}},
+                                "sys_interval": 0, "auth": {"allow-anonymous": True},
+                                "mqtt": {"max_connection_rate_per_address": 0}})
+    remote = f"127.0.0.1:{cloud.port}"
+    cfg = _config()
+    cfg["bridges"] = {"uplink": {
+        "addresses": [remote], "protocol": "mqttv5", "client_id": "edge-dashboard-test",
+        "topics": [{"pattern": "up/#", "direction": "out", "qos": 1}],
+        # no state message to the cloud: ``sent`` counts only the messages published here
+        "restart_timeout": [0.2, 0.5], "notifications": False}}
+    edge = make_broker_thread(cfg)
+    tcp_port = next(port for name, _host, port in edge.broker.addresses if name == "default")
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    with _chromium() as driver:
+        def row() -> dict[str, str] | None:
+            rows = driver.find_elements(By.CSS_SELECTOR, 'tr[data-bridge="uplink"]')
+            if not rows:
+                return None
+            cells = {k: rows[0].find_element(By.CSS_SELECTOR, f".{k}").text.strip()
+                     for k in ("name", "state", "remote", "queued", "inflight", "sent",
+                               "received", "dropped")}
+            remote_cell = rows[0].find_element(By.CSS_SELECTOR, ".remote")
+            cells["remote_live"] = str("configured" not in remote_cell.get_attribute("class"))
+            return cells
+
+        def row_with(**want: str) -> Callable[[], dict[str, str] | None]:
+            return lambda: (r if (r := row()) and all(r[k] == v for k, v in want.items())
+                            else None)
+
+        try:
+            driver.get(f"http://127.0.0.1:{edge.broker.http_port}/")
+            _wait("the bridges card", lambda: driver.find_element(By.ID, "bridges")
+                  .is_displayed())
+            got = _wait("the bridge row: connected to the cloud",
+                        row_with(state="connected", remote=remote, remote_live="True"))
+            assert got["name"] == "uplink", got
+
+            publisher = _paho("bridge-publisher", tcp_port)
+            try:
+                for i in range(3):
+                    publisher.publish(f"up/{i}", b"x", qos=1).wait_for_publish(5)
+            finally:
+                _close(publisher)
+            _wait("sent = 3 in the bridge row",
+                  row_with(state="connected", sent="3", queued="0", inflight="0",
+                           dropped="0"))
+
+            cloud.stop()
+            _wait("the bridge row: disconnected", row_with(state="disconnected"))
+            publisher = _paho("bridge-publisher-2", tcp_port)
+            try:
+                for i in range(2):
+                    publisher.publish(f"up/later/{i}", b"y", qos=1).wait_for_publish(5)
+            finally:
+                _close(publisher)
+            got = _wait("queued = 2 in the bridge row while the cloud is down",
+                        row_with(state="disconnected", queued="2", sent="3"))
+            # not connected: the configured address, marked as such
+            assert got["remote"] == remote and got["remote_live"] == "False", got
+            errors = [e for e in driver.get_log("browser")
+                      if e.get("level") == "SEVERE" and e.get("source") == "javascript"]
+            assert not errors, errors
+        except BaseException:
+            with contextlib.suppress(WebDriverException):
+                for entry in driver.get_log("browser"):
+                    print("browser:", entry.get("level"), entry.get("message"))
+            raise
+        finally:
+            with contextlib.suppress(WebDriverException):
+                driver.save_screenshot(str(SCREENSHOT.with_name("dashboard-bridges.png")))

@@ -1,6 +1,7 @@
 // The mqttbroker dashboard: fetch /dashboard.json, connect with MQTT.js over WebSockets
 // (MQTT 5, clean start), subscribe to $SYS/# and #, and render the views in batches.
 import mqtt from "mqtt";
+import { BridgeView } from "./bridges.js";
 import { Charts } from "./charts.js";
 import { decodePayload } from "./decode.js";
 import { DeviceView } from "./devices.js";
@@ -63,10 +64,11 @@ async function start() {
   const schedule = batcher(() => { for (const v of views) v.flush(); }, 250);
   const sys = new SysView(schedule);
   const devices = new DeviceView(schedule);
+  const bridges = new BridgeView(schedule, cfg.bridges || []);
   let charts = null;
   const tree = new TopicTree(document.getElementById("tree"), schedule, (t) => charts.add(t));
   charts = new Charts(document.getElementById("charts"), schedule, (t) => tree.decoded(t));
-  views = [sys, devices, tree, charts];
+  views = [sys, devices, bridges, tree, charts];
   if (cfg.sys_interval) {
     document.getElementById("rate-note").textContent =
       `PUBLISH packets per second, from $SYS every ${cfg.sys_interval} s`;
@@ -114,7 +116,8 @@ async function start() {
     const retain = !!packet.retain;
     tree.onMessage(topic, bytes, retain);
     if (topic.startsWith("$SYS/")) {
-      sys.onMessage(topic, text.decode(bytes), retain);
+      const value = text.decode(bytes);
+      if (!bridges.onMessage(topic, value)) sys.onMessage(topic, value, retain);
     } else if (topic.startsWith(fleetRoot + "/")) {
       const parts = topic.slice(fleetRoot.length + 1).split("/");
       if (parts.length === 2) devices.onMessage(parts[0], parts[1], bytes);
@@ -122,7 +125,7 @@ async function start() {
     if (charts.has(topic)) charts.onMessage(topic, decodePayload(bytes));
   });
 
-  window.dashboard = { client, cfg, tree, devices, charts, sys }; // for the console
+  window.dashboard = { client, cfg, tree, devices, bridges, charts, sys }; // for the console
 }
 
 function setupSettings(settings) {
