@@ -89,3 +89,8 @@ fuzz: $(STAMP)
 .PHONY: bench
 bench: $(STAMP) $(MOSQUITTO)
 	$(BIN)/python -m benchmarks.run
+
+# Bridge throughput edge -> cloud, Mosquitto's bridge beside ours (see benchmarks/README.md).
+.PHONY: bench-bridge
+bench-bridge: $(STAMP) $(MOSQUITTO)
+	$(BIN)/python -m benchmarks.bridge
