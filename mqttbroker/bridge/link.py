@@ -14,7 +14,8 @@ Receive Maximum are in flight. With persistence the backlog's QoS 1/2 messages a
 the bridge's own session (``$bridge/<name>``) in the broker's store, under its durability
 mode: with ``sync: commit`` a device's PUBACK leaves only once the message is on disk, and
 after a crash the backlog comes back in order, what was in flight under its old packet
-identifier (a QoS 2 message is then not delivered twice by a remote that kept the session).
+identifier, and a QoS 2 message the remote had answered with PUBREC as a PUBREL (so a remote
+that kept the session does not deliver it twice).
 A remote message (QoS 1/2) is acknowledged to the remote only after the broker has taken it
 (with ``sync: commit``: after that is on disk too).
 
@@ -48,6 +49,7 @@ from ..protocol.client_protocol import (
     Connected,
     Delivered,
     Refused,
+    Released,
     Subscribed,
 )
 from ..protocol.client_protocol import Message as RemoteMessage
@@ -194,7 +196,8 @@ class BridgeLink(asyncio.Protocol):
                 continue
             if item.packet_id and item.packet_id not in self.sent:
                 self.proto.restore(item.packet_id, out.topic, item.message.payload, out.qos,
-                                   out.retain, self._properties(out, None))
+                                   out.retain, self._properties(out, None),
+                                   released=item.state == 2)
                 self.sent[item.packet_id] = out
                 self.inflight_bytes += len(item.message.payload)
             else:
@@ -229,7 +232,10 @@ class BridgeLink(asyncio.Protocol):
     # -- the remote connection ----------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect, and keep connecting after every loss, until :meth:`stop`."""
+        """Connect, and keep connecting after every loss, until :meth:`stop`. The state
+        topic says 0 until connected (as Mosquitto's does at start)."""
+        if self.config.notifications:
+            self._publish(Message(self.config.state_topic, b"0", 1, True))
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
@@ -311,6 +317,8 @@ class BridgeLink(asyncio.Protocol):
                 self._on_remote_message(ev, now)
             elif isinstance(ev, Delivered):
                 self._on_delivered(ev)
+            elif isinstance(ev, Released):
+                self._on_released(ev)
             elif isinstance(ev, Subscribed):
                 if any(c >= 0x80 for c in ev.codes):
                     log.warning("%s: the remote refused a subscription: %s", self.name,
@@ -332,8 +340,9 @@ class BridgeLink(asyncio.Protocol):
         self._transport = None
         self._gate = None
         self._cancel_timer()
-        if exc is not None:
+        if exc is not None:  # (a TLS refusal of our certificate comes only here)
             self.stats.last_error = f"connection lost: {exc}"
+            log.warning("%s: %s", self.name, self.stats.last_error)
         # what was in flight goes again from the protocol's own table after reconnecting
         if self._lost is not None:
             self._lost.set()
@@ -369,6 +378,15 @@ class BridgeLink(asyncio.Protocol):
             self._dropped(f"the remote refused {out.topic!r} (0x{ev.code:02X})")
         else:
             self.stats.sent += 1
+
+    def _on_released(self, ev: Released) -> None:
+        """PUBREC: the remote has the message; on disk before the PUBREL leaves (the commit
+        gate), so that after a crash PUBREL is resent, never the PUBLISH, which a remote
+        that has completed the flow would take as a new message."""
+        out = self.sent.get(ev.packet_id)
+        if out is not None and out.seq and self.storage is not None:
+            self.storage.update_item(self.client_id, out.seq, out.message, 2, out.retain, (),
+                                     None, ev.packet_id, 2)
 
     def _on_remote_message(self, ev: RemoteMessage, now: float) -> None:
         local = topics.inbound(self.config.topics, ev.topic)

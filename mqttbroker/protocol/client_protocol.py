@@ -108,10 +108,20 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Delivered:
     """The remote took the QoS 1/2 message sent with ``packet_id`` (PUBACK, or PUBCOMP after
-    PUBREC) with ``code``; a code >= 0x80 means it refused it (MQTT 5)."""
+    PUBREC) with ``code``; a code >= 0x80 means it refused it (MQTT 5: PUBACK or PUBREC).
+    After PUBREC the message is the remote's: PUBCOMP's code is reported as 0."""
 
     packet_id: int
     code: int
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """PUBREC came for the QoS 2 message sent with ``packet_id``: the remote has it, and what
+    is owed now is PUBREL, never that PUBLISH again (a caller that keeps in-flight state on
+    disk records this before the PUBREL leaves) [MQTT-4.3.3-4]."""
+
+    packet_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +141,7 @@ class Closed:
     why: str
 
 
-Event = Connected | Refused | Message | Delivered | Subscribed | Closed
+Event = Connected | Refused | Message | Delivered | Released | Subscribed | Closed
 
 
 @dataclass(slots=True)
@@ -271,7 +281,9 @@ class ClientProtocol:
             elif p.reason_code >= 0x80:  # refused: the flow ends here [MQTT-4.3.3]
                 self._finish(p.packet_id, p.reason_code, _P.PUBREC, events)
             else:
-                flow.released = True
+                if not flow.released:
+                    flow.released = True
+                    events.append(Released(p.packet_id))
                 self._send(encode(Pubrel(p.packet_id), self.level), now)
         elif isinstance(p, Pubcomp):
             self._finish(p.packet_id, p.reason_code, _P.PUBCOMP, events)
@@ -345,7 +357,9 @@ class ClientProtocol:
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                                 f"{ptype.name} for packet {pid}, which awaits {expected.name}")
         del self.outflows[pid]
-        events.append(Delivered(pid, code))
+        # PUBCOMP ends a flow the remote accepted at PUBREC: 0x92 (identifier not found)
+        # answers a resent PUBREL whose PUBCOMP was lost, not a refusal [MQTT-4.3.3]
+        events.append(Delivered(pid, 0 if ptype == _P.PUBCOMP else code))
 
     # -- bytes out ------------------------------------------------------------------------------
 
@@ -371,7 +385,7 @@ class ClientProtocol:
         return pid
 
     def restore(self, packet_id: int, topic: str, payload: bytes, qos: int, retain: bool,
-                properties: dict[int, Any] | None = None) -> None:
+                properties: dict[int, Any] | None = None, released: bool = False) -> None:
         """Put back a QoS 1/2 message that was in flight under ``packet_id`` before a restart
         (kept by the caller): the next CONNECT resends it with DUP set when the remote still
         holds the session, so a QoS 2 message keeps its identifier and is not delivered twice
@@ -379,7 +393,8 @@ class ClientProtocol:
         if qos not in (1, 2) or not 0 < packet_id <= 0xFFFF or packet_id in self.outflows:
             raise EncodeError(f"cannot restore packet {packet_id} at QoS {qos}")
         self.outflows[packet_id] = OutFlow(
-            Publish(topic, payload, qos, retain, True, packet_id, dict(properties or {})))
+            Publish(topic, payload, qos, retain, True, packet_id, dict(properties or {})),
+            released and qos == 2)
 
     def subscribe(self, filters: list[tuple[str, int]], now: float, *,
                   no_local: bool = False, retain_as_published: bool = False) -> int:

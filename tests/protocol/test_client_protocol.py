@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from mqttbroker.errors import EncodeError
 from mqttbroker.protocol.client_protocol import (
     ClientProtocol,
     ClientState,
@@ -16,6 +17,7 @@ from mqttbroker.protocol.client_protocol import (
     Delivered,
     Message,
     Refused,
+    Released,
     Subscribed,
     WindowFull,
 )
@@ -126,10 +128,38 @@ def test_publish_qos2_pubrec_pubrel_pubcomp_mqtt_4_3_3() -> None:
     c = connected()
     pid = c.publish("t", b"x", 2, False, 1.0)
     c.data_to_send()
-    assert c.receive_data(h("50 02 00 01"), 2.0) == []
+    # PUBREC: the caller hears of it (to record it before the PUBREL leaves)
+    assert c.receive_data(h("50 02 00 01"), 2.0) == [Released(1)]
     assert c.data_to_send() == h("62 02 00 01")  # PUBREL
     assert c.outflows[1].released
+    assert c.receive_data(h("50 02 00 01"), 2.5) == []  # a repeated PUBREC: PUBREL again
+    assert c.data_to_send() == h("62 02 00 01")
     assert c.receive_data(h("70 02 00 01"), 3.0) == [Delivered(pid or 0, 0)]
+
+
+def test_v5_pubcomp_identifier_not_found_still_delivers_mqtt_4_3_3() -> None:
+    """A resent PUBREL whose PUBCOMP was lost: the remote answers 0x92; the message was its
+    own since PUBREC, so it is delivered, not refused."""
+    c = connected(5, h("20 03 00 00 00"))
+    c.publish("t", b"x", 2, False, 1.0)
+    c.receive_data(h("50 03 00 01 00"), 2.0)
+    assert c.receive_data(h("70 03 00 01 92"), 3.0) == [Delivered(1, 0)]
+
+
+def test_restored_flows_resend_publish_dup_or_pubrel_with_their_ids_mqtt_4_4_0_1() -> None:
+    """In flight before a restart (kept by the caller): PUBLISH again with DUP and the same
+    id, or PUBREL if the remote had answered PUBREC; new messages take other ids."""
+    c = ClientProtocol("e7")
+    c.restore(7, "a", b"1", 2, False)
+    c.restore(9, "b", b"2", 2, False, released=True)
+    with pytest.raises(EncodeError):
+        c.restore(7, "a", b"1", 2, False)  # (already there)
+    c.connect(1.0)
+    c.receive_data(CONNACK_PRESENT, 1.0)
+    assert c.data_to_send() == h("3C 06 | 00 01 61 | 00 07 | 31") + h("62 02 00 09")
+    assert c.receive_data(h("70 02 00 09"), 2.0) == [Delivered(9, 0)]
+    assert c.receive_data(h("50 02 00 07"), 2.0) == [Released(7)]
+    assert c.publish("c", b"3", 1, False, 2.0) == 1
 
 
 def test_v5_pubrec_refusal_ends_the_flow_mqtt_4_3_3() -> None:
@@ -163,7 +193,7 @@ def test_reconnect_with_session_resends_with_dup_in_order_mqtt_4_4_0_1() -> None
     c = connected(connack=CONNACK_OK)
     c.publish("a", b"1", 1, False, 1.0)
     c.publish("b", b"2", 2, False, 1.0)
-    c.receive_data(h("50 02 00 02"), 1.0)  # the QoS 2 one is released
+    assert c.receive_data(h("50 02 00 02"), 1.0) == [Released(2)]  # the QoS 2 one
     c.data_to_send()
     c.lost()
     c.connect(5.0)
