@@ -62,6 +62,7 @@ from . import topics
 log = logging.getLogger("mqttbroker.bridge")
 
 DRAIN_BATCH = 500  # messages written per turn of the event loop while draining
+MAPPED_CACHE = 10_000  # local topics whose remote topic is remembered
 
 LEVELS = {"mqttv31": ProtocolLevel.MQTT_3_1, "mqttv311": ProtocolLevel.MQTT_3_1_1,
           "mqttv5": ProtocolLevel.MQTT_5}
@@ -120,6 +121,7 @@ class BridgeLink(asyncio.Protocol):
             session_expiry=0 if config.clean_session else 0xFFFFFFFF)
         self.backlog: deque[Outgoing] = deque()  # not yet sent, in order
         self.sent: dict[int, Outgoing] = {}  # QoS 1/2 in flight, by packet identifier
+        self._mapped: dict[str, tuple[str, int] | None] = {}  # local topic -> its mapping
         self.backlog_bytes = 0
         self.inflight_bytes = 0
         self._transport: asyncio.Transport | None = None
@@ -154,7 +156,13 @@ class BridgeLink(asyncio.Protocol):
                 source: Any = None) -> None:
         """A local message matched an outgoing rule: queue it for the remote (and, at QoS
         1/2 with persistence, store it before anything acknowledges it to its publisher)."""
-        mapped = topics.outbound(self.config.topics, message.topic)
+        try:
+            mapped = self._mapped[message.topic]
+        except KeyError:
+            mapped = topics.outbound(self.config.topics, message.topic)
+            if len(self._mapped) >= MAPPED_CACHE:
+                self._mapped.clear()
+            self._mapped[message.topic] = mapped
         if mapped is None:
             return
         remote_topic, rule_qos = mapped
@@ -176,7 +184,8 @@ class BridgeLink(asyncio.Protocol):
             storage.add_item(self.client_id, out.seq, message, out.qos, retain, (), None, 0, 0)
         self.backlog.append(out)
         self.backlog_bytes += size
-        self._drain()
+        if self._drain_soon is None:  # once per turn of the loop: one write for many
+            self._drain_soon = asyncio.get_running_loop().call_soon(self._drain_later)
 
     def deliver_retained(self, retained: list[tuple[Message, int, bool, tuple[int, ...]]]) -> None:
         """Retained messages matching a local subscription (at start): they go out too."""

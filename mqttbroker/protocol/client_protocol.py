@@ -266,6 +266,9 @@ class ClientProtocol:
         if self.state is ClientState.CONNECTING and ptype != _P.CONNACK:
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                                 f"{_P(ptype).name} before CONNACK [MQTT-3.2.0-1]")
+        if first == 0x40 and len(body) == 2:  # the common PUBACK (success, no properties)
+            self._finish(int.from_bytes(body, "big"), 0, _P.PUBACK, events)
+            return
         p = decode(first, body, self.level)
         if isinstance(p, Connack):
             self._on_connack(p, now, events)
