@@ -28,7 +28,7 @@ from ..plugins.host import PluginHost
 from ..protocol.constants import MAX_PACKET_SIZE, ProtocolLevel, ReasonCode
 from ..protocol.packets import Connack, Connect, Packet
 from ..protocol.properties import PropertyId as Prop
-from ..protocol.topics import validate_topic_name
+from ..protocol.topics import is_bridge_state, validate_topic_name
 from ..router import parse_share
 from ..session import Session
 from .admission import Admission
@@ -369,7 +369,14 @@ class Connector(Generic[K]):
 
     def _screen_will(self, p: Connect, client_id: str) -> None:
         """A will is a PUBLISH like any other: one the client may not make never goes out
-        (Mosquitto checks it when it would be sent, and drops it likewise)."""
+        (Mosquitto checks it when it would be sent, and drops it likewise). A ``$`` topic
+        is the broker's, as for PUBLISH: but for a bridge's state topic, or a plugin's."""
+        if p.will is not None and p.will.topic.startswith("$") and not (
+                is_bridge_state(p.will.topic) or self.plugins.claims(p.will.topic)):
+            log.info("client %r: will to %r refused ($ topics are the broker's); it will not "
+                     "be published", client_id, p.will.topic)
+            self.metrics.sys_publish_refused += 1
+            p.will = None
         if p.will is not None and self.access.publish_checked and \
                 not self.access.may_publish(client_id, p.username, p.will.topic):
             log.info("client %r: will to %r not authorised; it will not be published",

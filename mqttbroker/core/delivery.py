@@ -26,7 +26,7 @@ from ..plugins.api import Message as PluginMessage
 from ..plugins.host import PluginHost
 from ..protocol.constants import ProtocolLevel, ReasonCode
 from ..protocol.packets import Will
-from ..protocol.topics import validate_topic_name
+from ..protocol.topics import is_bridge_state, validate_topic_name
 from ..retained import RetainedStore
 from ..router import Delivery, Router
 from ..session import Queued, Session
@@ -82,14 +82,6 @@ class Backplane(Protocol):
 
     def ghost(self, client_id: str, message: Message) -> bool:
         """A delivery to a session that moved to another node a moment ago."""
-
-
-def is_bridge_state(topic: str) -> bool:
-    """``$SYS/broker/connection/<name>/state``: where a bridge (another broker's, connected
-    here as a client) says 1 or 0 (its will), retained; Mosquitto's bridge notifications."""
-    parts = topic.split("/")
-    return (len(parts) == 5 and parts[0] == "$SYS" and parts[1] == "broker"
-            and parts[2] == "connection" and parts[3] != "" and parts[4] == "state")
 
 
 class Dispatcher(Generic[R]):

@@ -298,3 +298,11 @@ class RetainedTree(Generic[V]):
             if n.value is not None:
                 yield n.value
             stack.extend(n.children.values())
+
+
+def is_bridge_state(topic: str) -> bool:
+    """``$SYS/broker/connection/<name>/state``: where a bridge (another broker's, connected
+    here as a client) says 1 or 0 (its will), retained; Mosquitto's bridge notifications."""
+    parts = topic.split("/")
+    return (len(parts) == 5 and parts[0] == "$SYS" and parts[1] == "broker"
+            and parts[2] == "connection" and parts[3] != "" and parts[4] == "state")

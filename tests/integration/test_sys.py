@@ -193,3 +193,26 @@ def test_client_publish_to_dollar_topics_not_delivered(clients: Clients, protoco
     msgs = late.messages.wait_until(lambda ms: any(m.topic == "sentinel" for m in ms))
     assert [m.topic for m in msgs] == ["sentinel"]
     assert not pub.disconnected.is_set()
+
+
+@protocols
+def test_client_will_to_dollar_topics_not_published(clients: Clients, protocol: int) -> None:
+    """A will is a PUBLISH that comes later: one to `$SYS/...` is not published when its client
+    drops either ($ topics are the Server's [MQTT-4.7.2]); the client is still accepted. A
+    bridge's state topic (`$SYS/broker/connection/<name>/state`, Mosquitto's notifications,
+    whose will says 0) is the one exception, as for PUBLISH."""
+    sub = clients.paho(unique_id("sub"), protocol)
+    sub.subscribe(("$SYS/broker/forged", 0), ("$SYS/broker/connection/+/state", 1),
+                  ("sentinel", 1))
+    forger = clients.paho(unique_id("forger"), protocol,
+                          will=("$SYS/broker/forged", b"forged", 1, True))
+    bridge = clients.paho(unique_id("bridge"), protocol,
+                          will=("$SYS/broker/connection/edge-9/state", b"0", 1, True))
+    forger.drop()
+    bridge.drop()
+    state = sub.messages.wait_topic("$SYS/broker/connection/edge-9/state")
+    assert state.payload == b"0"
+    pub = clients.paho(unique_id("pub"), protocol)
+    pub.publish("sentinel", b"s", 1)
+    msgs = sub.messages.wait_until(lambda ms: any(m.topic == "sentinel" for m in ms))
+    assert [m.payload for m in msgs if m.topic == "$SYS/broker/forged"] == []
