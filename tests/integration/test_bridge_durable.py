@@ -235,3 +235,57 @@ def test_full_backlog_follows_its_policy_and_counts_drops(procs: Any, policy: st
         assert 'mqttbroker_bridge_dropped_total{bridge="cloud"} 5.0' in text, text[-2000:]
     finally:
         inbox.close()
+
+
+def test_inbound_is_acknowledged_to_the_remote_only_once_it_is_ours_on_disk(
+        procs: Any) -> None:
+    """A raw remote publishes 20 QoS 1 messages over the bridge's ``in`` rule, each PUBACKed;
+    the edge is killed with SIGKILL the moment the last PUBACK arrives. With ``sync: commit``
+    all 20 are in the offline persistent session of a local subscriber after the restart."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    extra = bridge_section(port)
+    extra["bridges"]["cloud"]["topics"] = [{"pattern": "cmd/#", "direction": "in", "qos": 1}]
+    edge: BrokerProc = procs("edge", extra=extra)
+    edge.start()
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, "dev-offline", clean_session=False)
+    subscribed = threading.Event()
+    dev.on_subscribe = lambda *_a: subscribed.set()
+    dev.connect("127.0.0.1", edge.port)
+    dev.loop_start()
+    dev.subscribe("cmd/#", 1)
+    assert subscribed.wait(5)
+    dev.disconnect()
+    dev.loop_stop()
+    try:
+        conn, _ = _remote_session(server, session_present=False)
+        first, body = _read_packet(conn)
+        assert first == 0x82, f"SUBSCRIBE expected: {first:#x}"
+        conn.sendall(bytes([0x90, 3]) + body[:2] + b"\x01")  # SUBACK, QoS 1
+        for pid in range(1, 21):
+            topic = b"cmd/open"
+            conn.sendall(bytes([0x32, 2 + len(topic) + 2 + 2]) + struct.pack("!H", len(topic))
+                         + topic + struct.pack("!H", pid) + b"%02d" % pid)
+            first, body = _read_packet(conn)
+            assert (first, body) == (0x40, struct.pack("!H", pid)), "PUBACK expected"
+        edge.kill()  # at once: anything acknowledged must be on disk already
+        conn.close()
+    finally:
+        server.close()
+    edge.start()
+    got: list[bytes] = []
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, "dev-offline", clean_session=False)
+    dev.on_message = lambda _c, _u, m: got.append(m.payload)
+    dev.connect("127.0.0.1", edge.port)
+    dev.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [b"%02d" % i for i in range(1, 21)], edge.log_tail()
+    finally:
+        dev.disconnect()
+        dev.loop_stop()
