@@ -223,16 +223,21 @@ def test_full_backlog_follows_its_policy_and_counts_drops(procs: Any, policy: st
     extra["http"] = {"enabled": True, "bind": f"127.0.0.1:{http_port}"}
     edge: BrokerProc = procs("edge", extra=extra).start()
     publish_all(edge.port, 15, 1)
+    # (no proxy: the environment's http_proxy must not see loopback requests)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
+    assert 'mqttbroker_bridge_dropped_total{bridge="cloud"} 5.0' in text, text[-2000:]
+    assert 'mqttbroker_bridge_queued_messages{bridge="cloud"} 10.0' in text, text[-2000:]
+    # what is on disk is the queue the policy left: the edge goes down, the cloud and its
+    # subscriber come up (before the bridge can reach them), then the edge again
+    edge.kill()
     cloud: BrokerProc = procs("cloud", port=cloud_port).start()
     inbox = CloudInbox(cloud.port, 1)
     try:
+        edge.start()
         got = inbox.wait(10)
         time.sleep(0.5)
         assert got == [f"m{i}".encode() for i in expected]
-        # (no proxy: the environment's http_proxy must not see loopback requests)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        text = opener.open(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
-        assert 'mqttbroker_bridge_dropped_total{bridge="cloud"} 5.0' in text, text[-2000:]
     finally:
         inbox.close()
 
