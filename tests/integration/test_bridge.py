@@ -6,6 +6,7 @@ backlog kept while the cloud is down and sent when it is back."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,12 +45,14 @@ class Inbox:
 
     def __init__(self, port: int, topic_filter: str, qos: int = 1) -> None:
         self.got: list[mqtt.MQTTMessage] = []
+        subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, unique_id("in-"))
         self.client.on_message = lambda _c, _u, m: self.got.append(m)
+        self.client.on_subscribe = lambda *_a: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(topic_filter, qos)[1]
-        time.sleep(0.2)
+        self.client.subscribe(topic_filter, qos)
+        assert subscribed.wait(10), f"no SUBACK for {topic_filter!r}"
 
     def wait(self, count: int, timeout: float = 10.0) -> list[mqtt.MQTTMessage]:
         deadline = time.monotonic() + timeout
