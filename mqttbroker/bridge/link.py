@@ -63,6 +63,10 @@ log = logging.getLogger("mqttbroker.bridge")
 
 DRAIN_BATCH = 500  # messages written per turn of the event loop while draining
 MAPPED_CACHE = 10_000  # local topics whose remote topic is remembered
+# in flight to a 3.x remote, which cannot announce a Receive Maximum: Mosquitto's default
+# max_inflight_messages (a Mosquitto remote drops what comes beyond its limit, and a 3.x
+# PUBACK cannot say so)
+INFLIGHT_3X = 20
 
 LEVELS = {"mqttv31": ProtocolLevel.MQTT_3_1, "mqttv311": ProtocolLevel.MQTT_3_1_1,
           "mqttv5": ProtocolLevel.MQTT_5}
@@ -118,7 +122,9 @@ class BridgeLink(asyncio.Protocol):
             keep_alive=config.keepalive, username=config.username,
             password=password.encode() if password is not None else None, will=will,
             private=config.try_private,
-            session_expiry=0 if config.clean_session else 0xFFFFFFFF)
+            session_expiry=0 if config.clean_session else 0xFFFFFFFF,
+            max_inflight=config.max_inflight or (
+                65535 if level == ProtocolLevel.MQTT_5 else INFLIGHT_3X))
         self.backlog: deque[Outgoing] = deque()  # not yet sent, in order
         self.sent: dict[int, Outgoing] = {}  # QoS 1/2 in flight, by packet identifier
         self._mapped: dict[str, tuple[str, int] | None] = {}  # local topic -> its mapping

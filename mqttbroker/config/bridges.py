@@ -4,8 +4,8 @@ Each entry under ``bridges`` is one bridge, named by its key; its key names the 
 ``$SYS/broker/connection/<name>/state`` and the bridge in logs, metrics and the admin API, so a
 name is 1 to 64 letters, digits, ``.``, ``_`` or ``-``. This module holds the frozen model
 (:class:`BridgeConfig` and its parts), the field tables and the checks across keys; the
-section is wired into the schema by :mod:`mqttbroker.config.sections`. The bridge runtime
-itself is not built yet (docs/bridges.md): the configuration is accepted and validated.
+section is wired into the schema by :mod:`mqttbroker.config.sections`; the bridge
+runtime is mqttbroker/bridge/ (docs/bridges.md).
 
 Our key -> Mosquitto's option (mosquitto.conf(5), "Configuring Bridges"):
 
@@ -22,6 +22,7 @@ password           ``remote_password`` (was ``password``)           none
 password_file      (ours: the password, read from a file)           none
 clean_session      ``cleansession``                                 false
 keepalive          ``keepalive_interval``                           60
+max_inflight       ``max_inflight_messages`` (global in Mosquitto)  20 (3.x); 5.0: the remote's
 try_private        ``try_private``                                  true
 notifications      ``notifications``                                true
 restart_timeout    ``restart_timeout base cap`` (or one value)      [5, 60] (Mosquitto: 5 30)
@@ -118,6 +119,10 @@ class BridgeConfig:
     password_file: str | None = None  # a file holding the password on one line
     clean_session: bool = False
     keepalive: int = 60
+    # QoS 1/2 messages in flight to the remote at most. None: the remote's Receive Maximum
+    # (MQTT 5), and 20 for a 3.x remote, which cannot say (Mosquitto's max_inflight_messages:
+    # a Mosquitto remote drops what comes beyond it, and a 3.x PUBACK cannot say so)
+    max_inflight: int | None = None
     # 3.x: CONNECT with protocol level | 0x80 (the remote knows us for a bridge: no loops);
     # 5.0: subscribe with No Local and Retain As Published
     try_private: bool = True
@@ -364,6 +369,7 @@ _BRIDGE_FIELDS: Final[Mapping[str, _Conv]] = {
     "password_file": _password_file,
     "clean_session": _bool,
     "keepalive": _int(5, 65535),  # Mosquitto raises a value under 5 to 5; we say so
+    "max_inflight": _int(1, 65535),
     "try_private": _bool,
     "notifications": _bool,
     "restart_timeout": _restart_timeout,

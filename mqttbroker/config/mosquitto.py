@@ -143,6 +143,11 @@ def convert(text: str) -> tuple[dict[str, Any], list[str]]:
         config["persistence"] = {"backend": "sqlite", "path": os.path.join(
             folder, os.path.splitext(name)[0] + "-mqttbroker.db")}
     if bridges:
+        # Mosquitto's max_inflight_messages bounds its bridges' outgoing window too (0: none)
+        inflight = config.get("mqtt", {}).get("max_inflight_messages")
+        if isinstance(inflight, int) and inflight >= 0:
+            for b in bridges.values():
+                b["max_inflight"] = min(inflight, 65535) or 65535
         config["bridges"] = bridges
     return config, notes
 

@@ -179,10 +179,11 @@ class ClientProtocol:
                  clean_start: bool = True, keep_alive: int = 60, username: str | None = None,
                  password: bytes | None = None, will: Will | None = None,
                  private: bool = False, session_expiry: int = 0,
-                 receive_maximum: int = 65535) -> None:
+                 receive_maximum: int = 65535, max_inflight: int = 65535) -> None:
         """``private``: Mosquitto's ``try_private`` (3.x: the protocol level's top bit tells
         the remote it is a bridge). ``receive_maximum``: what this side accepts in flight
-        (MQTT 5, sent in CONNECT)."""
+        (MQTT 5, sent in CONNECT). ``max_inflight``: what this side sends in flight at most;
+        the remote's Receive Maximum lowers it (MQTT 5) [MQTT-3.3.4-7]."""
         props: dict[int, Any] = {}
         if level == V5:
             if session_expiry:
@@ -193,7 +194,8 @@ class ClientProtocol:
                                 will, private, props)
         self.state = ClientState.CLOSED
         self.reader = FrameReader()
-        self.window = 65535  # the remote's Receive Maximum, from CONNACK [MQTT-3.3.4-7]
+        self.max_inflight = max_inflight
+        self.window = max_inflight  # and the remote's Receive Maximum, from CONNACK
         self.outflows: OrderedDict[int, OutFlow] = OrderedDict()  # in send order
         self.inbound_qos2: set[int] = set()  # PUBREC sent, PUBREL not yet in
         self._pending: dict[int, _Pending] = {}
@@ -315,8 +317,8 @@ class ClientProtocol:
             events.append(Refused(p.return_code, dict(p.properties)))
             return
         self.state = ClientState.CONNECTED
-        self.window = int(p.properties.get(Prop.RECEIVE_MAXIMUM, 65535)) \
-            if self.level == V5 else 65535
+        self.window = min(self.max_inflight, int(p.properties.get(
+            Prop.RECEIVE_MAXIMUM, 65535))) if self.level == V5 else self.max_inflight
         keep_alive = p.properties.get(Prop.SERVER_KEEP_ALIVE)
         if keep_alive is not None:  # the server's keep-alive wins [MQTT-3.1.2-21]
             self.options.keep_alive = int(keep_alive)

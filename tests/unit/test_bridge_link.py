@@ -48,10 +48,12 @@ class Transport:
         return [p for p in self.packets if isinstance(p, Publish)]
 
 
-def config(queue: BridgeQueue | None = None, protocol: str = "mqttv311") -> BridgeConfig:
+def config(queue: BridgeQueue | None = None, protocol: str = "mqttv311",
+           max_inflight: int | None = None) -> BridgeConfig:
     return BridgeConfig("cloud", (("127.0.0.1", 1),),
                         (BridgeTopic("s/#", "out", 1, "", "r/"),), "edge", protocol=protocol,
-                        notifications=False, queue=queue or BridgeQueue())
+                        notifications=False, queue=queue or BridgeQueue(),
+                        max_inflight=max_inflight)
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -109,7 +111,7 @@ def test_byte_bound_counts_payload_bytes() -> None:
 
 def test_long_backlog_drains_a_batch_per_turn_in_order() -> None:
     async def t() -> None:
-        link = BridgeLink(config(), lambda m: None, Metrics())
+        link = BridgeLink(config(max_inflight=65535), lambda m: None, Metrics())
         n = DRAIN_BATCH * 3 + 7
         for i in range(n):
             link.deliver(msg(i), 1, False)
@@ -134,6 +136,22 @@ def test_full_socket_buffer_pauses_draining() -> None:
         assert tr.publishes() == [] and len(link.backlog) == 10
         link.resume_writing()
         assert len(tr.publishes()) == 10
+    run(t)
+
+
+def test_a_3x_remote_gets_20_in_flight_unless_configured() -> None:
+    """A 3.x remote cannot announce a Receive Maximum, and Mosquitto drops what comes beyond
+    its max_inflight_messages (20) with a PUBACK 3.1.1 cannot qualify: 20 unless told."""
+    async def t() -> None:
+        for given, window in ((None, 20), (5, 5)):
+            link = BridgeLink(config(max_inflight=given), lambda m: None, Metrics())
+            tr = connect(link)
+            for i in range(30):
+                link.deliver(msg(i), 1, False)
+            await turns(2)
+            assert len(tr.publishes()) == window
+            link.data_received(bytes([0x40, 2, 0, tr.publishes()[0].packet_id or 0]))
+            assert len(tr.publishes()) == window + 1
     run(t)
 
 

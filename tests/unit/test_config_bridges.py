@@ -133,6 +133,7 @@ def test_defaults_are_mosquittos() -> None:
     assert bridge.topics[0] == BridgeTopic(pattern="sensors/#", direction="out", qos=0,
                                            local_prefix="", remote_prefix="")
     assert bridge.queue == BridgeQueue(1_000_000, 1_073_741_824, "drop_oldest")
+    assert bridge.max_inflight is None  # the remote's Receive Maximum; 20 for a 3.x remote
 
 
 @pytest.mark.parametrize("source", [{}, {"bridges": None}, {"bridges": {}}])
@@ -161,6 +162,8 @@ def test_several_bridges_keep_their_order() -> None:
     ({"restart_timeout": [1, 7200]}, {"restart_timeout": (1.0, 7200.0)}),
     ({"keepalive": 5}, {"keepalive": 5}),
     ({"keepalive": 65535}, {"keepalive": 65535}),
+    ({"max_inflight": 1}, {"max_inflight": 1}),
+    ({"max-inflight": 65535}, {"max_inflight": 65535}),
     ({"tls": {}}, {"tls": BridgeTLS()}),  # TLS with the system's CAs
     ({"tls": {"insecure": True}}, {"tls": BridgeTLS(insecure=True)}),
     ({"queue": {"full-policy": "Drop-New"}}, {"queue": BridgeQueue(full_policy="drop_new")}),
@@ -227,6 +230,7 @@ BASE = 'addresses: ["cloud.example:8883"]\ntopics: [{pattern: "sensors/#"}]\n'
                           "must be one of mqttv31, mqttv311, mqttv5; got 'mqttv4'")),
     ("keepalive: 4", ("bridges.cloud.keepalive", 5, "must be between 5 and 65535, got 4")),
     ("keepalive: 65536", ("bridges.cloud.keepalive", 5, "must be between 5 and 65535, got 65536")),
+    ("max_inflight: 0", ("bridges.cloud.max_inflight", 5, "must be between 1 and 65535, got 0")),
     ("keepalive: true", ("bridges.cloud.keepalive", 5, ("expected an integer, got a boolean "
                          "(true; YAML reads yes/no/on/off as booleans)"))),
     ("notifications: 1", ("bridges.cloud.notifications", 5,

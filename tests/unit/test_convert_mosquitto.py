@@ -67,6 +67,7 @@ def test_everything_with_an_equivalent_is_carried_over(tmp_path: Path) -> None:
     assert (cloud["protocol"], cloud["client_id"], cloud["clean_session"],
             cloud["keepalive"], cloud["restart_timeout"]) == ("mqttv5", "edge-7", False, 30,
                                                              [5.0, 60.0])
+    assert cloud["max_inflight"] == 40  # (Mosquitto's bound applies to its bridges too)
     assert cloud["topics"] == [
         {"pattern": "sensors/#", "direction": "out", "qos": 1, "local_prefix": "",
          "remote_prefix": "site-7/"},
@@ -93,5 +94,5 @@ def test_the_output_loads_and_passes_check_config(tmp_path: Path) -> None:
     out.write_text(result.output)
     config = load_config(str(out))
     [bridge] = config.bridges
-    assert bridge.name == "cloud" and len(bridge.topics) == 2
+    assert bridge.name == "cloud" and len(bridge.topics) == 2 and bridge.max_inflight == 40
     assert CliRunner().invoke(cli, ["check-config", str(out)]).output == f"{out}: OK\n"
