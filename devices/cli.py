@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from .fleet import parse_broker, run_fleet
-from .profile import load_profile
+from .link import LinkRelay, parse_loopback
+from .profile import check_link_cuts, load_profile
 from .report import clock, plot, summary_table, write_report
 from .seeding import start_hour
 
@@ -38,24 +39,58 @@ def cli() -> None:
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed of everything the devices send; the report gives it, to replay a run.")
 @click.option("--quiet", is_flag=True, help="No live progress line.")
+@click.option("--verify-at", "verify_at", metavar="URL",
+              help="Broker the verifier subscribes at (default: --broker). Edge gateway: the "
+                   "cloud broker the edge bridges to.")
+@click.option("--relay", "relay_at", metavar="HOST:PORT",
+              help="Run the link relay here (127.0.0.x), forwarding to --verify-at; point the "
+                   "edge's bridge at it. The profile's link_cuts cut it (edge-gateway).")
+@click.option("--check", is_flag=True,
+              help="Exit with status 3 unless the verdict is OK (no QoS 1/2 message lost, "
+                   "QoS 2 exactly once, every link cut happened).")
 def run(broker: str, count: int, duration: float, profile: str, report_path: str | None,
-        plot_path: str | None, processes: int | None, seed: int, quiet: bool) -> None:
+        plot_path: str | None, processes: int | None, seed: int, quiet: bool,
+        verify_at: str | None, relay_at: str | None, check: bool) -> None:
     """Run COUNT devices for DURATION seconds and verify every message."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         parse_broker(broker)
         prof = load_profile(profile)
+        check_link_cuts(prof, duration)
+        upstream = parse_broker(verify_at) if verify_at else None
+        listen = parse_loopback(relay_at, "--relay") if relay_at else None
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
+    if listen is not None and upstream is None:
+        raise click.UsageError("--relay forwards to the cloud broker: give --verify-at too")
+    if prof.link_cuts and listen is None:
+        raise click.UsageError(
+            f"profile {prof.name} cuts the link between the edge and the cloud broker: give "
+            f"--relay HOST:PORT (the address the edge's bridge connects to) and --verify-at "
+            f"URL (the cloud broker)")
     click.echo(f"fleet: {count} devices, profile {prof.name}, {duration:g} s, broker {broker}, "
                f"seed {seed} (simulated start {clock(start_hour(seed, prof.start_hour))})",
                err=True)
+    relay = None
     try:
+        if listen is not None and upstream is not None:
+            try:
+                relay = LinkRelay(upstream, listen)
+            except ValueError as exc:
+                raise click.UsageError(str(exc)) from None
+            relay.start()
+            cuts = ", ".join(f"{at:g} s for {length:g} s" for at, length in prof.link_cuts)
+            click.echo(f"link: relay {relay.address} -> {upstream[0]}:{upstream[1]}, verifier "
+                       f"at {verify_at}; cuts: {cuts or 'none'}", err=True)
         report, series = run_fleet(broker, count, duration, prof, processes=processes,
-                                   seed=seed, progress=not quiet)
+                                   seed=seed, progress=not quiet, verify_at=verify_at,
+                                   relay=relay)
     except (OSError, RuntimeError) as exc:
         click.echo(f"devices: error: {exc}", err=True)
         sys.exit(1)
+    finally:
+        if relay is not None:
+            relay.stop()
     click.echo(summary_table(report))
     if report_path:
         write_report(report, report_path)
@@ -67,6 +102,8 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
         click.echo(f"plot: {plot_path}", err=True)
     if not report_path:
         click.echo(json.dumps(report, sort_keys=True))
+    if check and not report["verdict"]["ok"]:
+        sys.exit(3)
 
 
 def main() -> None:

@@ -1,5 +1,10 @@
 """Run a fleet: devices spread over one process per core, a verifier, a live progress line,
-and at the end a summary table, a JSON report and a PNG plot."""
+and at the end a summary table, a JSON report and a PNG plot.
+
+The verifier subscribes at the devices' broker, or at another one (``verify_at``): an edge
+gateway, where the devices publish to an edge broker that bridges to the cloud. With a
+:class:`~devices.link.LinkRelay` between the edge's bridge and the cloud, the run cuts and
+restores that link on the profile's ``link_cuts`` schedule and reports what the relay saw."""
 
 from __future__ import annotations
 
@@ -14,10 +19,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .device import Device, Stats
-from .profile import Profile, profile_from_dict
-from .report import Timeline, percentile, progress_line
+from .link import LinkRelay
+from .profile import Profile, check_link_cuts, profile_from_dict
+from .report import Timeline, percentile, progress_line, verdict
 from .seeding import run_midnight, start_hour
-from .sensors import pick_kind
+from .sensors import DEFAULT_QOS, KINDS, pick_kind
 from .verifier import Verifier
 
 log = logging.getLogger("devices")
@@ -94,24 +100,55 @@ async def _worker_main(worker: int, indexes: list[int], host: str, port: int,
              sum(len(d.buffer) for d in devices)))
 
 
+def published_qos(profile: Profile) -> dict[str, int]:
+    """The QoS each sensor kind publishes at under ``profile``."""
+    return {kind: profile.qos.get(kind, DEFAULT_QOS[kind]) for kind in KINDS}
+
+
 def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
               processes: int | None = None, seed: int = 1, progress: bool = True,
-              stream: Any = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+              stream: Any = None, verify_at: str | None = None,
+              relay: LinkRelay | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Run ``devices`` devices for ``duration`` seconds against ``broker``; return the report
     and the timeline series (for the plot).
 
     ``seed`` decides what the devices send (see :mod:`devices.seeding`); the report carries it
-    and the simulated hour of day the run started at, so a run can be replayed."""
+    and the simulated hour of day the run started at, so a run can be replayed.
+
+    ``verify_at`` (a broker URL) is where the verifier subscribes, ``broker`` by default.
+    ``relay`` (started by the caller, who also stops it) is the link between the edge's bridge
+    and the cloud: the run waits up to the profile's ``link_wait`` for the bridge to be through
+    it, cuts it on the profile's ``link_cuts`` schedule (which must end before the run does)
+    and reports it under ``link``. A profile with ``link_cuts`` needs a relay."""
     host, port = parse_broker(broker)
+    vhost, vport = parse_broker(verify_at) if verify_at else (host, port)
+    check_link_cuts(profile, duration)
+    if profile.link_cuts and relay is None:
+        raise ValueError(f"profile {profile.name} cuts the link between an edge and a cloud "
+                         f"broker: it needs a link relay (devices run --relay HOST:PORT)")
     stream = stream or sys.stderr
     procs = max(1, min(processes or os.cpu_count() or 1, devices))
     timeline = Timeline()
-    verifier = Verifier(host, port, timeline)
+    if relay is not None:
+        if progress:
+            stream.write(f"link: waiting up to {profile.link_wait:g} s for a bridge to connect "
+                         f"through the relay at {relay.address} (to {vhost}:{vport})\n")
+            stream.flush()
+        if not relay.wait_through(profile.link_wait):
+            raise RuntimeError(f"no bridge came through the link relay at {relay.address} "
+                               f"within {profile.link_wait:g} s: point the edge's bridge "
+                               f"(bridges.<name>.addresses) at it")
+    verifier = Verifier(vhost, vport, timeline)
+    verifier.expect_qos(published_qos(profile))
     verifier.start()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 1.0
     stop_at = start_at + duration
+    if relay is not None:
+        verifier.watch_cuts([(start_at + at, start_at + at + length)
+                             for at, length in profile.link_cuts])
+        relay.schedule(start_at, profile.link_cuts)
     # one simulated day for the whole fleet, anchored at the run's start, not at the wall clock
     midnight = run_midnight(start_at, seed, profile.start_hour)
     workers = []
@@ -146,8 +183,9 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
                     s = timeline.series()
                     pub_rate = s["published_per_s"][-2] if len(s["published_per_s"]) > 1 else 0
                     del_rate = s["delivered_per_s"][-2] if len(s["delivered_per_s"]) > 1 else 0
+                    link = None if relay is None else not relay.is_cut
                     stream.write("\r" + progress_line(now - start_at, total_conn, pub_rate,
-                                                      del_rate, 0))
+                                                      del_rate, 0, link=link))
                     stream.flush()
         else:
             finals.append(msg)
@@ -157,8 +195,6 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
             w.terminate()
     if progress:
         stream.write("\n")
-    verifier.wait_quiet(1.0, profile.drain)
-    verifier.stop()
     published = [0, 0, 0]
     sent = [0, 0, 0]
     acked: dict[str, dict[int, list[int]]] = {}
@@ -171,6 +207,12 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
         acked.update(ack)
         reconnects += rec
         buffered += buf
+    if progress and relay is not None:
+        stream.write(f"verifier: waiting up to {profile.drain:g} s for what the bridge "
+                     f"still holds\n")
+        stream.flush()
+    verifier.wait_complete(acked, 1.0, profile.drain)
+    verifier.stop()
     lost = verifier.lost(acked)
     lat = verifier.latencies
     qs = ("0", "1", "2")
@@ -189,6 +231,7 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
         "lost": dict(zip(qs, lost)),
         "duplicates": dict(zip(qs, verifier.duplicates)),
         "reordered": dict(zip(qs, verifier.reordered)),
+        "downgraded": dict(zip(qs, verifier.downgraded)),
         "still_buffered_on_devices": buffered,
         "reconnects": reconnects,
         "bad_payloads": verifier.bad_payloads,
@@ -199,5 +242,11 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
             "max": round(max(lat), 3) if lat else None,
         },
     }
+    if verify_at:
+        report["verify_at"] = verify_at
+    if relay is not None:
+        report["link"] = {**relay.report(start_at), "planned_cuts": len(profile.link_cuts),
+                          "made_while_cut": dict(zip(qs, verifier.during_cuts))}
+    report["verdict"] = verdict(report)
     return report, timeline.series()
 

@@ -39,7 +39,7 @@ class Profile:
     half_open_duration: float = 10.0  # how long a half-open spell lasts
     storm_at: float | None = None  # reconnect storm: at this fraction of the run all drop
     burst_every: float = 0.0  # burst: every N seconds all devices report at the same instant
-    drain: float = 5.0  # seconds the verifier waits for stragglers at the end
+    drain: float = 5.0  # at most this long the verifier waits at the end for what is on its way
     # Longest silence of an event-driven sensor (door_motion) before it reports its state
     # anyway, in the field's seconds (scaled by interval_scale like every interval); None: the
     # sensor's default, an hour. It also reports once at power-up, whatever this says.
@@ -47,6 +47,12 @@ class Profile:
     # Simulated local time of day (hours, 0 <= h < 24) when the run starts; the daily cycles
     # (door events, power peaks, temperature) follow it. None: drawn from the run's seed.
     start_hour: float | None = None
+    # Edge gateway: cut the link between the edge broker's bridge and the cloud broker (the
+    # fleet's link relay, ``devices run --relay``) at ``at`` seconds into the run for ``for``
+    # seconds, for each entry ({at: 5, for: 3} or [5, 3]); kept as (at, for) pairs, in order.
+    link_cuts: tuple[tuple[float, float], ...] = ()
+    # seconds to wait, before the devices start, for the edge's bridge to be through the relay
+    link_wait: float = 30.0
 
     def __post_init__(self) -> None:
         # the two keys the seeded traffic depends on are checked here, so a bad profile is
@@ -60,10 +66,66 @@ class Profile:
             hour = _number("start_hour", self.start_hour)
             if not (math.isfinite(hour) and 0.0 <= hour < 24.0):
                 raise ValueError(f"start_hour must be in [0, 24), got {self.start_hour!r}")
+        object.__setattr__(self, "link_cuts", _link_cuts(self.link_cuts))
+        wait = _number("link_wait", self.link_wait)
+        if not (math.isfinite(wait) and 0.0 < wait <= MAX_LINK_WAIT):
+            raise ValueError(f"link_wait must be a number of seconds in (0, {MAX_LINK_WAIT:g}], "
+                             f"got {self.link_wait!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for the report and for worker processes."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+MAX_LINK_CUTS = 100
+MAX_LINK_WAIT = 600.0
+MIN_CUT = 0.1  # seconds: shorter than that, a bridge would not even notice
+
+
+def _link_cuts(value: object) -> tuple[tuple[float, float], ...]:
+    """``link_cuts`` as ordered, non-overlapping ``(at, for)`` pairs, or ``ValueError``."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"link_cuts must be a list of {{at: SECONDS, for: SECONDS}}, "  # noqa: TRY004
+                         f"got {value!r}")
+    if len(value) > MAX_LINK_CUTS:
+        raise ValueError(f"link_cuts: at most {MAX_LINK_CUTS} cuts, got {len(value)}")
+    cuts: list[tuple[float, float]] = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, dict):
+            unknown = sorted(set(entry) - {"at", "for"})
+            if unknown or "at" not in entry or "for" not in entry:
+                raise ValueError(f"link_cuts[{i}]: expected {{at: SECONDS, for: SECONDS}}, "
+                                 f"got {entry!r}")
+            at, length = entry["at"], entry["for"]
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+            at, length = entry
+        else:
+            raise ValueError(f"link_cuts[{i}]: expected {{at: SECONDS, for: SECONDS}}, "
+                             f"got {entry!r}")
+        start = _number(f"link_cuts[{i}].at", at)
+        seconds = _number(f"link_cuts[{i}].for", length)
+        if not (math.isfinite(start) and start >= 0.0):
+            raise ValueError(f"link_cuts[{i}].at must be >= 0 seconds, got {at!r}")
+        if not (math.isfinite(seconds) and seconds >= MIN_CUT):
+            raise ValueError(f"link_cuts[{i}].for must be at least {MIN_CUT:g} s, "
+                             f"got {length!r}")
+        if cuts and start < cuts[-1][0] + cuts[-1][1]:
+            raise ValueError(f"link_cuts[{i}] starts at {start:g} s, before cut {i - 1} ends "
+                             f"(cuts must be in order and must not overlap)")
+        cuts.append((start, seconds))
+    return tuple(cuts)
+
+
+def check_link_cuts(profile: Profile, duration: float) -> None:
+    """``ValueError`` unless every cut of ``profile`` is over before a ``duration`` s run
+    ends (so the run shows the link restored and what was queued meanwhile delivered)."""
+    for i, (at, length) in enumerate(profile.link_cuts):
+        if at + length >= duration:
+            raise ValueError(f"profile {profile.name}: link cut {i} (at {at:g} s for "
+                             f"{length:g} s) does not end before the {duration:g} s run does; "
+                             f"give a longer --duration")
 
 
 def _number(key: str, value: object) -> float:

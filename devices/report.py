@@ -22,6 +22,7 @@ __all__ = [
     "plot",
     "progress_line",
     "summary_table",
+    "verdict",
     "write_report",
 ]
 
@@ -291,7 +292,37 @@ def summary_table(report: Mapping[str, Any]) -> str:
     ]
     if extras:
         lines.append("  ".join(extras))
+    link = report.get("link")
+    if isinstance(link, Mapping):
+        lines.append(_link_line(link))
+    result = report.get("verdict")
+    if isinstance(result, Mapping):
+        lines.append(_verdict_line(result))
     return "\n".join(lines)
+
+
+def _link_line(link: Mapping[str, Any]) -> str:
+    windows = [w for w in link.get("windows") or [] if isinstance(w, Mapping)]
+    after = "/".join(_num(w.get("reconnected_after_s")) for w in windows) or "n/a"
+    made = link.get("made_while_cut")
+    while_cut = ("  made while cut (QoS 0/1/2) "
+                 + "/".join(_num(made.get(q)) for q in QOS_KEYS)) if isinstance(made, Mapping) \
+        else ""
+    return (
+        f"link {link.get('relay')} -> {link.get('upstream')}  cuts {_num(link.get('cuts'))}  "
+        f"down {_num(link.get('down_s'), 1)} s  dropped "
+        f"{sum(int(w.get('dropped_connections') or 0) for w in windows)}  refused "
+        f"{_num(link.get('refused'))}  bridge back after {after} s{while_cut}"
+    )
+
+
+def _verdict_line(result: Mapping[str, Any]) -> str:
+    notes = [str(n) for n in result.get("notes") or []]
+    if result.get("ok"):
+        text = "verdict OK: no QoS 1/2 message lost, none downgraded, QoS 2 exactly once"
+    else:
+        text = "verdict FAIL: " + "; ".join(str(p) for p in result.get("problems") or [])
+    return text + ("" if not notes else " (" + "; ".join(notes) + ")")
 
 
 def _loss_pct(counts: Mapping[str, int | None]) -> str:
@@ -301,13 +332,69 @@ def _loss_pct(counts: Mapping[str, int | None]) -> str:
 
 
 def progress_line(elapsed: float, connected: int, pub_rate: float, del_rate: float,
-                  lost_so_far: int) -> str:
-    """One fixed-width line for a display refreshed with ``"\\r"`` (no newline, < 80 chars)."""
+                  lost_so_far: int, link: bool | None = None) -> str:
+    """One fixed-width line for a display refreshed with ``"\\r"`` (no newline, < 80 chars).
+
+    ``link`` (a run with a link relay): is the link between edge and cloud up (``link up``)
+    or cut (``link CUT``) right now."""
     minutes, seconds = divmod(max(0, int(elapsed)), 60)
-    return (
+    line = (
         f"{minutes:3d}:{seconds:02d}  connected {connected:6d}  "
         f"pub {pub_rate:8.0f}/s  del {del_rate:8.0f}/s  lost {lost_so_far:6d}"
     )
+    if link is not None:
+        line += "  link up " if link else "  link CUT"
+    return line
+
+
+def verdict(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run proves: ``{"ok": bool, "problems": [...], "notes": [...]}``.
+
+    ``ok`` when no QoS 1/2 message the broker acknowledged was lost, none arrived at a lower
+    QoS than it was published with (a bridge with a lower QoS in between), no QoS 2 message
+    arrived twice, every worker reported and every payload decoded; and, with a link relay
+    (``link``), when every planned cut happened while a bridge was connected through it
+    (it dropped a live connection) and the bridge got through again after each one. QoS 1
+    duplicates are allowed (at least once) and only noted, as is QoS 0 loss.
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+
+    def count(key: str, qos: str) -> int:
+        return _count(report, key, qos) or 0
+
+    for qos in ("1", "2"):
+        if count("lost", qos):
+            problems.append(f"{count('lost', qos)} QoS {qos} message(s) acknowledged by the "
+                            f"broker never arrived")
+        if count("downgraded", qos):
+            problems.append(f"{count('downgraded', qos)} QoS {qos} message(s) arrived at a "
+                            f"lower QoS than they were published with")
+    if count("duplicates", "2"):
+        problems.append(f"{count('duplicates', '2')} QoS 2 message(s) arrived more than once")
+    workers, procs = report.get("workers_reported"), report.get("processes")
+    if isinstance(workers, int) and isinstance(procs, int) and workers < procs:
+        problems.append(f"only {workers} of {procs} worker processes reported: their "
+                        f"devices' messages are not counted")
+    if report.get("bad_payloads"):
+        problems.append(f"{report['bad_payloads']} payload(s) did not decode")
+    link = report.get("link")
+    if isinstance(link, Mapping):
+        windows = link.get("windows") or []
+        planned = link.get("planned_cuts", len(windows))
+        if len(windows) < planned:
+            problems.append(f"only {len(windows)} of {planned} link cuts happened")
+        for i, cut in enumerate(windows):
+            if not cut.get("dropped_connections"):
+                problems.append(f"link cut {i} dropped no live connection: no bridge was "
+                                f"connected through the relay when it was cut")
+            if cut.get("reconnected_after_s") is None:
+                problems.append(f"no bridge got through the relay again after link cut {i}")
+    if count("duplicates", "1"):
+        notes.append(f"{count('duplicates', '1')} QoS 1 duplicate(s) (at least once: allowed)")
+    if count("lost", "0"):
+        notes.append(f"{count('lost', '0')} QoS 0 message(s) lost (at most once: allowed)")
+    return {"ok": not problems, "problems": problems, "notes": notes}
 
 
 # -- files ------------------------------------------------------------------------------------

@@ -1,11 +1,18 @@
 """The verifying subscriber: per-device sequence numbers, loss, duplicates, reordering and
-end-to-end latency, per QoS."""
+end-to-end latency, per QoS.
+
+It may subscribe at another broker than the one the devices publish to (an edge gateway: the
+devices publish to an edge broker that bridges to the cloud, the verifier subscribes at the
+cloud). A message then crosses a bridge whose own QoS may be lower than the device's, so
+every count is kept under the QoS the device published with (:meth:`Verifier.expect_qos`),
+and an arrival at a lower QoS is counted in :attr:`Verifier.downgraded`."""
 
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -35,6 +42,10 @@ class Verifier:
         self.reordered = [0, 0, 0]
         self.delivered = [0, 0, 0]  # distinct messages
         self.bad_payloads = 0
+        self.downgraded = [0, 0, 0]  # arrived at a lower QoS than the device published with
+        self.during_cuts = [0, 0, 0]  # distinct messages made while the link was cut
+        self.expected_qos: dict[str, int] = {}  # sensor kind -> QoS its devices publish at
+        self.cut_windows: list[tuple[float, float]] = []  # (from, to), seconds since the epoch
         self.latencies: list[float] = []
         self.last_arrival = time.monotonic()
         self.subscribed = threading.Event()
@@ -48,6 +59,17 @@ class Verifier:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
+
+    def expect_qos(self, by_kind: Mapping[str, int]) -> None:
+        """The QoS each sensor kind publishes at (before :meth:`start`): arrivals are counted
+        under it, and one that arrives at a lower QoS (a bridge in between with a lower QoS)
+        is also counted in :attr:`downgraded`. Without it, the QoS of arrival counts."""
+        self.expected_qos = dict(by_kind)
+
+    def watch_cuts(self, windows: Sequence[tuple[float, float]]) -> None:
+        """Count in :attr:`during_cuts` the messages made while the link was cut, ``windows``
+        as ``(from, to)`` in seconds since the epoch (before :meth:`start`)."""
+        self.cut_windows = sorted(windows)
 
     def start(self, timeout: float = 10.0) -> None:
         """Connect and subscribe; return once the subscription is acknowledged."""
@@ -74,7 +96,7 @@ class Verifier:
         except PayloadError:
             self.bad_payloads += 1
             return
-        qos = msg.qos
+        qos = self.expected_qos.get(doc["k"], msg.qos)
         key = (doc["id"], qos)
         seq = doc["seq"]
         latency_ms = (now - doc["ts"]) * 1000.0
@@ -86,6 +108,11 @@ class Verifier:
                 return
             seen.add(seq)
             self.delivered[qos] += 1
+            if msg.qos < qos:
+                self.downgraded[qos] += 1
+            made = doc["ts"]
+            if any(begin <= made < end for begin, end in self.cut_windows):
+                self.during_cuts[qos] += 1
             last = self.last.get(key, -1)
             if seq < last:
                 self.reordered[qos] += 1
@@ -94,13 +121,24 @@ class Verifier:
             self.latencies.append(latency_ms)
             self.timeline.add_delivered(now, latency_ms)
 
-    def wait_quiet(self, quiet: float, limit: float) -> None:
-        """Wait until nothing arrived for ``quiet`` seconds, at most ``limit`` seconds."""
+    def wait_complete(self, acked: dict[str, dict[int, list[int]]], quiet: float,
+                      limit: float) -> None:
+        """Wait until every QoS 1/2 message in ``acked`` has arrived and then nothing arrived
+        for ``quiet`` seconds (late duplicates, QoS 0 stragglers), at most ``limit`` seconds.
+        Across a bridge, what it queued while its link was down comes long after the
+        devices stopped; a run that did lose messages waits the whole ``limit``."""
         deadline = time.monotonic() + limit
+        with self.lock:  # what is still missing, once; then only that is looked at again
+            missing = [(device, qos, seq) for device, per_qos in acked.items()
+                       for qos, seqs in per_qos.items() if qos
+                       for seq in set(seqs) - self.seen.get((device, qos), set())]
         while time.monotonic() < deadline:
             with self.lock:
+                if missing:
+                    missing = [m for m in missing
+                               if m[2] not in self.seen.get((m[0], m[1]), ())]
                 idle = time.monotonic() - self.last_arrival
-            if idle >= quiet:
+            if not missing and idle >= quiet:
                 return
             time.sleep(0.1)
 
