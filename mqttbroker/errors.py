@@ -30,6 +30,18 @@ class ProtocolError(MQTTBrokerError):
         return f"{self.message} (reason 0x{int(self.code):02X}{' ' + name if name else ''})"
 
 
+class MqttsnError(MQTTBrokerError):
+    """An MQTT-SN datagram the codec cannot accept (``protocol/mqttsn``); the message names the
+    field. UDP has no connection to close: the gateway drops the datagram and logs why.
+    ``msg_type`` is the MsgType byte when it could be read (a gateway may answer a CONNECT it
+    could not decode with a CONNACK), else None."""
+
+    def __init__(self, message: str, msg_type: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.msg_type = msg_type
+
+
 class EncodeError(MQTTBrokerError, ValueError):
     """The broker asked the codec for bytes MQTT cannot carry (a string or binary value over
     65535 bytes, an object that is not a packet): a bug of the caller, never the peer's. A
