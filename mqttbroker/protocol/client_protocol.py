@@ -38,6 +38,8 @@ from .packets import (
     Suback,
     Subscribe,
     Subscription,
+    Unsuback,
+    Unsubscribe,
     Will,
 )
 from .properties import PropertyId as Prop
@@ -133,6 +135,13 @@ class Subscribed:
 
 
 @dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    """UNSUBACK for the UNSUBSCRIBE sent with ``packet_id``."""
+
+    packet_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Closed:
     """The remote ended the connection (MQTT 5 DISCONNECT with ``code``), or the protocol did
     (a violation, a keep-alive timeout): ``why`` says which."""
@@ -141,7 +150,8 @@ class Closed:
     why: str
 
 
-Event = Connected | Refused | Message | Delivered | Released | Subscribed | Closed
+Event = (Connected | Refused | Message | Delivered | Released | Subscribed | Unsubscribed
+         | Closed)
 
 
 @dataclass(slots=True)
@@ -155,7 +165,7 @@ class OutFlow:
 
 @dataclass(slots=True)
 class _Pending:
-    subscribe: Subscribe
+    subscribe: Subscribe | Unsubscribe
     sent_at: float = 0.0
 
 
@@ -300,6 +310,9 @@ class ClientProtocol:
             pending = self._pending.pop(p.packet_id, None)
             if pending is not None:
                 events.append(Subscribed(p.packet_id, tuple(p.return_codes)))
+        elif isinstance(p, Unsuback):
+            if self._pending.pop(p.packet_id, None) is not None:
+                events.append(Unsubscribed(p.packet_id))
         elif isinstance(p, Disconnect):
             self.state = ClientState.CLOSED
             events.append(Closed(p.reason_code, "DISCONNECT from the remote"))
@@ -411,6 +424,14 @@ class ClientProtocol:
                             for f, q in filters])
         self._pending[pid] = _Pending(s, now)
         self._send(encode(s, self.level), now)
+        return pid
+
+    def unsubscribe(self, filters: list[str], now: float) -> int:
+        """UNSUBSCRIBE from ``filters``; its :class:`Unsubscribed` says it is done."""
+        pid = self._packet_id()
+        u = Unsubscribe(pid, list(filters))
+        self._pending[pid] = _Pending(u, now)
+        self._send(encode(u, self.level), now)
         return pid
 
     def acknowledge(self, packet_id: int, qos: int, now: float) -> None:

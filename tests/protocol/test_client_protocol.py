@@ -19,6 +19,7 @@ from mqttbroker.protocol.client_protocol import (
     Refused,
     Released,
     Subscribed,
+    Unsubscribed,
     WindowFull,
 )
 from mqttbroker.protocol.packets import Will
@@ -261,6 +262,14 @@ def test_subscribe_311_and_suback() -> None:
     pid = c.subscribe([("cmd/#", 1)], 1.0)
     assert c.data_to_send() == h("82 0A | 00 01 | 00 05 63 6D 64 2F 23 | 01")
     assert c.receive_data(h("90 03 00 01 01"), 2.0) == [Subscribed(pid, (1,))]
+
+
+def test_unsubscribe_and_unsuback_mqtt_3_10() -> None:
+    c = connected()
+    assert c.unsubscribe(["a/b"], 1.0) == 1
+    assert c.data_to_send() == h("A2 07 | 00 01 | 00 03 61 2F 62")
+    assert c.receive_data(h("B0 02 00 01"), 2.0) == [Unsubscribed(1)]
+    assert c.receive_data(h("B0 02 00 01"), 2.0) == []  # (a late duplicate)
 
 
 def test_subscribe_v5_bridge_options_no_local_retain_as_published() -> None:
