@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .auth import Authorizer
 from .bridge import Bridges
 from .client import ClientConnection
-from .config import Config, load_config
+from .config import Config, ListenerConfig, load_config
 from .core.admission import Admission
 from .core.connect import Connector
 from .core.delivery import Dispatcher
@@ -32,6 +32,7 @@ from .errors import ConfigError, ProtocolError
 from .keepalive import KeepAliveWheel
 from .message import Message
 from .metrics import Metrics
+from .mqttsn import Gateway
 from .persistence import Snapshot, Storage, StoredSession, open_storage
 from .plugins.api import Action
 from .plugins.host import PluginHost
@@ -126,6 +127,7 @@ class Broker:
             self.config, self.router, self.retained, self.authorizer, self.plugins,
             self.dispatch, self.now)
         self.addresses: list[tuple[str, str, int]] = []
+        self.gateways: list[Gateway] = []  # MQTT-SN listeners (mqttsn/)
         self._servers: list[asyncio.Server] = []
         self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
         self.sys_topics = SysTopics(self, self.publish)  # $SYS (systopics.py)
@@ -185,6 +187,9 @@ class Broker:
                 await self.plugins.start(self.config, self.dispatch.plugin_publish, self.now)
             for lc in self.config.listeners:
                 name = lc.name
+                if lc.type == "mqttsn":  # UDP: the MQTT-SN gateway (mqttsn/)
+                    await self._start_gateway(lc)
+                    continue
                 # TLS: ConfigError naming the listener key if a file does not load or fit
                 tls = ListenerTLS(lc) if lc.ssl else None
                 if tls is not None:
@@ -226,6 +231,20 @@ class Broker:
         self._keepalive_tick()
         self.sys_topics.start()
         self.bridges.start()
+
+    async def _start_gateway(self, lc: ListenerConfig) -> None:
+        """An MQTT-SN listener: its clients join as connections of this broker."""
+
+        def factory(name: str = lc.name) -> ClientConnection:
+            return ClientConnection(self, name)
+
+        gateway = Gateway(lc, factory, self.publish, self.metrics,
+                          self.config.mqtt.max_queued_messages or 1000)
+        host, port = await gateway.start(self.reuse_port)
+        self.gateways.append(gateway)
+        self.addresses.append((lc.name, host, port))
+        log.info("listener %s: listening on %s:%d (mqttsn, udp, gateway id %d)", lc.name,
+                 host, port, lc.gateway_id)
 
     def _restore(self, snapshot: Snapshot, adopted: bool = False) -> None:
         """Put back what storage kept: retained messages, then sessions (offline until their
@@ -277,6 +296,8 @@ class Broker:
         """Stop listening, close every client (MQTT 5: DISCONNECT 0x8B), stop timers."""
         self.sys_topics.stop()
         await self.bridges.stop()
+        for gateway in self.gateways:
+            await gateway.stop()
         if self._keepalive_timer is not None:
             self._keepalive_timer.cancel()
             self._keepalive_timer = None

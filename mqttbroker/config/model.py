@@ -59,6 +59,16 @@ class ListenerConfig:
     # does; Paho C 1.3 reads only the first packet of a frame); True packs the packets of one
     # write into one frame, legal [MQTT-6.0.0-2] and a few bytes smaller
     ws_pack_packets: bool = False
+    # mqttsn listeners (UDP; docs/mqttsn.md): the gateway's id in ADVERTISE/GWINFO, seconds
+    # between ADVERTISE broadcasts (0: none) and where they go, the predefined topic ids,
+    # whether QoS -1 PUBLISH (no connection) is taken, and Tretry / Nretry
+    gateway_id: int = 1
+    advertise_interval: float = 900.0
+    broadcast: tuple[str, int] | None = None
+    predefined_topics: tuple[tuple[int, str], ...] = ()
+    qos_minus_one: bool = False
+    retry_interval: float = 10.0
+    max_retries: int = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,8 +52,33 @@ from .model import (
 )
 from .yaml_reader import _INVALID, _canon, _KeyPath
 
+
+def _predefined_topics(v: _Validator, value: Any, path: _KeyPath
+                       ) -> tuple[tuple[int, str], ...]:
+    """MQTT-SN predefined topic ids: ``{id: topic name}``, ids 1..65534, names without
+    wildcards, each name once."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise _Bad("expected a mapping of topic ids to topic names, e.g. {1: 'alerts/all'}")
+    out: list[tuple[int, str]] = []
+    names: set[str] = set()
+    for raw, name in value.items():
+        key = int(raw) if isinstance(raw, str) and raw.isdigit() else raw
+        if isinstance(key, bool) or not isinstance(key, int) or not 0 < key < 0xFFFF:
+            raise _Bad(f"topic ids are integers 1..65534, got {key!r}")
+        if not isinstance(name, str) or not name or "\0" in name or "+" in name \
+                or "#" in name:
+            raise _Bad(f"id {key}: expected a topic name without wildcards, got {name!r}")
+        if name in names:
+            raise _Bad(f"{name!r} has two ids")
+        names.add(name)
+        out.append((key, name))
+    return tuple(sorted(out))
+
+
 _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
-    "type": _choice(("tcp", "ws"), str.lower),
+    "type": _choice(("tcp", "ws", "mqttsn"), str.lower),
     "bind": _bind,
     "max_connections": _max_connections,
     "ssl": _bool,
@@ -68,7 +93,20 @@ _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "allow_anonymous": _bool,
     "path": _url_path,
     "ws_pack_packets": _bool,
+    # type: mqttsn only
+    "gateway_id": _int(0, 255),
+    "advertise_interval": _float(0),
+    "broadcast": _bind,
+    "predefined_topics": _predefined_topics,
+    "qos_minus_one": _bool,
+    "retry_interval": _float(0, exclusive=True),
+    "max_retries": _int(0, 100),
 }
+_MQTTSN_ONLY: Final = ("gateway_id", "advertise_interval", "broadcast", "predefined_topics",
+                       "qos_minus_one", "retry_interval", "max_retries")
+_STREAM_ONLY: Final = ("ssl", "certfile", "keyfile", "cafile", "capath", "cadata",
+                       "require_certificate", "use_identity_as_username", "tls_version", "path",
+                       "ws_pack_packets")
 _AUTH_FIELDS: Final[Mapping[str, _Conv]] = {
     "allow_anonymous": _bool, "password_file": _password_file, "acl_file": _acl_file,
     "scram_users": _scram_users, "v5_subscribe_refusal": _refusal_code}
@@ -194,6 +232,17 @@ def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfi
             failed = True
             continue
         values = {k: val for k, (val, _) in eff.items()}
+        kind = values.get("type", "tcp")
+        wrong = [k for k in (_STREAM_ONLY if kind == "mqttsn" else _MQTTSN_ONLY)
+                 if k in own and (k != "ssl" or values[k])]
+        if wrong:
+            v.issue(own[wrong[0]][1], f"{wrong[0].replace('_', '-')} is for "
+                    + ("tcp and ws listeners; an mqttsn listener is UDP, without TLS"
+                       if kind == "mqttsn" else "mqttsn listeners (type: mqttsn)"))
+            failed = True
+            continue
+        if kind == "mqttsn":
+            values = {k: val for k, val in values.items() if k not in _STREAM_ONLY}
         if values.get("ssl"):
             missing = [k for k in ("certfile", "keyfile") if not values.get(k)]
             if missing:
@@ -221,9 +270,9 @@ def _listeners(v: _Validator, value: Any, path: _KeyPath) -> tuple[ListenerConfi
         host, port = values.pop("bind")
         result.append(ListenerConfig(name=name, host=host, port=port,
                                      type=values.pop("type", "tcp"), **values))
-    seen: dict[tuple[str, int], str] = {}
+    seen: dict[tuple[str, str, int], str] = {}
     for lst in result:
-        addr = (lst.host, lst.port)
+        addr = ("udp" if lst.type == "mqttsn" else "tcp", lst.host, lst.port)
         if lst.port and addr in seen:
             where = (*path, lst.name, "bind") if "bind" in parsed[lst.name] else (*path, lst.name)
             v.issue(where, f"listeners {seen[addr]!r} and {lst.name!r} both bind "

@@ -441,7 +441,7 @@ def test_bad_top_level_values(tmp_path: Path) -> None:
     assert issues_of(path) == [
         ("sys_interval", 1, "must be at least 0, got -5"),
         ("log_level", 2, "must be one of DEBUG, INFO, WARNING, ERROR; got 'verbose'"),
-        ("listeners.default.type", 6, "must be one of tcp, ws; got 'udp'"),
+        ("listeners.default.type", 6, "must be one of tcp, ws, mqttsn; got 'udp'"),
     ]
 
 
@@ -727,3 +727,38 @@ def test_ws_pack_packets_is_a_listener_boolean_default_one_packet_per_frame(
     key, line, problem = only_issue(bad)
     assert (key, line) == ("listeners.ws.ws-pack-packets", 5)  # as spelled in the file
     assert problem == "expected true or false, got a string ('many')", problem
+
+
+def test_mqttsn_listener_keys_and_defaults() -> None:
+    (tcp, snl) = load_config({"listeners": {
+        "default": {"bind": "127.0.0.1:1883"},
+        "sn": {"type": "MQTTSN", "bind": "127.0.0.1:1883",  # UDP: may share TCP's port
+               "predefined_topics": {1: "sensors/predefined/1", "2": "alerts/all"},
+               "qos_minus_one": True, "gateway_id": 7, "advertise_interval": 0,
+               "broadcast": "255.255.255.255:1885", "retry_interval": 2.5,
+               "max_retries": 3}}}).listeners
+    assert (tcp.type, snl.type) == ("tcp", "mqttsn")
+    assert (snl.gateway_id, snl.advertise_interval, snl.broadcast, snl.predefined_topics,
+            snl.qos_minus_one, snl.retry_interval, snl.max_retries) == (
+        7, 0.0, ("255.255.255.255", 1885), ((1, "sensors/predefined/1"), (2, "alerts/all")),
+        True, 2.5, 3)
+    (dflt,) = load_config({"listeners": {"sn": {"type": "mqttsn", "bind": ":1885"}}}).listeners
+    assert (dflt.gateway_id, dflt.advertise_interval, dflt.qos_minus_one, dflt.retry_interval,
+            dflt.max_retries, dflt.predefined_topics) == (1, 900.0, False, 10.0, 5, ())
+
+
+@pytest.mark.parametrize(("listener", "problem"), [
+    ({"type": "mqttsn", "ssl": True}, "listeners.x.ssl: ssl is for tcp and ws listeners"),
+    ({"type": "mqttsn", "path": "/mqtt"}, "listeners.x.path: path is for tcp and ws"),
+    ({"type": "tcp", "gateway_id": 3}, "listeners.x.gateway_id: gateway-id is for mqttsn"),
+    ({"type": "mqttsn", "gateway_id": 256}, "must be between 0 and 255, got 256"),
+    ({"type": "mqttsn", "predefined_topics": {0: "x"}}, "topic ids are integers 1..65534"),
+    ({"type": "mqttsn", "predefined_topics": {1: "a/#"}}, "without wildcards, got 'a/#'"),
+    ({"type": "mqttsn", "predefined_topics": {1: "a", 2: "a"}}, "'a' has two ids"),
+    ({"type": "mqttsn", "predefined_topics": ["a"]}, "expected a mapping of topic ids"),
+    ({"type": "mqttsn", "retry_interval": 0}, "must be greater than 0"),
+])
+def test_mqttsn_listener_problems_name_the_key(listener: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config({"listeners": {"x": {"bind": "127.0.0.1:1885", **listener}}})
+    assert problem in str(err.value)

@@ -1,0 +1,386 @@
+"""One ``type: mqttsn`` listener: a UDP socket, its clients, ADVERTISE and GWINFO.
+
+Datagrams in: decoded (a malformed one is dropped with a log line naming the address and
+what is wrong, and disturbs nobody), then handed to the client of that address, a new one
+for a CONNECT. Each :class:`SnClient` drives its
+:class:`~mqttbroker.protocol.mqttsn.session.GatewaySession` and, for the broker side, an
+in-process MQTT client: a connection the broker made (``connection_factory``) over an
+:class:`SnTransport`, spoken to with a sans-I/O
+:class:`~mqttbroker.protocol.client_protocol.ClientProtocol` (MQTT 3.1.1, keep-alive off:
+the MQTT-SN session keeps its own). What the broker writes is read back on the next turn of
+the loop, never inside the broker's own call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..config import ListenerConfig
+from ..errors import MqttsnError
+from ..message import Message
+from ..metrics import Metrics
+from ..protocol import client_protocol as cp
+from ..protocol.constants import ProtocolLevel
+from ..protocol.mqttsn import codec
+from ..protocol.mqttsn import messages as sn
+from ..protocol.mqttsn import session as ss
+from ..protocol.packets import Will
+from ..transports.udp import Address, UdpEndpoint, serve_udp
+
+log = logging.getLogger("mqttbroker.mqttsn")
+
+ConnectionFactory = Callable[[], asyncio.Protocol]
+
+
+class SnTransport(asyncio.Transport):
+    """What the broker's connection for one MQTT-SN client writes to and closes."""
+
+    def __init__(self, client: SnClient) -> None:
+        super().__init__()
+        self._client = client
+        self._closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._client.from_broker(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False  # (nothing to linger over: close() is immediate)
+
+    def write_eof(self) -> None:
+        self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return not self._closing
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """The broker ends this client's MQTT side (a takeover, a refusal, an operator)."""
+        if not self._closing:
+            self._closing = True
+            asyncio.get_running_loop().call_soon(self._client.broker_closed)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._client.address
+        return default
+
+
+class SnClient:
+    """One MQTT-SN client: its session (data) and its MQTT side in the broker."""
+
+    def __init__(self, gateway: Gateway, address: Address) -> None:
+        self.gateway = gateway
+        self.address = address
+        self.session = ss.GatewaySession(gateway.params)
+        self.proto: cp.ClientProtocol | None = None
+        self.conn: asyncio.Protocol | None = None
+        self.transport: SnTransport | None = None
+        self._refs: dict[int, tuple[str, int]] = {}  # our MQTT packet id -> (kind, SN ref)
+        self._qos: dict[int, int] = {}  # the broker's packet id -> the delivery's QoS
+        self._inbox: list[bytes] = []  # what the broker wrote, read on the next turn
+        self._reading: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.session.client_id or '-'} ({self.address[0]}:{self.address[1]})"
+
+    # -- from the client ---------------------------------------------------------------------
+
+    def receive(self, msg: sn.Message, now: float) -> None:
+        self.session.receive(msg, now)
+        self.pump(now)
+
+    def pump(self, now: float) -> None:
+        """Carry out what the session decided: toward the broker, then to the client."""
+        for action in self.session.actions():
+            self._apply(action, now)
+        self._to_broker()
+        for out in self.session.datagrams():
+            self.gateway.send(codec.encode(out), self.address)
+        for why in self.session.problems():
+            log.info("mqttsn client %s: %s", self.name, why)
+        self._arm(now)
+
+    def _apply(self, a: ss.Action, now: float) -> None:
+        if isinstance(a, ss.MqttConnect):
+            self._open(a, now)
+            return
+        proto = self.proto
+        if isinstance(a, ss.MqttDisconnect):
+            self._close_mqtt(a.publish_will, now)
+        elif isinstance(a, (ss.Sleep, ss.Awake)):
+            self.gateway.sleeping += 1 if isinstance(a, ss.Sleep) else -1
+        elif proto is None:
+            return
+        elif isinstance(a, ss.MqttPublish):
+            pid = proto.publish(a.topic, a.payload, a.qos, a.retain, now)
+            if pid is not None and a.ref is not None:
+                self._refs[pid] = ("pub", a.ref)
+        elif isinstance(a, ss.MqttSubscribe):
+            self._refs[proto.subscribe([(a.topic_filter, a.qos)], now)] = ("sub", a.ref)
+        elif isinstance(a, ss.MqttUnsubscribe):
+            self._refs[proto.unsubscribe([a.topic_filter], now)] = ("unsub", a.ref)
+        elif isinstance(a, ss.MqttAck):
+            qos = self._qos.pop(a.ref, 0)
+            if qos:
+                proto.acknowledge(a.ref, qos, now)
+        elif isinstance(a, ss.WillUpdate):
+            w = a.will
+            setattr(self.conn, "will", None if w is None else  # noqa: B010
+                    Will(w.topic, w.payload, w.qos, w.retain))
+
+    def _open(self, a: ss.MqttConnect, now: float) -> None:
+        """The client's CONNECT (its will exchanged): a new MQTT client in the broker."""
+        if self.conn is not None:
+            self._close_mqtt(False, now)
+        w = a.will
+        will = None if w is None else Will(w.topic, w.payload, w.qos, w.retain)
+        username = self.gateway.username_for(a.client_id)
+        self.proto = cp.ClientProtocol(
+            a.client_id, level=ProtocolLevel.MQTT_3_1_1, clean_start=a.clean_session,
+            keep_alive=0, username=username, will=will)
+        self._refs.clear()
+        self._qos.clear()
+        self.transport = SnTransport(self)
+        conn = self.conn = self.gateway.connection_factory()
+        conn.connection_made(self.transport)
+        conn.data_received(self.proto.connect(now))
+
+    def _to_broker(self) -> None:
+        if self.proto is not None and self.conn is not None and self.transport is not None \
+                and not self.transport.is_closing():
+            data = self.proto.data_to_send()
+            if data:
+                self.conn.data_received(data)
+
+    def _close_mqtt(self, publish_will: bool, now: float) -> None:
+        conn, proto, transport = self.conn, self.proto, self.transport
+        self.conn = self.proto = self.transport = None
+        if conn is None or transport is None or transport.is_closing():
+            return
+        if publish_will or proto is None:
+            transport._closing = True  # (gone: the broker publishes the will)
+            conn.connection_lost(ConnectionError("MQTT-SN client lost"))
+        else:
+            conn.data_received(proto.disconnect(now))  # (clean: no will [MQTT-3.14.4-3])
+            if not transport.is_closing():
+                transport.close()
+            transport._closing = True
+            conn.connection_lost(None)
+
+    # -- from the broker ---------------------------------------------------------------------
+
+    def from_broker(self, data: bytes) -> None:
+        """The broker wrote to this client: read on the next turn (not inside its call)."""
+        self._inbox.append(data)
+        if self._reading is None:
+            self._reading = asyncio.get_running_loop().call_soon(self._read_broker)
+
+    def _read_broker(self) -> None:
+        self._reading = None
+        proto, data = self.proto, b"".join(self._inbox)
+        self._inbox.clear()
+        if proto is None:
+            return
+        now = asyncio.get_running_loop().time()
+        s = self.session
+        for ev in proto.receive_data(data, now):
+            if isinstance(ev, cp.Connected):
+                s.connack(0, now)
+            elif isinstance(ev, cp.Refused):
+                s.connack(ev.code, now)
+            elif isinstance(ev, cp.Message):
+                if ev.packet_id is not None:
+                    self._qos[ev.packet_id] = ev.qos
+                s.deliver(ev.topic, ev.payload, ev.qos, ev.retain, ev.packet_id, now)
+            elif isinstance(ev, cp.Delivered):
+                kind, ref = self._refs.pop(ev.packet_id, ("", 0))
+                if kind == "pub":
+                    s.published(ref, ev.code < 0x80, now)
+            elif isinstance(ev, cp.Subscribed):
+                kind, ref = self._refs.pop(ev.packet_id, ("", 0))
+                if kind == "sub":
+                    code = ev.codes[0] if ev.codes else 0x80
+                    s.subscribed(ref, code if code < 0x80 else None, now)
+            elif isinstance(ev, cp.Unsubscribed):
+                kind, ref = self._refs.pop(ev.packet_id, ("", 0))
+                if kind == "unsub":
+                    s.unsubscribed(ref, now)
+            elif isinstance(ev, cp.Closed):
+                s.broker_closed(now)
+        self.pump(now)
+
+    def broker_closed(self) -> None:
+        """The broker closed this client's MQTT side."""
+        conn, transport = self.conn, self.transport
+        self.conn = self.proto = self.transport = None
+        if conn is not None and transport is not None:
+            conn.connection_lost(None)
+        now = asyncio.get_running_loop().time()
+        self.session.broker_closed(now)
+        self.pump(now)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def _arm(self, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        at = self.session.next_deadline()
+        if at is not None:
+            self._timer = asyncio.get_running_loop().call_at(max(at, now), self._on_timer)
+        elif self.session.state in (ss.SnState.DISCONNECTED, ss.SnState.LOST) \
+                and self.conn is None:
+            self.gateway.forget(self)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        self.session.handle_timer(now)
+        self.pump(now)
+
+
+class Gateway:
+    """One ``type: mqttsn`` listener."""
+
+    def __init__(self, listener: ListenerConfig, connection_factory: ConnectionFactory,
+                 publish: Callable[[Message], object], metrics: Metrics,
+                 max_buffered: int = 1000) -> None:
+        self.listener = listener
+        self.connection_factory = connection_factory
+        self._publish = publish
+        self.metrics = metrics
+        self.params = ss.SessionParams(
+            gateway_id=listener.gateway_id, predefined=dict(listener.predefined_topics),
+            retry_interval=listener.retry_interval, max_retries=listener.max_retries,
+            max_buffered=max_buffered)
+        self.endpoint: UdpEndpoint | None = None
+        self.clients: dict[Address, SnClient] = {}
+        self.sleeping = 0
+        self.dropped_datagrams = 0
+        self._advertise: asyncio.TimerHandle | None = None
+
+    @property
+    def name(self) -> str:
+        return f"listener {self.listener.name}"
+
+    def username_for(self, client_id: str) -> str:
+        """MQTT-SN has no user name: the client id stands for it (docs/mqttsn.md)."""
+        return client_id
+
+    async def start(self, reuse_port: bool = False) -> Address:
+        lc = self.listener
+        self.endpoint = await serve_udp(lc.host, lc.port, self.datagram, reuse_port=reuse_port)
+        if lc.advertise_interval and lc.broadcast is not None:
+            self._send_advertise()
+        return self.endpoint.address
+
+    async def stop(self) -> None:
+        if self._advertise is not None:
+            self._advertise.cancel()
+        now = asyncio.get_running_loop().time()
+        for client in list(self.clients.values()):
+            client._close_mqtt(False, now)
+        self.clients.clear()
+        if self.endpoint is not None:
+            self.endpoint.close()
+
+    def send(self, data: bytes, address: Address) -> None:
+        if self.endpoint is not None:
+            self.endpoint.send(data, address)
+
+    def forget(self, client: SnClient) -> None:
+        if self.clients.get(client.address) is client:
+            del self.clients[client.address]
+
+    def _send_advertise(self) -> None:
+        lc = self.listener
+        assert self.endpoint is not None and lc.broadcast is not None
+        duration = min(int(lc.advertise_interval), 0xFFFF)
+        self.endpoint.broadcast(codec.encode(sn.Advertise(lc.gateway_id, duration)),
+                                lc.broadcast)
+        self._advertise = asyncio.get_running_loop().call_later(lc.advertise_interval,
+                                                                self._send_advertise)
+
+    def datagram(self, data: bytes, address: Address, now: float) -> None:
+        """One datagram from ``address``."""
+        try:
+            msg = codec.decode(data)
+        except MqttsnError as exc:  # (the codec's only error, hypothesis-tested)
+            self.dropped_datagrams += 1
+            log.info("mqttsn %s: datagram from %s:%d dropped: %s", self.listener.name,
+                     address[0], address[1], exc)
+            return
+        if isinstance(msg, sn.SearchGw):
+            self.send(codec.encode(sn.GwInfo(self.listener.gateway_id)), address)
+            return
+        client = self.clients.get(address)
+        if isinstance(msg, sn.Publish) and msg.qos == -1:
+            self._qos_minus_one(msg, address)
+            return
+        if client is None:
+            if not isinstance(msg, (sn.Connect, sn.Pingreq)):
+                log.info("mqttsn %s: %s from %s:%d, which is not connected: ignored",
+                         self.listener.name, codec.describe(msg), address[0], address[1])
+                if isinstance(msg, (sn.Publish, sn.Register, sn.Subscribe)):
+                    self.send(codec.encode(sn.Disconnect(None)), address)
+                return
+            client = self._find_sleeper(msg, address)
+            if client is None:
+                if not isinstance(msg, sn.Connect):
+                    return
+                client = self.clients[address] = SnClient(self, address)
+        client.receive(msg, now)
+
+    def _find_sleeper(self, msg: sn.Message, address: Address) -> SnClient | None:
+        """A sleeping client waking up from another address (its PINGREQ names it)."""
+        cid = msg.client_id if isinstance(msg, (sn.Pingreq, sn.Connect)) else None
+        if not cid:
+            return None
+        for old, client in list(self.clients.items()):
+            if client.session.client_id == cid:
+                del self.clients[old]
+                client.address = address
+                self.clients[address] = client
+                return client
+        return None
+
+    def _qos_minus_one(self, msg: sn.Publish, address: Address) -> None:
+        if not self.listener.qos_minus_one:
+            log.info("mqttsn %s: QoS -1 PUBLISH from %s:%d dropped: qos_minus_one is off",
+                     self.listener.name, *address)
+            return
+        action = ss.qos_minus_one(msg, self.params.predefined)
+        if isinstance(action, str):
+            log.info("mqttsn %s: QoS -1 PUBLISH from %s:%d dropped: %s", self.listener.name,
+                     address[0], address[1], action)
+            return
+        self._publish(Message(action.topic, action.payload, 0, action.retain))

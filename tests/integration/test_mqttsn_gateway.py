@@ -1,0 +1,143 @@
+"""The MQTT-SN gateway (mqttbroker/mqttsn/) over real UDP, with paho on the MQTT side: a
+sensor connects, registers and publishes at QoS 0/1/2 and -1, subscribes and gets a command
+(REGISTER first, then PUBLISH), and a malformed datagram is dropped without disturbing it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from mqttbroker.protocol.mqttsn import codec
+from mqttbroker.protocol.mqttsn import messages as sn
+from mqttbroker.protocol.mqttsn.constants import ReturnCode, TopicIdType
+from tests.conftest import BrokerThread, base_config
+
+from .helpers import unique_id
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def broker_config() -> dict[str, Any]:
+    cfg = base_config()
+    cfg["listeners"]["sn"] = {"type": "mqttsn", "bind": "127.0.0.1:0", "qos_minus_one": True,
+                              "predefined_topics": {1: "alerts/all"}, "retry_interval": 0.5}
+    return cfg
+
+
+class Sensor:
+    """A raw MQTT-SN client: datagrams built with the codec, every wait bounded."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.settimeout(3)
+        self.address = ("127.0.0.1", port)
+
+    def send(self, msg: sn.Message) -> None:
+        self.sock.sendto(codec.encode(msg), self.address)
+
+    def recv(self) -> sn.Message:
+        return codec.decode(self.sock.recv(2048))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Inbox:
+    def __init__(self, port: int, topic_filter: str) -> None:
+        self.got: list[mqtt.MQTTMessage] = []
+        done = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, unique_id("in-"))
+        self.client.on_message = lambda _c, _u, m: self.got.append(m)
+        self.client.on_subscribe = lambda *_a: done.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe(topic_filter, 2)
+        assert done.wait(5)
+
+    def wait(self, n: int) -> list[mqtt.MQTTMessage]:
+        deadline = time.monotonic() + 5
+        while len(self.got) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.got
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def sn_port(broker_thread: BrokerThread) -> int:
+    return next(p for name, _h, p in broker_thread.broker.addresses if name == "sn")
+
+
+@pytest.fixture
+def inbox(broker_thread: BrokerThread) -> Iterator[Inbox]:
+    i = Inbox(broker_thread.port, "#")
+    yield i
+    i.close()
+
+
+def test_sensor_publishes_at_every_qos(sn_port: int, inbox: Inbox) -> None:
+    s = Sensor(sn_port)
+    s.send(sn.Connect("sensor-1", keep_alive=30))
+    assert s.recv() == sn.Connack(ReturnCode.ACCEPTED)
+    s.send(sn.Register(0, 1, "sensors/t1"))
+    regack = s.recv()
+    assert isinstance(regack, sn.Regack) and regack.return_code == 0
+    s.send(sn.Publish(regack.topic_id, b"q0", qos=0))
+    s.send(sn.Publish(regack.topic_id, b"q1", qos=1, msg_id=2))
+    assert s.recv() == sn.Puback(regack.topic_id, 2, ReturnCode.ACCEPTED)
+    s.send(sn.Publish(regack.topic_id, b"q2", qos=2, msg_id=3))
+    assert s.recv() == sn.Pubrec(3)
+    s.send(sn.Pubrel(3))
+    assert s.recv() == sn.Pubcomp(3)
+    s.send(sn.Publish("ab", b"short", qos=0, topic_id_type=TopicIdType.SHORT))
+    got = inbox.wait(4)
+    assert [(m.topic, m.payload, m.qos) for m in got] == [
+        ("sensors/t1", b"q0", 0), ("sensors/t1", b"q1", 1), ("sensors/t1", b"q2", 2),
+        ("ab", b"short", 0)]
+    s.close()
+
+
+def test_qos_minus_one_needs_no_connection(sn_port: int, inbox: Inbox) -> None:
+    s = Sensor(sn_port)
+    s.send(sn.Publish(1, b"beacon", qos=-1, topic_id_type=TopicIdType.PREDEFINED))
+    assert [(m.topic, m.payload) for m in inbox.wait(1)] == [("alerts/all", b"beacon")]
+    s.close()
+
+
+def test_command_arrives_after_register_and_bad_datagram_harms_nobody(
+        broker_thread: BrokerThread, sn_port: int) -> None:
+    s = Sensor(sn_port)
+    s.send(sn.Connect("sensor-2", keep_alive=30))
+    assert s.recv() == sn.Connack(ReturnCode.ACCEPTED)
+    s.send(sn.Subscribe("cmd/#", 1, qos=1))
+    assert s.recv() == sn.Suback(0, 1, ReturnCode.ACCEPTED, 1)
+    bad = Sensor(sn_port)
+    bad.sock.sendto(b"\x05\x0c\x00", bad.address)  # a PUBLISH cut short: dropped
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, unique_id("cmd-"))
+    c.connect("127.0.0.1", broker_thread.port)
+    c.loop_start()
+    c.publish("cmd/open", b"now", 1).wait_for_publish(5)
+    reg = s.recv()
+    assert isinstance(reg, sn.Register) and reg.topic_name == "cmd/open"
+    s.send(sn.Regack(reg.topic_id, reg.msg_id, ReturnCode.ACCEPTED))
+    pub = s.recv()
+    assert isinstance(pub, sn.Publish)
+    assert (pub.topic, pub.data, pub.qos) == (reg.topic_id, b"now", 1)
+    s.send(sn.Puback(reg.topic_id, pub.msg_id, ReturnCode.ACCEPTED))
+    s.send(sn.Pingreq(None))
+    assert s.recv() == sn.Pingresp()
+    s.send(sn.Disconnect(None))
+    assert s.recv() == sn.Disconnect(None)
+    c.loop_stop()
+    c.disconnect()
+    s.close()
+    bad.close()
