@@ -67,6 +67,11 @@ MAPPED_CACHE = 10_000  # local topics whose remote topic is remembered
 # max_inflight_messages (a Mosquitto remote drops what comes beyond its limit, and a 3.x
 # PUBACK cannot say so)
 INFLIGHT_3X = 20
+# at most in flight to a 5.0 remote (its Receive Maximum lowers it): enough for a long fat
+# link (1,000 x 1 KB in flight), while tens of thousands in flight would make each read of
+# acknowledgements, and the garbage collector's passes over them, hold the loop for 100s of
+# ms (benchmarks/README.md, "Draining a 1,000,000-message backlog")
+INFLIGHT_5 = 1000
 
 LEVELS = {"mqttv31": ProtocolLevel.MQTT_3_1, "mqttv311": ProtocolLevel.MQTT_3_1_1,
           "mqttv5": ProtocolLevel.MQTT_5}
@@ -124,7 +129,7 @@ class BridgeLink(asyncio.Protocol):
             private=config.try_private,
             session_expiry=0 if config.clean_session else 0xFFFFFFFF,
             max_inflight=config.max_inflight or (
-                65535 if level == ProtocolLevel.MQTT_5 else INFLIGHT_3X))
+                INFLIGHT_5 if level == ProtocolLevel.MQTT_5 else INFLIGHT_3X))
         self.backlog: deque[Outgoing] = deque()  # not yet sent, in order
         self.sent: dict[int, Outgoing] = {}  # QoS 1/2 in flight, by packet identifier
         self._mapped: dict[str, tuple[str, int] | None] = {}  # local topic -> its mapping

@@ -22,7 +22,7 @@ password           ``remote_password`` (was ``password``)           none
 password_file      (ours: the password, read from a file)           none
 clean_session      ``cleansession``                                 false
 keepalive          ``keepalive_interval``                           60
-max_inflight       ``max_inflight_messages`` (global in Mosquitto)  20 (3.x); 5.0: the remote's
+max_inflight       ``max_inflight_messages`` (global in Mosquitto)  20 (3.x); 1,000 (5.0)
 try_private        ``try_private``                                  true
 notifications      ``notifications``                                true
 restart_timeout    ``restart_timeout base cap`` (or one value)      [5, 60] (Mosquitto: 5 30)
@@ -119,9 +119,10 @@ class BridgeConfig:
     password_file: str | None = None  # a file holding the password on one line
     clean_session: bool = False
     keepalive: int = 60
-    # QoS 1/2 messages in flight to the remote at most. None: the remote's Receive Maximum
-    # (MQTT 5), and 20 for a 3.x remote, which cannot say (Mosquitto's max_inflight_messages:
-    # a Mosquitto remote drops what comes beyond it, and a 3.x PUBACK cannot say so)
+    # QoS 1/2 messages in flight to the remote at most (a 5.0 remote's Receive Maximum lowers
+    # it). None: 1,000 for MQTT 5, 20 for a 3.x remote, which cannot announce its limit
+    # (Mosquitto's max_inflight_messages: a Mosquitto remote drops what comes beyond it, and a
+    # 3.x PUBACK cannot say so)
     max_inflight: int | None = None
     # 3.x: CONNECT with protocol level | 0x80 (the remote knows us for a bridge: no loops);
     # 5.0: subscribe with No Local and Retain As Published
