@@ -17,8 +17,9 @@ Every run gets a fresh cloud and a fresh edge: nothing carries over from one run
 memory), and both sides meet an identical, empty cloud. Both edges have the settings every
 benchmark uses (``benchmarks/brokers.py``: in-flight window 20 towards clients, queue limit
 1,000,000, no $SYS, WARNING log). The bridge's own window towards the cloud is each broker's
-default for a 3.1.1 bridge: Mosquitto's is its ``max_inflight_messages`` (20), ours is 65535
-(3.1.1 has no Receive Maximum; see docs/bridges.md); ``--mosquitto-inflight`` changes
+default for a 3.1.1 bridge: Mosquitto's is its ``max_inflight_messages`` (20), ours its
+``max_inflight`` default for a 3.x remote, 20 too (3.1.1 has no Receive Maximum; see
+docs/bridges.md); ``--mosquitto-inflight`` changes
 Mosquitto's. Ours runs from this checkout as it is (``--ours-rev working``, the default) or
 from a git revision exported the way ``benchmarks/ab.py`` does it (``--ours-rev HEAD``).
 
@@ -545,8 +546,8 @@ def markdown(meta: Json, summary: Sequence[Json]) -> str:
          "(less sensitive to a busy machine than the rates); share: of one core over each "
          "run, range over the rounds. Loss and dups are summed over the rounds."),
         (f"Bridge window towards the cloud: Mosquitto "
-         f"{meta['mosquitto_inflight'] or 'unbounded'} (its max_inflight_messages), ours 65535 "
-         "(its 3.1.1 default)."),
+         f"{meta['mosquitto_inflight'] or 'unbounded'} (its max_inflight_messages), ours 20 "
+         "(its max_inflight default for a 3.x remote)."),
     ]
     flagged = [f"{LABELS[s]} QoS {row['qos']}: {row[s]['failed_runs']} run(s) failed"
                for row in summary for s in SIDES if row[s]["failed_runs"]]
