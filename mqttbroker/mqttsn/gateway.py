@@ -81,7 +81,7 @@ class SnTransport(asyncio.Transport):
         """The broker ends this client's MQTT side (a takeover, a refusal, an operator)."""
         if not self._closing:
             self._closing = True
-            asyncio.get_running_loop().call_soon(self._client.broker_closed)
+            asyncio.get_running_loop().call_soon(self._client.broker_closed, self)
 
     def abort(self) -> None:
         self.close()
@@ -99,6 +99,7 @@ class SnClient:
         self.gateway = gateway
         self.address = address
         self.session = ss.GatewaySession(gateway.params)
+        self.session.broker_backlog = self._broker_backlog
         self.proto: cp.ClientProtocol | None = None
         self.conn: asyncio.Protocol | None = None
         self.transport: SnTransport | None = None
@@ -115,6 +116,10 @@ class SnClient:
     # -- from the client ---------------------------------------------------------------------
 
     def receive(self, msg: sn.Message, now: float) -> None:
+        if self._inbox:  # what the broker wrote before this datagram comes first
+            if self._reading is not None:
+                self._reading.cancel()
+            self._read_broker()
         self.session.receive(msg, now)
         self.pump(now)
 
@@ -157,6 +162,11 @@ class SnClient:
             setattr(self.conn, "will", None if w is None else  # noqa: B010
                     Will(w.topic, w.payload, w.qos, w.retain))
 
+    def _broker_backlog(self) -> int:
+        """Messages the broker holds for this client beyond its in-flight window."""
+        session = getattr(self.conn, "session", None)
+        return len(session.queue) if session is not None else 0
+
     def _open(self, a: ss.MqttConnect, now: float) -> None:
         """The client's CONNECT (its will exchanged): a new MQTT client in the broker."""
         if self.conn is not None:
@@ -164,9 +174,12 @@ class SnClient:
         w = a.will
         will = None if w is None else Will(w.topic, w.payload, w.qos, w.retain)
         username = self.gateway.username_for(a.client_id)
+        # MQTT 5: a refused PUBLISH says so (PUBACK >= 0x80, the sensor gets "rejected");
+        # a kept session (CleanSession 0) lasts until the client's next clean CONNECT
         self.proto = cp.ClientProtocol(
-            a.client_id, level=ProtocolLevel.MQTT_3_1_1, clean_start=a.clean_session,
-            keep_alive=0, username=username, will=will)
+            a.client_id, level=ProtocolLevel.MQTT_5, clean_start=a.clean_session,
+            keep_alive=0, username=username, will=will,
+            session_expiry=0 if a.clean_session else 0xFFFFFFFF)
         self._refs.clear()
         self._qos.clear()
         self.transport = SnTransport(self)
@@ -238,11 +251,14 @@ class SnClient:
                 s.broker_closed(now)
         self.pump(now)
 
-    def broker_closed(self) -> None:
-        """The broker closed this client's MQTT side."""
-        conn, transport = self.conn, self.transport
+    def broker_closed(self, transport: SnTransport) -> None:
+        """The broker closed this client's MQTT side (``transport``: the one it closed; a
+        connection the client has replaced since is not this one's business)."""
+        if transport is not self.transport:
+            return
+        conn = self.conn
         self.conn = self.proto = self.transport = None
-        if conn is not None and transport is not None:
+        if conn is not None:
             conn.connection_lost(None)
         now = asyncio.get_running_loop().time()
         self.session.broker_closed(now)
@@ -255,6 +271,10 @@ class SnClient:
             self._timer.cancel()
             self._timer = None
         at = self.session.next_deadline()
+        # (the broker may impose a keep-alive on the MQTT side: max_keepalive)
+        ping = self.proto.next_deadline() if self.proto is not None else None
+        if ping is not None and (at is None or ping < at):
+            at = ping
         if at is not None:
             self._timer = asyncio.get_running_loop().call_at(max(at, now), self._on_timer)
         elif self.session.state in (ss.SnState.DISCONNECTED, ss.SnState.LOST) \
@@ -264,6 +284,8 @@ class SnClient:
     def _on_timer(self) -> None:
         self._timer = None
         now = asyncio.get_running_loop().time()
+        if self.proto is not None:
+            self.proto.handle_timer(now)  # (PINGREQ to the broker when it asked for one)
         self.session.handle_timer(now)
         self.pump(now)
 
@@ -366,7 +388,8 @@ class Gateway:
         if not cid:
             return None
         for old, client in list(self.clients.items()):
-            if client.session.client_id == cid:
+            if client.session.client_id == cid and client.session.state in (
+                    ss.SnState.ASLEEP, ss.SnState.AWAKE):
                 del self.clients[old]
                 client.address = address
                 self.clients[address] = client

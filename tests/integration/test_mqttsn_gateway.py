@@ -100,9 +100,11 @@ def test_sensor_publishes_at_every_qos(sn_port: int, inbox: Inbox) -> None:
     assert s.recv() == sn.Pubcomp(3)
     s.send(sn.Publish("ab", b"short", qos=0, topic_id_type=TopicIdType.SHORT))
     got = inbox.wait(4)
-    assert [(m.topic, m.payload, m.qos) for m in got] == [
-        ("sensors/t1", b"q0", 0), ("sensors/t1", b"q1", 1), ("sensors/t1", b"q2", 2),
-        ("ab", b"short", 0)]
+    # (as a set: paho hands a QoS 2 message over only at PUBREL, so a later QoS 0 one on
+    # another topic may overtake it; order holds per topic and QoS [MQTT-4.6.0-6])
+    assert sorted((m.topic, m.payload, m.qos) for m in got) == [
+        ("ab", b"short", 0), ("sensors/t1", b"q0", 0), ("sensors/t1", b"q1", 1),
+        ("sensors/t1", b"q2", 2)]
     s.close()
 
 

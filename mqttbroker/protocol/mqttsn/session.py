@@ -260,6 +260,9 @@ class GatewaySession:
         self._retry_at: float | None = None
         self._retries = 0
         self._awake_left = 0
+        # how many messages for this client the broker still holds back (its in-flight window
+        # full): a wake-up waits for them too. The glue sets it; 0 when it cannot tell
+        self.broker_backlog: Callable[[], int] = lambda: 0
         self._next_msg_id = 1
         self._out: list[Message] = []
         self._actions: list[Action] = []
@@ -497,7 +500,7 @@ class GatewaySession:
             self._out.append(Pingresp())  # [MQTT-SN 6.11]
         elif self.state is SnState.ASLEEP:  # [MQTT-SN 6.14] awake for what is buffered
             self._to(SnState.AWAKE)
-            self._awake_left = len(self.outbox)
+            self._awake_left = len(self.outbox) + self.broker_backlog()
             self._resume_head(now)
             self._pump(now)
         # AWAKE: a repeated PINGREQ; what is under way goes on, nothing is sent again
@@ -684,8 +687,10 @@ class GatewaySession:
                 break
             if self.outbox[0].phase is not Phase.QUEUED or self._start(self.outbox[0], now):
                 return  # an answer from the client is awaited
-        if self.state is SnState.AWAKE:
+        if self.state is SnState.AWAKE and not (
+                self._awake_left > 0 and not self.outbox and self.broker_backlog() > 0):
             self._fall_asleep(now, answer=Pingresp())
+        # (else: what the broker held back comes as the acknowledgements free its window)
 
     def _start(self, item: Delivery, now: float) -> bool:
         """Send the head's REGISTER or PUBLISH; True if an answer is now awaited."""

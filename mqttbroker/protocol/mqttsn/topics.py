@@ -124,17 +124,18 @@ class TopicTable:
         return str(topic), filter_problem(str(topic))
 
     def for_delivery(self, name: str) -> tuple[TopicIdType, int | str] | None:
-        """How to name ``name`` in a PUBLISH to the client: its pre-defined id, itself as a
-        short topic name, or a normal id the client holds; None when it needs a REGISTER
-        first [MQTT-SN 6.10]."""
+        """How to name ``name`` in a PUBLISH to the client: a normal id the client holds (a
+        SUBACK or REGACK gave it one: SUBACK says no id type, so that id is the one used
+        [MQTT-SN 5.4.16]), else its pre-defined id, else itself as a short topic name; None
+        when it needs a REGISTER first [MQTT-SN 6.10]."""
+        tid = self.ids.get(name)
+        if tid is not None and tid in self.known:
+            return TopicIdType.NORMAL, tid
         tid = self._predefined_ids.get(name)
         if tid is not None:
             return TopicIdType.PREDEFINED, tid
         if is_short(name):
             return TopicIdType.SHORT, name
-        tid = self.ids.get(name)
-        if tid is not None and tid in self.known:
-            return TopicIdType.NORMAL, tid
         return None
 
     def clear(self) -> None:
