@@ -645,7 +645,7 @@ def run(args: argparse.Namespace) -> Json:
         counters.connected = 0  # every device process has ended
         if broker_exit is None:
             drain = max(g.profile.drain for g in groups)
-            verifier.wait_quiet(1.0, drain)
+            verifier.wait_complete({}, 1.0, drain)  # (nothing to wait for but quiet)
         verifier.stop()
         fleet = fleet_summary(finals, groups, plan_counts, verifier, procs)
         verifier = None

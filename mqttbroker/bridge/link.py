@@ -87,6 +87,7 @@ class Outgoing:
     qos: int
     retain: bool
     seq: int = 0
+    notice: bool = False  # the bridge's own state message (not counted as sent)
 
 
 class _Gate:
@@ -262,9 +263,9 @@ class BridgeLink(asyncio.Protocol):
         """Say 0 on the state topic (here and at the remote), DISCONNECT and stop."""
         self._stopping = True
         if (self._transport is not None and not self.proto.closed
-                and self.config.notifications and self.proto.can_publish()):
-            self.proto.publish(self.config.state_topic, b"0", 1, True, self._now())
-            self._write(self.proto.data_to_send())  # (its PUBACK is not awaited)
+                and self.config.notifications):  # (QoS 0: no PUBACK is awaited, no window)
+            self.proto.publish(self.config.state_topic, b"0", 0, True, self._now())
+            self._write(self.proto.data_to_send())
         self._set_state(False)
         if self._transport is not None and not self.proto.closed:
             self._write(self.proto.disconnect(self._now()))
@@ -385,16 +386,25 @@ class BridgeLink(asyncio.Protocol):
             v5 = self.proto.level == ProtocolLevel.MQTT_5
             self.proto.subscribe(remote, self._now(), no_local=v5 and cfg.try_private,
                                  retain_as_published=v5 and cfg.try_private)
-        if cfg.notifications and self.proto.can_publish():  # at the remote, retained
-            self.proto.publish(cfg.state_topic, b"1", 1, True, self._now())
+        if cfg.notifications:  # at the remote, retained; first out, when the window has room
+            if self.backlog and self.backlog[0].notice:  # (one from a connection before)
+                self.backlog.popleft()
+                self.backlog_bytes -= 1
+            self.backlog.appendleft(Outgoing(Message(cfg.state_topic, b"1", 1, True),
+                                             cfg.state_topic, 1, True, notice=True))
+            self.backlog_bytes += 1
 
     def _on_delivered(self, ev: Delivered) -> None:
         out = self.sent.pop(ev.packet_id, None)
         if out is None:
-            return  # (the state topic's own PUBLISH)
+            return  # (not one of ours: a late duplicate)
         self.inflight_bytes -= len(out.message.payload)
         self._forget(out)
-        if ev.code >= 0x80:  # refused by the remote (MQTT 5): it will not take it again
+        if out.notice:
+            if ev.code >= 0x80:
+                log.info("%s: the remote refused the state topic %r (0x%02X)", self.name,
+                         out.topic, ev.code)
+        elif ev.code >= 0x80:  # refused by the remote (MQTT 5): it will not take it again
             self._dropped(f"the remote refused {out.topic!r} (0x{ev.code:02X})")
         else:
             self.stats.sent += 1
@@ -464,7 +474,7 @@ class BridgeLink(asyncio.Protocol):
                                 self._properties(out, now))
             if pid is None:  # QoS 0: written is done
                 self._forget(out)
-                self.stats.sent += 1
+                self.stats.sent += not out.notice
             else:
                 self.sent[pid] = out
                 self.inflight_bytes += len(out.message.payload)

@@ -34,9 +34,41 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository (``python -m mqttbr
 START_TIMEOUT = 15.0  # the longest a broker may take to accept connections
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # (Linux's default)
+
+
+_LOW_PORT = 20000
+_HIGH_PORT = min(_ephemeral_low(), 32768)  # (exclusive)
+_next_port = _LOW_PORT + (os.getpid() * 7919) % max(1, _HIGH_PORT - _LOW_PORT)
+_issued: set[int] = set()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port on 127.0.0.1 nobody listens on, below the ephemeral range: a broker restarted
+    on it cannot find it taken. (With an ephemeral port, a client that keeps reconnecting to
+    the dead broker may be given that very port as its own source port and connect to itself,
+    a TCP simultaneous open, which holds the port: the restart then fails with "address
+    already in use". Failed once on a clean clone.) Each port is handed out once per run."""
+    global _next_port
+    span = _HIGH_PORT - _LOW_PORT
+    for _ in range(max(span, 0)):
+        port = _next_port
+        _next_port = _LOW_PORT + (port + 1 - _LOW_PORT) % span
+        if port in _issued:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        _issued.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # (no room below: any)
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
 

@@ -178,7 +178,7 @@ def test_cloud_killed_three_times_and_edge_once_loses_nothing_acknowledged(
         assert set(got) <= acked
         # the edge's crash: its will at the cloud said 0, its return 1 [notifications]
         states = verifier.states
-        assert b"0" in states and states[-1] == b"1", states
+        assert b"0" in states and states[-1] == b"1", (states, faults)
         text = metrics(http_port)
         assert 'mqttbroker_bridge_connected{bridge="cloud"} 1.0' in text
         assert 'mqttbroker_bridge_queued_messages{bridge="cloud"} 0.0' in text
