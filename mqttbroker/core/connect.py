@@ -265,6 +265,10 @@ class Connector(Generic[K]):
         self._by_certificate = frozenset(lc.name for lc in config.listeners
                                          if lc.ssl and lc.use_identity_as_username)
         self._acl_file = config.auth.acl_file is not None
+        # MQTT-SN carries no credentials: on its listeners the client id is the user name
+        # (for the ACLs) and the listener's allow_anonymous decides who gets in
+        self._sn_listeners = frozenset(lc.name for lc in config.listeners
+                                       if lc.type == "mqttsn")
 
     def connect(self, conn: K, p: Connect, auth_props: dict[int, Any] | None = None,
                 plugin_decision: bool | None = None, plugin_asked: bool = False) -> None:
@@ -340,7 +344,9 @@ class Connector(Generic[K]):
             conn.refuse(ReasonCode.NOT_AUTHORIZED, "not authorised (by a plugin)")
             return False
         if auth_props is None and by_certificate is None and plugin_decision is None:
-            code = self.access.authenticate(client_id, p.username, p.password, conn.listener)
+            asserted = conn.listener in self._sn_listeners  # (an identity, not credentials)
+            code = self.access.authenticate(client_id, None if asserted else p.username,
+                                            None if asserted else p.password, conn.listener)
             if code != ReasonCode.SUCCESS:
                 self.admission.login_failed(conn, self.now())  # slows its address down
                 conn.refuse(code, "not authorised" if code == ReasonCode.NOT_AUTHORIZED

@@ -143,3 +143,36 @@ def test_command_arrives_after_register_and_bad_datagram_harms_nobody(
     c.disconnect()
     s.close()
     bad.close()
+
+
+@pytest.mark.parametrize(("allow", "code"), [(True, ReturnCode.ACCEPTED),
+                                             (False, ReturnCode.REJECTED_NOT_SUPPORTED)])
+def test_with_a_password_file_the_listener_decides_and_acls_use_the_client_id(
+        make_broker_thread: Any, tmp_path: Any, allow: bool, code: ReturnCode) -> None:
+    """MQTT-SN carries no credentials: with a password file, an MQTT-SN client is not refused
+    for lacking a password; its listener's allow_anonymous decides, and the ACL file's
+    ``user <client id>`` rules apply to it."""
+    from mqttbroker.passwd import hash_password  # (the file mosquitto_passwd would write)
+    passwd = tmp_path / "passwd"
+    passwd.write_text(f"alice:{hash_password('alice-pw')}\n")
+    acl = tmp_path / "acl"
+    acl.write_text("user sensor-7\ntopic write sensors/7/#\n")
+    cfg = base_config()
+    cfg["auth"] = {"password-file": str(passwd), "acl-file": str(acl)}
+    cfg["listeners"]["sn"] = {"type": "mqttsn", "bind": "127.0.0.1:0", "allow_anonymous": allow}
+    bt = make_broker_thread(cfg)
+    port = next(p for name, _h, p in bt.broker.addresses if name == "sn")
+    s = Sensor(port)
+    s.send(sn.Connect("sensor-7", keep_alive=30))
+    assert s.recv() == sn.Connack(code)
+    if allow:
+        s.send(sn.Register(0, 1, "sensors/7/t"))
+        ok = s.recv()
+        s.send(sn.Register(0, 2, "sensors/8/t"))
+        other = s.recv()
+        assert isinstance(ok, sn.Regack) and isinstance(other, sn.Regack)
+        s.send(sn.Publish(ok.topic_id, b"mine", qos=1, msg_id=3))
+        assert s.recv() == sn.Puback(ok.topic_id, 3, ReturnCode.ACCEPTED)
+        s.send(sn.Publish(other.topic_id, b"not mine", qos=1, msg_id=4))
+        assert s.recv() == sn.Puback(other.topic_id, 4, ReturnCode.REJECTED_NOT_SUPPORTED)
+    s.close()
