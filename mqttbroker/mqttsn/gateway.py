@@ -142,7 +142,7 @@ class SnClient:
         if isinstance(a, ss.MqttDisconnect):
             self._close_mqtt(a.publish_will, now)
         elif isinstance(a, (ss.Sleep, ss.Awake)):
-            self.gateway.sleeping += 1 if isinstance(a, ss.Sleep) else -1
+            self.gateway.asleep(self, isinstance(a, ss.Sleep))
         elif proto is None:
             return
         elif isinstance(a, ss.MqttPublish):
@@ -306,6 +306,7 @@ class Gateway:
             max_buffered=max_buffered)
         self.endpoint: UdpEndpoint | None = None
         self.clients: dict[Address, SnClient] = {}
+        self.sleepers: dict[str, SnClient] = {}  # sleeping clients by client id
         self.sleeping = 0
         self.dropped_datagrams = 0
         self._advertise: asyncio.TimerHandle | None = None
@@ -342,6 +343,18 @@ class Gateway:
     def forget(self, client: SnClient) -> None:
         if self.clients.get(client.address) is client:
             del self.clients[client.address]
+        self.asleep(client, False)
+
+    def asleep(self, client: SnClient, sleeping: bool) -> None:
+        """``client`` fell asleep (True) or is awake again, lost or gone (False)."""
+        cid = client.session.client_id
+        if cid is None:
+            return
+        if sleeping:
+            self.sleepers[cid] = client
+        elif self.sleepers.get(cid) is client:
+            del self.sleepers[cid]
+        self.sleeping = len(self.sleepers)
 
     def _send_advertise(self) -> None:
         lc = self.listener
@@ -385,16 +398,15 @@ class Gateway:
     def _find_sleeper(self, msg: sn.Message, address: Address) -> SnClient | None:
         """A sleeping client waking up from another address (its PINGREQ names it)."""
         cid = msg.client_id if isinstance(msg, (sn.Pingreq, sn.Connect)) else None
-        if not cid:
+        client = self.sleepers.get(cid) if cid else None
+        if client is None or client.session.state not in (ss.SnState.ASLEEP,
+                                                          ss.SnState.AWAKE):
             return None
-        for old, client in list(self.clients.items()):
-            if client.session.client_id == cid and client.session.state in (
-                    ss.SnState.ASLEEP, ss.SnState.AWAKE):
-                del self.clients[old]
-                client.address = address
-                self.clients[address] = client
-                return client
-        return None
+        if self.clients.get(client.address) is client:
+            del self.clients[client.address]
+        client.address = address
+        self.clients[address] = client
+        return client
 
     def _qos_minus_one(self, msg: sn.Publish, address: Address) -> None:
         if not self.listener.qos_minus_one:
