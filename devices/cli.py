@@ -45,12 +45,22 @@ def cli() -> None:
 @click.option("--relay", "relay_at", metavar="HOST:PORT",
               help="Run the link relay here (127.0.0.x), forwarding to --verify-at; point the "
                    "edge's bridge at it. The profile's link_cuts cut it (edge-gateway).")
+@click.option("--protocol", type=click.Choice(["mqtt", "mqttsn"]), default="mqtt",
+              show_default=True,
+              help="What the devices speak: MQTT over TCP to --broker, or MQTT-SN over UDP to "
+                   "--mqttsn (sleeping sensors; the verifier stays on the MQTT side).")
+@click.option("--mqttsn", "mqttsn_at", metavar="HOST:PORT",
+              help="The broker's mqttsn listener (127.0.0.x), for MQTT-SN devices.")
+@click.option("--mqttsn-share", type=click.FloatRange(0, 1),
+              help="Fraction of the devices speaking MQTT-SN (a mixed fleet); default 1 with "
+                   "--protocol mqttsn, else 0.")
 @click.option("--check", is_flag=True,
               help="Exit with status 3 unless the verdict is OK (no QoS 1/2 message lost, "
                    "QoS 2 exactly once, every link cut happened).")
 def run(broker: str, count: int, duration: float, profile: str, report_path: str | None,
         plot_path: str | None, processes: int | None, seed: int, quiet: bool,
-        verify_at: str | None, relay_at: str | None, check: bool) -> None:
+        verify_at: str | None, relay_at: str | None, protocol: str, mqttsn_at: str | None,
+        mqttsn_share: float | None, check: bool) -> None:
     """Run COUNT devices for DURATION seconds and verify every message."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -59,8 +69,17 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
         check_link_cuts(prof, duration)
         upstream = parse_broker(verify_at) if verify_at else None
         listen = parse_loopback(relay_at, "--relay") if relay_at else None
+        gateway = parse_loopback(mqttsn_at, "--mqttsn") if mqttsn_at else None
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
+    share = mqttsn_share if mqttsn_share is not None else (1.0 if protocol == "mqttsn" else 0.0)
+    if share > 0 and gateway is None:
+        raise click.UsageError("MQTT-SN devices need the gateway: give --mqttsn HOST:PORT (the "
+                               "broker's mqttsn listener)")
+    if gateway is not None and gateway[1] == 0:
+        raise click.UsageError("--mqttsn: give the mqttsn listener's port, not 0")
+    if share == 0:
+        gateway = None
     if listen is not None and upstream is None:
         raise click.UsageError("--relay forwards to the cloud broker: give --verify-at too")
     if prof.link_cuts and listen is None:
@@ -71,6 +90,9 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
     click.echo(f"fleet: {count} devices, profile {prof.name}, {duration:g} s, broker {broker}, "
                f"seed {seed} (simulated start {clock(start_hour(seed, prof.start_hour))})",
                err=True)
+    if gateway is not None:
+        click.echo(f"mqttsn: {share:.0%} of the devices sleep on MQTT-SN via "
+                   f"{gateway[0]}:{gateway[1]}", err=True)
     relay = None
     try:
         if listen is not None and upstream is not None:
@@ -84,7 +106,7 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
                        f"at {verify_at}; cuts: {cuts or 'none'}", err=True)
         report, series = run_fleet(broker, count, duration, prof, processes=processes,
                                    seed=seed, progress=not quiet, verify_at=verify_at,
-                                   relay=relay)
+                                   relay=relay, mqttsn=gateway, mqttsn_share=share)
     except (OSError, RuntimeError) as exc:
         click.echo(f"devices: error: {exc}", err=True)
         sys.exit(1)

@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from .payload import decode_raw, encode, make_doc
 from .profile import Profile
 from .seeding import device_rng, link_rng, run_midnight, sensor_rng
-from .sensors import DEFAULT_SUPERVISION, make_sensor
+from .sensors import DEFAULT_SUPERVISION, Sensor, make_sensor
 
 log = logging.getLogger("devices")
 
@@ -43,7 +43,8 @@ def telemetry_topic(device_id: str) -> str:
 class Stats:
     """What one worker's devices did, shared by all of them."""
 
-    __slots__ = ("acked", "connected", "published", "reconnects", "sent")
+    __slots__ = ("acked", "beacons", "commands", "connected", "published", "reconnects",
+                 "sent", "sleeps", "wakeups")
 
     def __init__(self) -> None:
         self.published = [0, 0, 0]  # readings handed to the client, per QoS
@@ -51,6 +52,26 @@ class Stats:
         self.acked: dict[str, dict[int, list[int]]] = {}  # device -> QoS -> seqs confirmed
         self.connected = 0
         self.reconnects = 0
+        # MQTT-SN sleepers: sleep cycles, PINGREQ wake-ups, QoS -1 beacons sent, and the
+        # commands each got: device -> [(command number, collected at a wake-up, dup flag)]
+        self.sleeps = 0
+        self.wakeups = 0
+        self.beacons = 0
+        self.commands: dict[str, list[tuple[int, bool, bool]]] = {}
+
+
+def device_sensor(kind: str, profile: Profile, seed: int, index: int,
+                  midnight: float | None) -> Sensor:
+    """Device ``index``'s sensor model, as the profile and the run's seed make it (its
+    reporting interval scaled like the profile's supervision)."""
+    if midnight is None:
+        midnight = run_midnight(time.time(), seed, profile.start_hour)
+    supervision = (DEFAULT_SUPERVISION if profile.supervision is None
+                   else profile.supervision) * profile.interval_scale
+    sensor = make_sensor(kind, sensor_rng(seed, index), qos=profile.qos.get(kind),
+                         midnight=midnight, supervision=supervision)
+    sensor.interval *= profile.interval_scale
+    return sensor
 
 
 class Device:
@@ -75,13 +96,7 @@ class Device:
         self.profile = profile
         self.stats = stats
         self.loop = loop
-        if midnight is None:
-            midnight = run_midnight(time.time(), seed, profile.start_hour)
-        supervision = (DEFAULT_SUPERVISION if profile.supervision is None
-                       else profile.supervision) * profile.interval_scale
-        self.sensor = make_sensor(kind, sensor_rng(seed, index), qos=profile.qos.get(kind),
-                                  midnight=midnight, supervision=supervision)
-        self.sensor.interval *= profile.interval_scale
+        self.sensor = device_sensor(kind, profile, seed, index, midnight)
         self.qos = self.sensor.qos
         self.traits_rng = device_rng(seed, index)  # drawn only here and in start()
         # backoff jitter and flaky-link timings: how often they are drawn depends on the

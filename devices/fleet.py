@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -18,12 +19,14 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
+from .commands import COMMAND_DELAY, CommandSender, command_report
 from .device import Device, Stats
 from .link import LinkRelay
 from .profile import Profile, check_link_cuts, profile_from_dict
 from .report import Timeline, percentile, progress_line, verdict
 from .seeding import run_midnight, start_hour
 from .sensors import DEFAULT_QOS, KINDS, pick_kind
+from .sn_device import SnDevice
 from .verifier import Verifier
 
 log = logging.getLogger("devices")
@@ -39,9 +42,29 @@ def parse_broker(url: str) -> tuple[str, int]:
     return u.hostname or "127.0.0.1", u.port or 1883
 
 
+def speaks_mqttsn(index: int, share: float) -> bool:
+    """Whether device ``index`` is an MQTT-SN sensor in a fleet where ``share`` of them are.
+
+    The golden-ratio (Weyl) sequence spreads them evenly over the indexes (any n consecutive
+    devices hold n * share of them, give or take one or two) without following the base-2
+    pattern :func:`~devices.sensors.pick_kind` gives the sensor kinds: with share 0.5, every
+    kind is on both protocols."""
+    if share >= 1.0:
+        return True
+    return math.modf((index + 1) * GOLDEN)[0] < share
+
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+def device_id(index: int, share: float) -> str:
+    return f"{'sn' if speaks_mqttsn(index, share) else 'sensor'}-{index:06d}"
+
+
 def _worker(worker: int, indexes: list[int], host: str, port: int,
             profile_data: dict[str, Any], start_at: float, stop_at: float, seed: int,
-            midnight: float, out: Any) -> None:
+            midnight: float, out: Any, gateway: tuple[str, int] | None = None,
+            share: float = 0.0) -> None:
     """One process: its devices on one asyncio loop, stats to ``out`` every second."""
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -51,16 +74,24 @@ def _worker(worker: int, indexes: list[int], host: str, port: int,
     except ImportError:
         pass
     asyncio.run(_worker_main(worker, indexes, host, port, profile_from_dict(profile_data),
-                             start_at, stop_at, seed, midnight, out))
+                             start_at, stop_at, seed, midnight, out, gateway, share))
 
 
 async def _worker_main(worker: int, indexes: list[int], host: str, port: int,
                        profile: Profile, start_at: float, stop_at: float, seed: int,
-                       midnight: float, out: Any) -> None:
+                       midnight: float, out: Any, gateway: tuple[str, int] | None = None,
+                       share: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
     stats = Stats()
-    devices = [Device(i, pick_kind(i, profile.mix or None), host, port, profile, stats, loop,
-                      seed, midnight=midnight) for i in indexes]
+    devices: list[Device | SnDevice] = []
+    for i in indexes:
+        kind = pick_kind(i, profile.mix or None)
+        if gateway is not None and speaks_mqttsn(i, share):
+            devices.append(SnDevice(i, kind, gateway, profile, stats, loop, seed,
+                                    midnight=midnight))
+        else:
+            devices.append(Device(i, kind, host, port, profile, stats, loop, seed,
+                                  midnight=midnight))
     n = max(len(devices), 1)
     for k, d in enumerate(devices):
         d.start(max(start_at - time.time(), 0) + profile.ramp_up * k / n)
@@ -87,17 +118,41 @@ async def _worker_main(worker: int, indexes: list[int], host: str, port: int,
         last = pub
     for d in devices:
         d.running = False
-    # let outstanding QoS 1/2 flows finish before reporting what was acknowledged
+    # let outstanding QoS 1/2 flows finish before reporting what was acknowledged; sleeping
+    # MQTT-SN sensors wake once more, collect their commands and say goodbye
+    sn_tasks = [d.task for d in devices if isinstance(d, SnDevice) and d.task is not None]
     deadline = time.time() + 5
-    while time.time() < deadline and any(d.pending and d.connected for d in devices):
+    while time.time() < deadline and (any(d.pending and d.connected for d in devices)
+                                      or not all(t.done() for t in sn_tasks)):
         for d in devices:
             d.misc()
         await asyncio.sleep(0.1)
+    if sn_tasks and not all(t.done() for t in sn_tasks):  # retries still running
+        await asyncio.wait(sn_tasks, timeout=max(stop_at + 20 - time.time(), 0.1))
     for d in devices:
         d.stop()
     await asyncio.sleep(0.2)
+    sn = {"sleeps": stats.sleeps, "wakeups": stats.wakeups, "beacons": stats.beacons,
+          "commands": stats.commands,
+          "retransmissions": sum(d.client.retransmissions for d in devices
+                                 if isinstance(d, SnDevice))}
     out.put(("final", stats.published, stats.sent, stats.acked, stats.reconnects,
-             sum(len(d.buffer) for d in devices)))
+             sum(len(d.buffer) for d in devices), sn))
+
+
+def _protocols(acked: dict[str, dict[int, list[int]]],
+               sn: set[str], verifier: Verifier) -> dict[str, Any]:
+    """Published (acknowledged) / delivered / lost per QoS, for each protocol's devices."""
+    qs = ("0", "1", "2")
+    out: dict[str, Any] = {}
+    for name, ids in (("mqtt", {d for d in acked if d not in sn}), ("mqttsn", sn)):
+        mine = {d: v for d, v in acked.items() if d in ids}
+        published = [sum(len(v.get(q, [])) for v in mine.values()) for q in range(3)]
+        out[name] = {"devices": len(ids),
+                     "published": dict(zip(qs, published)),
+                     "delivered": dict(zip(qs, verifier.delivered_by(ids))),
+                     "lost": dict(zip(qs, verifier.lost(mine)))}
+    return out
 
 
 def published_qos(profile: Profile) -> dict[str, int]:
@@ -108,7 +163,9 @@ def published_qos(profile: Profile) -> dict[str, int]:
 def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
               processes: int | None = None, seed: int = 1, progress: bool = True,
               stream: Any = None, verify_at: str | None = None,
-              relay: LinkRelay | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
+              relay: LinkRelay | None = None, mqttsn: tuple[str, int] | None = None,
+              mqttsn_share: float = 1.0,
+              ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Run ``devices`` devices for ``duration`` seconds against ``broker``; return the report
     and the timeline series (for the plot).
 
@@ -119,7 +176,11 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
     ``relay`` (started by the caller, who also stops it) is the link between the edge's bridge
     and the cloud: the run waits up to the profile's ``link_wait`` for the bridge to be through
     it, cuts it on the profile's ``link_cuts`` schedule (which must end before the run does)
-    and reports it under ``link``. A profile with ``link_cuts`` needs a relay."""
+    and reports it under ``link``. A profile with ``link_cuts`` needs a relay.
+
+    ``mqttsn`` (the (host, port) of an ``mqttsn`` listener): ``mqttsn_share`` of the devices
+    (all by default) are sleeping MQTT-SN sensors (:mod:`devices.sn_device`) talking to it;
+    the fleet sends them commands while they sleep and reports under ``mqttsn``."""
     host, port = parse_broker(broker)
     vhost, vport = parse_broker(verify_at) if verify_at else (host, port)
     check_link_cuts(profile, duration)
@@ -138,13 +199,30 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
             raise RuntimeError(f"no bridge came through the link relay at {relay.address} "
                                f"within {profile.link_wait:g} s: point the edge's bridge "
                                f"(bridges.<name>.addresses) at it")
+    if not 0.0 <= mqttsn_share <= 1.0:
+        raise ValueError(f"the MQTT-SN share must be in [0, 1], got {mqttsn_share!r}")
+    share = mqttsn_share if mqttsn is not None else 0.0
+    sn_ids = {device_id(i, share): i for i in range(devices) if speaks_mqttsn(i, share)}
+    kind_qos = published_qos(profile)
     verifier = Verifier(vhost, vport, timeline)
-    verifier.expect_qos(published_qos(profile))
+    verifier.expect_qos(kind_qos)
+    verifier.expect_device_qos({d: min(kind_qos[pick_kind(i, profile.mix or None)], 1)
+                                for d, i in sn_ids.items()})
+    if sn_ids and profile.beacon:
+        verifier.watch_beacons(profile.beacon["topic"])
     verifier.start()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     start_at = time.time() + 1.0
     stop_at = start_at + duration
+    commander = None
+    if sn_ids and profile.sleep["commands"]:
+        # no command in the last second: every one must reach the gateway before the
+        # sensors' last wake-up, which comes after stop_at
+        commander = CommandSender(host, port, sn_ids, int(profile.sleep["commands"]),
+                                  until=stop_at - 1.0,
+                                  delay=min(COMMAND_DELAY, 0.4 * profile.sleep["awake_every"]))
+        commander.start()
     if relay is not None:
         verifier.watch_cuts([(start_at + at, start_at + at + length)
                              for at, length in profile.link_cuts])
@@ -155,7 +233,8 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
     for p in range(procs):
         idx = list(range(p, devices, procs))
         w = ctx.Process(target=_worker, args=(p, idx, host, port, profile.as_dict(),
-                                              start_at, stop_at, seed, midnight, out),
+                                              start_at, stop_at, seed, midnight, out,
+                                              mqttsn, share),
                         daemon=True)
         w.start()
         workers.append(w)
@@ -200,13 +279,21 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
     acked: dict[str, dict[int, list[int]]] = {}
     reconnects = 0
     buffered = 0
-    for _, pub, snt, ack, rec, buf in finals:
+    sn_totals = {"sleeps": 0, "wakeups": 0, "beacons": 0, "retransmissions": 0}
+    got_commands: dict[str, list[tuple[int, bool, bool]]] = {}
+    for _, pub, snt, ack, rec, buf, sn in finals:
         for q in range(3):
             published[q] += pub[q]
             sent[q] += snt[q]
         acked.update(ack)
         reconnects += rec
         buffered += buf
+        for key in sn_totals:
+            sn_totals[key] += sn[key]
+        got_commands.update(sn["commands"])
+    if commander is not None:
+        commander.wait_acked(2.0)
+        commander.stop()
     if progress and relay is not None:
         stream.write(f"verifier: waiting up to {profile.drain:g} s for what the bridge "
                      f"still holds\n")
@@ -244,6 +331,17 @@ def run_fleet(broker: str, devices: int, duration: float, profile: Profile, *,
     }
     if verify_at:
         report["verify_at"] = verify_at
+    if mqttsn is not None:
+        report["protocols"] = _protocols(acked, set(sn_ids), verifier)
+        report["mqttsn"] = {
+            "gateway": f"{mqttsn[0]}:{mqttsn[1]}",
+            "share": share,
+            "devices": len(sn_ids),
+            "sleep": dict(profile.sleep),
+            **sn_totals,
+            "commands": command_report(commander.sent if commander else {}, got_commands),
+            "beacons_delivered": len({k for k in verifier.beacons if k[0] in sn_ids}),
+        }
     if relay is not None:
         report["link"] = {**relay.report(start_at), "planned_cuts": len(profile.link_cuts),
                           "made_while_cut": dict(zip(qs, verifier.during_cuts))}

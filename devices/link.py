@@ -52,7 +52,7 @@ def parse_loopback(address: str, what: str = "address") -> tuple[str, int]:
         raise ValueError(f"{what} {address!r}: the host must be an IPv4 loopback address "
                          f"(127.0.0.x)") from None
     if not ip.is_loopback:
-        raise ValueError(f"{what} {address!r}: the link relay stays on the loopback network "
+        raise ValueError(f"{what} {address!r}: the fleet stays on the loopback network "
                          f"(127.0.0.x), got {host}")
     try:
         port = int(port_text)

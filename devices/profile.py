@@ -53,6 +53,17 @@ class Profile:
     link_cuts: tuple[tuple[float, float], ...] = ()
     # seconds to wait, before the devices start, for the edge's bridge to be through the relay
     link_wait: float = 30.0
+    # MQTT-SN sleepers (devices run --protocol mqttsn / --mqttsn-share): ``duration`` is the
+    # Duration of the DISCONNECT that puts a sensor to sleep (the gateway gives up on it after
+    # 1.5x), ``awake_every`` the seconds between its PINGREQ wake-ups, ``wakes`` the wake-ups
+    # per sleep before it CONNECTs again to report, ``commands`` how many commands the fleet
+    # publishes to each sensor per sleep (while it sleeps). Missing keys take SLEEP_DEFAULTS.
+    sleep: dict[str, float] = field(default_factory=dict)
+    # QoS -1 beacons of MQTT-SN sensors (the listener needs ``qos_minus_one: true``): ``topic``
+    # is the topic name the verifier subscribes to; with ``topic_id`` the sensors publish to
+    # that predefined id (the listener's ``predefined_topics`` must map it to ``topic``),
+    # without it ``topic`` must be a 2-character short topic name. Empty: no beacons.
+    beacon: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the two keys the seeded traffic depends on are checked here, so a bad profile is
@@ -72,12 +83,69 @@ class Profile:
             raise ValueError(f"link_wait must be a number of seconds in (0, {MAX_LINK_WAIT:g}], "
                              f"got {self.link_wait!r}")
 
+        object.__setattr__(self, "sleep", _sleep(self.sleep))
+        object.__setattr__(self, "beacon", _beacon(self.beacon))
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data, for the report and for worker processes."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 MAX_LINK_CUTS = 100
+SLEEP_DEFAULTS: dict[str, float] = {"duration": 10, "awake_every": 2.0, "wakes": 2,
+                                    "commands": 1}
+
+
+def _sleep(value: object) -> dict[str, float]:
+    """``sleep`` with defaults filled in, or ``ValueError`` naming the bad key."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"sleep must be a mapping like {{duration: 10, awake_every: 2}}, "  # noqa: TRY004
+                         f"got {value!r}")
+    unknown = sorted(set(value) - set(SLEEP_DEFAULTS))
+    if unknown:
+        raise ValueError(f"sleep: unknown keys {unknown}; known: {sorted(SLEEP_DEFAULTS)}")
+    out = {**SLEEP_DEFAULTS, **value}
+    out = {key: _number(f"sleep.{key}", v) for key, v in out.items()}
+    duration, every = out["duration"], out["awake_every"]
+    if not (duration.is_integer() and 1 <= duration <= 0xFFFF):
+        raise ValueError(f"sleep.duration must be whole seconds in 1..65535 (the DISCONNECT "
+                         f"Duration), got {value.get('duration')!r}")
+    if not (math.isfinite(every) and 0.05 <= every <= duration):
+        raise ValueError(f"sleep.awake_every must be in [0.05, sleep.duration] seconds (a "
+                         f"sleeper that does not wake within 1.5x its Duration is lost), "
+                         f"got {every!r}")
+    for key, top in (("wakes", 1000), ("commands", 100)):
+        if not (out[key].is_integer() and 0 <= out[key] <= top):
+            raise ValueError(f"sleep.{key} must be a whole number in 0..{top}, "
+                             f"got {value.get(key)!r}")
+    return out
+
+
+def _beacon(value: object) -> dict[str, Any]:
+    """``beacon`` checked: {} or {topic: NAME, topic_id: ID} or {topic: 2-char short name}."""
+    if not value:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"beacon must be a mapping like {{topic: fleet/beacons, "  # noqa: TRY004
+                         f"topic_id: 1}}, got {value!r}")
+    unknown = sorted(set(value) - {"topic", "topic_id"})
+    if unknown:
+        raise ValueError(f"beacon: unknown keys {unknown}; known: ['topic', 'topic_id']")
+    topic = value.get("topic")
+    if not isinstance(topic, str) or not topic or any(c in topic for c in "+#"):
+        raise ValueError(f"beacon.topic must be a topic name without wildcards, got {topic!r}")
+    tid = value.get("topic_id")
+    if tid is None:
+        if len(topic.encode()) != 2:
+            raise ValueError(f"beacon: without topic_id (a predefined id) the topic must be a "
+                             f"2-character short topic name, got {topic!r}")
+        return {"topic": topic}
+    if isinstance(tid, bool) or not isinstance(tid, int) or not 1 <= tid <= 0xFFFE:
+        raise ValueError(f"beacon.topic_id must be a predefined topic id in 1..65534, "
+                         f"got {tid!r}")
+    return {"topic": topic, "topic_id": tid}
 MAX_LINK_WAIT = 600.0
 MIN_CUT = 0.1  # seconds: shorter than that, a bridge would not even notice
 

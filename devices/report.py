@@ -295,6 +295,9 @@ def summary_table(report: Mapping[str, Any]) -> str:
     link = report.get("link")
     if isinstance(link, Mapping):
         lines.append(_link_line(link))
+    sn = report.get("mqttsn")
+    if isinstance(sn, Mapping):
+        lines.extend(_mqttsn_lines(report, sn))
     result = report.get("verdict")
     if isinstance(result, Mapping):
         lines.append(_verdict_line(result))
@@ -314,6 +317,33 @@ def _link_line(link: Mapping[str, Any]) -> str:
         f"{sum(int(w.get('dropped_connections') or 0) for w in windows)}  refused "
         f"{_num(link.get('refused'))}  bridge back after {after} s{while_cut}"
     )
+
+
+def _mqttsn_lines(report: Mapping[str, Any], sn: Mapping[str, Any]) -> list[str]:
+    lines = []
+    protocols = report.get("protocols")
+    if isinstance(protocols, Mapping):
+        for name, p in protocols.items():
+            if not isinstance(p, Mapping) or not p.get("devices"):
+                continue
+            per = "  ".join(
+                f"QoS {q} {_num(_count(p, 'published', q))}/{_num(_count(p, 'delivered', q))}"
+                f"/{_num(_count(p, 'lost', q))}"
+                for q in QOS_KEYS if _count(p, "published", q))
+            lines.append(f"{name:6s} devices {_num(p.get('devices'))}  "
+                         f"published/delivered/lost {per or 'none'}")
+    cmd = sn.get("commands")
+    c: Mapping[str, Any] = cmd if isinstance(cmd, Mapping) else {}
+    lines.append(
+        f"mqttsn gateway {sn.get('gateway')}  sleep cycles {_num(sn.get('sleeps'))}  "
+        f"wake-ups {_num(sn.get('wakeups'))}  beacons {_num(sn.get('beacons'))}/"
+        f"{_num(sn.get('beacons_delivered'))} (sent/delivered)  retransmissions "
+        f"{_num(sn.get('retransmissions'))}")
+    lines.append(
+        f"commands to sleepers: sent {_num(c.get('sent'))}  delivered {_num(c.get('delivered'))}"
+        f"  collected at wake-up {_num(c.get('collected_on_wakeup'))}  lost "
+        f"{_num(c.get('lost'))}  duplicates {_num(c.get('duplicates'))}")
+    return lines
 
 
 def _verdict_line(result: Mapping[str, Any]) -> str:
@@ -390,6 +420,20 @@ def verdict(report: Mapping[str, Any]) -> dict[str, Any]:
                                 f"connected through the relay when it was cut")
             if cut.get("reconnected_after_s") is None:
                 problems.append(f"no bridge got through the relay again after link cut {i}")
+    sn = report.get("mqttsn")
+    if isinstance(sn, Mapping):
+        cmd = sn.get("commands")
+        c: Mapping[str, Any] = cmd if isinstance(cmd, Mapping) else {}
+        if c.get("lost"):
+            problems.append(f"{c['lost']} QoS 1 command(s) to sleeping MQTT-SN sensors, "
+                            f"acknowledged by the broker, never reached them")
+        if c.get("duplicates"):
+            notes.append(f"{c['duplicates']} command(s) reached a sensor twice (QoS 1: "
+                         f"allowed)")
+        beacons, got = sn.get("beacons"), sn.get("beacons_delivered")
+        if isinstance(beacons, int) and isinstance(got, int) and got < beacons:
+            notes.append(f"{beacons - got} QoS -1 beacon(s) lost (UDP, no acknowledgement: "
+                         f"allowed)")
     if count("duplicates", "1"):
         notes.append(f"{count('duplicates', '1')} QoS 1 duplicate(s) (at least once: allowed)")
     if count("lost", "0"):

@@ -9,6 +9,7 @@ and an arrival at a lower QoS is counted in :attr:`Verifier.downgraded`."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -45,6 +46,9 @@ class Verifier:
         self.downgraded = [0, 0, 0]  # arrived at a lower QoS than the device published with
         self.during_cuts = [0, 0, 0]  # distinct messages made while the link was cut
         self.expected_qos: dict[str, int] = {}  # sensor kind -> QoS its devices publish at
+        self.device_qos: dict[str, int] = {}  # device -> QoS, where it differs from its kind's
+        self.beacon_topic: str | None = None
+        self.beacons: set[tuple[str, int]] = set()  # (device, beacon number) arrived
         self.cut_windows: list[tuple[float, float]] = []  # (from, to), seconds since the epoch
         self.latencies: list[float] = []
         self.last_arrival = time.monotonic()
@@ -65,6 +69,16 @@ class Verifier:
         under it, and one that arrives at a lower QoS (a bridge in between with a lower QoS)
         is also counted in :attr:`downgraded`. Without it, the QoS of arrival counts."""
         self.expected_qos = dict(by_kind)
+
+    def expect_device_qos(self, by_device: Mapping[str, int]) -> None:
+        """The QoS of devices that do not publish at their kind's (MQTT-SN sensors publish a
+        QoS 2 kind at QoS 1), before :meth:`start`."""
+        self.device_qos = dict(by_device)
+
+    def watch_beacons(self, topic: str) -> None:
+        """Also count the MQTT-SN sensors' QoS -1 beacons on ``topic`` (before :meth:`start`):
+        ``{"id": DEVICE, "b": N}``, distinct pairs in :attr:`beacons`."""
+        self.beacon_topic = topic
 
     def watch_cuts(self, windows: Sequence[tuple[float, float]]) -> None:
         """Count in :attr:`during_cuts` the messages made while the link was cut, ``windows``
@@ -88,15 +102,20 @@ class Verifier:
                     props: Any) -> None:
         if not flags.session_present:  # a broker that lost our session: subscribe again
             client.subscribe(f"{TOPIC_ROOT}/+/telemetry", qos=2)
+            if self.beacon_topic is not None:
+                client.subscribe(self.beacon_topic, qos=0)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         now = time.time()
+        if self.beacon_topic is not None and msg.topic == self.beacon_topic:
+            self._beacon(bytes(msg.payload))
+            return
         try:
             doc = decode(msg.payload)
         except PayloadError:
             self.bad_payloads += 1
             return
-        qos = self.expected_qos.get(doc["k"], msg.qos)
+        qos = self.device_qos.get(doc["id"], self.expected_qos.get(doc["k"], msg.qos))
         key = (doc["id"], qos)
         seq = doc["seq"]
         latency_ms = (now - doc["ts"]) * 1000.0
@@ -120,6 +139,25 @@ class Verifier:
                 self.last[key] = seq
             self.latencies.append(latency_ms)
             self.timeline.add_delivered(now, latency_ms)
+
+    def _beacon(self, payload: bytes) -> None:
+        try:
+            doc = json.loads(payload)
+            key = (str(doc["id"]), int(doc["b"]))
+        except (ValueError, KeyError, TypeError):
+            self.bad_payloads += 1
+            return
+        with self.lock:
+            self.beacons.add(key)
+
+    def delivered_by(self, devices: set[str]) -> list[int]:
+        """Distinct messages delivered per QoS from ``devices`` only."""
+        out = [0, 0, 0]
+        with self.lock:
+            for (device, qos), seqs in self.seen.items():
+                if device in devices:
+                    out[qos] += len(seqs)
+        return out
 
     def wait_complete(self, acked: dict[str, dict[int, list[int]]], quiet: float,
                       limit: float) -> None:
