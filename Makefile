@@ -100,3 +100,9 @@ bench-bridge: $(STAMP) $(MOSQUITTO)
 .PHONY: bench-bridge-drain
 bench-bridge-drain: $(STAMP) $(MOSQUITTO)
 	$(BIN)/python -m benchmarks.bridge_drain
+
+# MQTT-SN at scale: 10,000 MQTT-SN clients (20% asleep) and QoS 0/1 throughput, each beside
+# the same load over MQTT/TCP on our broker (issue 17; see benchmarks/README.md). ~5 min.
+.PHONY: bench-mqttsn
+bench-mqttsn: $(STAMP)
+	$(BIN)/python -m benchmarks.mqttsn
