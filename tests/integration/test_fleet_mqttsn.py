@@ -5,6 +5,7 @@ a dozen sensors, about ten seconds."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -75,8 +76,19 @@ def test_sleeping_sensors_lose_nothing_at_qos1(broker_thread: BrokerThread) -> N
     assert report["protocols"]["mqtt"]["devices"] == 0
 
 
-def test_mixed_fleet_half_mqttsn(broker_thread: BrokerThread) -> None:
+def _skip_unless_slow(request: pytest.FixtureRequest) -> None:
+    """``make test`` runs one fleet (above); the mixed fleet and the CLI run with -m slow
+    (or FLEET_MQTTSN_ALL=1), to keep the suite within its time."""
+    if not (os.environ.get("FLEET_MQTTSN_ALL") == "1"
+            or "slow" in (request.config.getoption("markexpr", "") or "")):
+        pytest.skip("a second and third fleet run: run with -m slow")
+
+
+@pytest.mark.slow
+def test_mixed_fleet_half_mqttsn(broker_thread: BrokerThread,
+                                 request: pytest.FixtureRequest) -> None:
     """Half the fleet on MQTT (paho, TCP), half sleeping on MQTT-SN, one verifier."""
+    _skip_unless_slow(request)
     prof = Profile(**{**fast_profile().as_dict(), "interval_scale": 0.2})
     report, _ = run_fleet(f"mqtt://127.0.0.1:{broker_thread.port}", 20, 8, prof, seed=SEED,
                           progress=False, processes=2, mqttsn=gateway(broker_thread),
@@ -100,7 +112,9 @@ def test_share_spreads_evenly() -> None:
     assert not any(speaks_mqttsn(i, 0.0) for i in range(10))
 
 
-def test_cli_runs_mqttsn(broker_thread: BrokerThread) -> None:
+@pytest.mark.slow
+def test_cli_runs_mqttsn(broker_thread: BrokerThread, request: pytest.FixtureRequest) -> None:
+    _skip_unless_slow(request)
     host, port = gateway(broker_thread)
     result = CliRunner().invoke(cli, [
         "run", "--broker", f"mqtt://127.0.0.1:{broker_thread.port}", "--devices", "4",
