@@ -60,3 +60,36 @@ def mosquitto(tmp_path: Path) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.fixture
+def sns() -> Iterator[Callable[[Any], Any]]:
+    """Makes raw MQTT-SN clients of a broker's gateway (test_mqttsn_*.py); all closed at the
+    end."""
+    from .test_mqttsn_interop import SnRaw, sn_port
+    made: list[SnRaw] = []
+
+    def make(b: Any) -> SnRaw:
+        s = SnRaw(sn_port(b))
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def paho_for() -> Iterator[Callable[[Any], Any]]:
+    """Makes a Clients (paho) factory per broker (test_mqttsn_*.py); all closed at the end."""
+    from .helpers import Clients
+    made: list[Clients] = []
+
+    def make(b: Any) -> Clients:
+        c = Clients(b.port)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()

@@ -5,7 +5,6 @@ backlog kept while the cloud is down and sent when it is back."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,17 +15,12 @@ import pytest
 
 from tests.conftest import BrokerThread, base_config
 
+from .brokerproc import free_port
 from .helpers import unique_id
 
 pytestmark = pytest.mark.timeout(60)
 
 MakeBroker = Callable[[dict[str, Any]], BrokerThread]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bridged(cloud_port: int, topics: list[dict[str, Any]], *, protocol: str = "mqttv5",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import pytest
 from mqttbroker.core.hooks import BridgeStats
 from tests.conftest import BrokerThread, base_config
 
+from .brokerproc import free_port
 from .helpers import HOST, TIMEOUT, V311, Clients, Paho, unique_id, wait_until
 from .test_http_api import TOKEN, Http
 
@@ -50,12 +50,6 @@ FAMILIES = {
 #: a BRIDGE of the admin API: every field of core.hooks.BridgeStats
 BRIDGE_FIELDS = {f.name for f in dataclasses.fields(BridgeStats)}
 SYS_FIELDS = {"connected", "remote", "queued", "inflight", "sent", "received", "dropped"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def cloud_config(port: int, http: bool = False) -> dict[str, Any]:

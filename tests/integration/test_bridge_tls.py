@@ -31,6 +31,7 @@ import pytest
 
 from tests.conftest import BrokerThread, base_config
 
+from .brokerproc import free_port
 from .conftest import MOSQUITTO
 from .helpers import V311, Paho, unique_id, wait_until
 from .tlscerts import HAVE_OPENSSL, CertFactory, CertPair
@@ -42,12 +43,6 @@ MakeBroker = Callable[[dict[str, Any]], BrokerThread]
 HOST = "127.0.0.1"
 EDGE_CN = "edge-7"  # our edge's client certificate (the user name at Mosquitto)
 MOSQ_CN = "mosq-edge"  # Mosquitto's bridge certificate (the user name at ours)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # -- certificates -----------------------------------------------------------------------------

@@ -298,21 +298,6 @@ def bt(make_broker_thread: MakeBroker) -> BrokerThread:
 
 
 @pytest.fixture
-def sns() -> Iterator[Callable[[BrokerThread], SnRaw]]:
-    """Makes raw MQTT-SN clients of a broker's gateway; all closed at the end."""
-    made: list[SnRaw] = []
-
-    def make(b: BrokerThread) -> SnRaw:
-        s = SnRaw(sn_port(b))
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
-@pytest.fixture
 def libs() -> Iterator[Callable[..., LibClient]]:
     made: list[LibClient] = []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from .test_mqttsn_interop import (
     SnRaw,
     seen,
     sn_config,
-    sn_port,
     watch,
 )
 
@@ -53,34 +52,6 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("WILLTOPIC with U+0000", b"\x05\x07\x00a\x00"),
     ("noise", b"\xff" * 40),
 ]
-
-
-@pytest.fixture
-def sns() -> Iterator[Callable[[BrokerThread], SnRaw]]:
-    made: list[SnRaw] = []
-
-    def make(b: BrokerThread) -> SnRaw:
-        s = SnRaw(sn_port(b))
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
-@pytest.fixture
-def paho_for() -> Iterator[Callable[[BrokerThread], Clients]]:
-    made: list[Clients] = []
-
-    def make(b: BrokerThread) -> Clients:
-        c = Clients(b.port)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
 
 
 def gateway_stat(bt: BrokerThread, name: str) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -27,7 +27,6 @@ from .test_mqttsn_interop import (
     queued_for,
     seen,
     sn_config,
-    sn_port,
     watch,
 )
 
@@ -46,34 +45,6 @@ def bt(make_broker_thread: MakeBroker) -> BrokerThread:
 def fast(make_broker_thread: MakeBroker) -> BrokerThread:
     """A gateway that resends after 0.3 s and gives a client up after 2 resends."""
     return make_broker_thread(sn_config(retry_interval=RETRY, max_retries=2))
-
-
-@pytest.fixture
-def sns() -> Iterator[Callable[[BrokerThread], SnRaw]]:
-    made: list[SnRaw] = []
-
-    def make(b: BrokerThread) -> SnRaw:
-        s = SnRaw(sn_port(b))
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
-@pytest.fixture
-def paho_for() -> Iterator[Callable[[BrokerThread], Clients]]:
-    made: list[Clients] = []
-
-    def make(b: BrokerThread) -> Clients:
-        c = Clients(b.port)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
 
 
 def let_pass(until: float) -> None:
