@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .paho_client import Client
 from .payload import decode_raw, encode, make_doc
 from .profile import Profile
 from .seeding import device_rng, link_rng, run_midnight, sensor_rng
@@ -121,11 +122,11 @@ class Device:
     # -- the MQTT client ----------------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.id,
-                        protocol=MQTTProtocolVersion.MQTTv5 if self.v5
-                        else MQTTProtocolVersion.MQTTv311,
-                        clean_session=None if self.v5 else False,
-                        reconnect_on_failure=False)
+        c = Client(CallbackAPIVersion.VERSION2, client_id=self.id,
+                   protocol=MQTTProtocolVersion.MQTTv5 if self.v5
+                   else MQTTProtocolVersion.MQTTv311,
+                   clean_session=None if self.v5 else False,
+                   reconnect_on_failure=False)
         c.max_inflight_messages_set(20)
         c.max_queued_messages_set(self.profile.buffer_max)
         c.will_set(self.status_topic, b"offline", qos=1, retain=True)
