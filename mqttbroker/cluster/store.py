@@ -94,6 +94,11 @@ class Keys:
     def control(self, node: str) -> str:
         return f"{self.p}:control:{node}"
 
+    def records(self, node: str) -> str:
+        """Extensions' records of one node (an MQTT-SN listener's sessions), field
+        ``owner NUL key``: node-local, like the listeners that keep them."""
+        return f"{self.p}:records:{node}"
+
 
 def pack_message(m: Message, loop: asyncio.AbstractEventLoop) -> list[Any]:
     """A message as msgpack-able values (its expiry as wall-clock time)."""
@@ -110,8 +115,8 @@ def unpack_message(v: list[Any], loop: asyncio.AbstractEventLoop) -> Message:
 class _Batch:
     """Changes not yet sent to Redis, folded per key (see the SQLite backend's ``_Batch``)."""
 
-    __slots__ = ("acks", "forwards", "inbound", "items", "retained", "routes", "sessions",
-                 "subs")
+    __slots__ = ("acks", "forwards", "inbound", "items", "records", "retained", "routes",
+                 "sessions", "subs")
 
     def __init__(self) -> None:
         self.sessions: dict[str, bytes | None] = {}
@@ -122,10 +127,12 @@ class _Batch:
         self.routes: dict[str, int] = {}  # filter -> this node's count now (0: gone)
         self.forwards: list[tuple[str, bytes]] = []  # (node, envelope), in order
         self.acks: list[bytes] = []  # inbox entries handled
+        self.records: dict[tuple[str, str], bytes | None] = {}
 
     def __len__(self) -> int:
         return (len(self.sessions) + len(self.subs) + len(self.items) + len(self.inbound)
-                + len(self.retained) + len(self.routes) + len(self.forwards) + len(self.acks))
+                + len(self.retained) + len(self.routes) + len(self.forwards) + len(self.acks)
+                + len(self.records))
 
     def merge(self, newer: _Batch) -> None:
         self.sessions.update(newer.sessions)
@@ -136,6 +143,7 @@ class _Batch:
         self.routes.update(newer.routes)
         self.forwards.extend(newer.forwards)
         self.acks.extend(newer.acks)
+        self.records.update(newer.records)
 
 
 class RedisStore(GroupCommit[_Batch]):
@@ -169,8 +177,13 @@ class RedisStore(GroupCommit[_Batch]):
             if rec is not None:
                 sessions.append(rec)
         retained = await self.load_retained()
+        records: dict[str, dict[str, bytes]] = {}
+        for field_, value in (await self.redis.hgetall(k.records(self.node))).items():
+            owner, _, key = text(field_).partition("\0")
+            records.setdefault(owner, {})[key] = value if isinstance(value, bytes) \
+                else value.encode()
         self._start(loop)
-        return Snapshot(sessions, retained)
+        return Snapshot(sessions, retained, records)
 
     async def load_retained(self) -> list[Message]:
         assert self._loop is not None
@@ -333,6 +346,9 @@ class RedisStore(GroupCommit[_Batch]):
                 else ("hset", (k.items(cid), str(seq), packed), {}))
         for (cid, pid), put in b.inbound.items():
             add(("sadd" if put else "srem", (k.inbound(cid), pid), {}))
+        for (owner, key), value in b.records.items():
+            add(("hdel", (k.records(me), f"{owner}\0{key}"), {}) if value is None
+                else ("hset", (k.records(me), f"{owner}\0{key}", value), {}))
         for topic, packed in b.retained.items():
             add(("hdel", (k.retained, topic), {}) if packed is None
                 else ("hset", (k.retained, topic, packed), {}))

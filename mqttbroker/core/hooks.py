@@ -252,6 +252,20 @@ class LocalClients(Protocol):
         """Publish ``message`` (its ``sender`` names the local client) to local subscribers."""
 
 
+class Records(Protocol):
+    """An extension's durable records, key -> bytes (an MQTT-SN listener's persistent
+    sessions): written with the broker's other changes, in the same commits; read back at
+    start as :attr:`loaded`. Without persistence they last as long as the process."""
+
+    @property
+    def loaded(self) -> Mapping[str, bytes]:
+        """What the store held for this extension when the broker started."""
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
 class HoldPacket(Exception):
     """Raised by the broker while it handles a packet whose decision is on its way (an
     async plugin's answer): the connection keeps that packet and those after it, reads no

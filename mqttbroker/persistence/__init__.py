@@ -7,9 +7,10 @@ journal call); ``sqlite`` is :class:`~.sqlite.SqliteStorage`.
 from __future__ import annotations
 
 from ..config import PersistenceConfig
-from .base import Snapshot, Storage, StoredItem, StoredSession, StoredWill
+from .base import OwnerRecords, Snapshot, Storage, StoredItem, StoredSession, StoredWill
 
-__all__ = ["Snapshot", "Storage", "StoredItem", "StoredSession", "StoredWill", "open_storage"]
+__all__ = ["OwnerRecords", "Snapshot", "Storage", "StoredItem", "StoredSession", "StoredWill",
+           "open_storage"]
 
 
 def open_storage(config: PersistenceConfig) -> Storage | None:

@@ -6,7 +6,8 @@ durable in its own time, and the :class:`Snapshot` it reads back when the broker
 
 Keys: sessions by client id, subscriptions by (client id, filter), session items (outbound
 messages in flight or queued) by ``seq`` (one counter for the whole store, so a session's items
-load back in order), inbound QoS 2 ids by (client id, packet id), retained messages by topic.
+load back in order), inbound QoS 2 ids by (client id, packet id), retained messages by topic,
+and extensions' records (opaque bytes) by (owner, key): :class:`OwnerRecords`.
 A message stored for several sessions (and as retained) is stored once: ``add_item`` and
 ``put_retained`` take a reference, ``delete_item`` and ``delete_retained`` drop one.
 
@@ -78,6 +79,8 @@ class Snapshot:
 
     sessions: list[StoredSession] = field(default_factory=list)
     retained: list[Message] = field(default_factory=list)
+    #: extensions' records: owner -> key -> value (:class:`OwnerRecords`)
+    records: dict[str, dict[str, bytes]] = field(default_factory=dict)
 
 
 class Storage(Protocol):
@@ -128,6 +131,11 @@ class Storage(Protocol):
 
     def delete_inbound(self, client_id: str, packet_id: int) -> None: ...
 
+    def put_record(self, owner: str, key: str, value: bytes) -> None:
+        """Create or replace an extension's record (:class:`OwnerRecords`)."""
+
+    def delete_record(self, owner: str, key: str) -> None: ...
+
     def put_retained(self, message: Message, old: Message | None) -> None:
         """``message`` is now its topic's retained message (``old`` the one it replaces)."""
 
@@ -137,6 +145,30 @@ class Storage(Protocol):
     def keep_until_committed(self, conn: GatedOutput, data: bytes) -> bool:
         """With ``gates_output``: keep ``data`` for ``conn`` until every change made so far is
         committed, and return True; False when nothing is waiting (send it now)."""
+
+
+class OwnerRecords:
+    """The durable records of one extension (``owner``, e.g. an MQTT-SN listener), key ->
+    bytes: journaled with the broker's other changes and committed with them (a record put
+    before a PUBACK is on disk when the PUBACK leaves), read back at start (:attr:`loaded`).
+    Without a backend (``memory``) they last as long as the process. Implements
+    :class:`mqttbroker.core.hooks.Records`."""
+
+    __slots__ = ("_storage", "loaded", "owner")
+
+    def __init__(self, storage: Storage | None, owner: str,
+                 loaded: dict[str, bytes] | None = None) -> None:
+        self._storage = storage
+        self.owner = owner
+        self.loaded: dict[str, bytes] = loaded or {}  # what the store held at start
+
+    def put(self, key: str, value: bytes) -> None:
+        if self._storage is not None:
+            self._storage.put_record(self.owner, key, value)
+
+    def delete(self, key: str) -> None:
+        if self._storage is not None:
+            self._storage.delete_record(self.owner, key)
 
 
 def to_wall(loop_time: float, loop: asyncio.AbstractEventLoop) -> float:

@@ -29,6 +29,8 @@ class Batch(Protocol):
 
     #: (client id, packet id) -> True: a QoS 2 packet id received, False: released
     inbound: dict[tuple[str, int], bool]
+    #: (owner, key) -> an extension's record, None: deleted
+    records: dict[tuple[str, str], bytes | None]
 
     def merge(self, newer: Self) -> None:
         """Fold a newer batch into this one (a failed write is retried with what followed)."""
@@ -108,6 +110,15 @@ class GroupCommit(Generic[B]):
     def delete_inbound(self, client_id: str, packet_id: int) -> None:
         """The PUBREL came: the packet id is free again."""
         self._pending.inbound[client_id, packet_id] = False
+        self._touch()
+
+    def put_record(self, owner: str, key: str, value: bytes) -> None:
+        """An extension's record (persistence/base.py, OwnerRecords)."""
+        self._pending.records[owner, key] = value
+        self._touch()
+
+    def delete_record(self, owner: str, key: str) -> None:
+        self._pending.records[owner, key] = None
         self._touch()
 
     def pending_changes(self) -> int:

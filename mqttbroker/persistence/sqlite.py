@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS inbound (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, message INTEGER NOT NULL)
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    owner TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (owner, key)
+) WITHOUT ROWID;
 """
 
 _Row = tuple[Any, ...]
@@ -77,7 +80,8 @@ _Row = tuple[Any, ...]
 class _Batch:
     """Changes not yet handed to the writer: table key -> row, or None to delete."""
 
-    __slots__ = ("inbound", "items", "messages", "new_items", "retained", "sessions", "subs")
+    __slots__ = ("inbound", "items", "messages", "new_items", "records", "retained", "sessions",
+                 "subs")
 
     def __init__(self) -> None:
         self.messages: dict[int, _Row | None] = {}
@@ -87,10 +91,11 @@ class _Batch:
         self.new_items: set[int] = set()  # items created in this batch (never written yet)
         self.inbound: dict[tuple[str, int], bool] = {}
         self.retained: dict[str, int | None] = {}
+        self.records: dict[tuple[str, str], bytes | None] = {}
 
     def __len__(self) -> int:
         return (len(self.messages) + len(self.sessions) + len(self.subs) + len(self.items)
-                + len(self.inbound) + len(self.retained))
+                + len(self.inbound) + len(self.retained) + len(self.records))
 
     def merge(self, newer: _Batch) -> None:
         """Fold a newer batch into this one (a failed write is retried with what followed)."""
@@ -100,6 +105,7 @@ class _Batch:
         self.items.update(newer.items)
         self.inbound.update(newer.inbound)
         self.retained.update(newer.retained)
+        self.records.update(newer.records)
 
 
 def _item_row(seq: int, client_id: str, message_id: int, qos: int, retain: bool,
@@ -218,6 +224,9 @@ class SqliteStorage(GroupCommit[_Batch]):
             if kept is not None:
                 stored[kept][1] += 1
                 retained.append(kept)
+        records: dict[str, dict[str, bytes]] = {}
+        for owner, key, value in db.execute("SELECT owner, key, value FROM records"):
+            records.setdefault(owner, {})[key] = bytes(value)
         # rows nothing refers to any more (an interrupted clean-up): gone now
         if orphans:
             db.executemany("DELETE FROM items WHERE seq=?", [(s,) for s in orphans])
@@ -226,7 +235,7 @@ class SqliteStorage(GroupCommit[_Batch]):
             db.executemany("DELETE FROM messages WHERE id=?", [(stored[m][0],) for m in unused])
         for m in unused:
             del stored[m]
-        return Snapshot(list(sessions.values()), retained)
+        return Snapshot(list(sessions.values()), retained, records)
 
     def _unpack_will(self, blob: bytes) -> StoredWill:
         assert self._loop is not None
@@ -383,6 +392,11 @@ class SqliteStorage(GroupCommit[_Batch]):
                                [k for k, put in b.inbound.items() if put])
                 db.executemany("DELETE FROM inbound WHERE client_id=? AND packet_id=?",
                                [k for k, put in b.inbound.items() if not put])
+            if b.records:
+                db.executemany("INSERT OR REPLACE INTO records VALUES (?,?,?)",
+                               [(o, k, v) for (o, k), v in b.records.items() if v is not None])
+                db.executemany("DELETE FROM records WHERE owner=? AND key=?",
+                               [k for k, v in b.records.items() if v is None])
             if b.retained:
                 db.executemany("INSERT OR REPLACE INTO retained VALUES (?,?)",
                                [(t, m) for t, m in b.retained.items() if m is not None])
@@ -392,4 +406,4 @@ class SqliteStorage(GroupCommit[_Batch]):
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self.rows_written += rows + len(b.inbound) + len(b.retained)
+        self.rows_written += rows + len(b.inbound) + len(b.retained) + len(b.records)

@@ -27,6 +27,7 @@ wait is bounded; a failure shows the end of the nodes' logs.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -44,7 +45,7 @@ import redis
 from mqttbroker.protocol.packets import Pubcomp, Publish, Pubrec, Pubrel
 
 from .clusterproc import PREFIX, NodeProc, RedisProc, node_procs, redis_procs
-from .helpers import V311, Collector, Msg, Paho, RawClient, wait_until
+from .helpers import V311, Collector, Msg, Paho, RawClient, unique_id, wait_until
 from .test_crash import PahoStreamer, RawQos2Streamer, RawSubscriber, describe, wait_for_all
 from .v5helpers import P, Paho5, RawV5
 
@@ -1180,3 +1181,34 @@ def test_new_client_id_refused_while_redis_is_away(
         assert r.connect("never-seen").return_code == 0
     finally:
         r.close()
+
+
+def test_the_store_keeps_extension_records_per_node(redis_server: RedisProc) -> None:
+    """What an extension (an MQTT-SN listener) stores through a node's RedisStore comes back
+    to that node, and only to it; a record deleted in the batch that made it never lands."""
+    import redis.asyncio as aioredis
+
+    from mqttbroker.cluster.store import Keys, RedisStore
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        r = aioredis.from_url(redis_server.url)
+        keys = Keys(unique_id("records-"))
+        first = RedisStore(r, keys, "node-a")
+        assert (await first.open(loop)).records == {}
+        first.put_record("mqttsn:sn", "c1", b"\x81\xa1a\x01")
+        first.put_record("mqttsn:sn", "c2", b"gone")
+        first.delete_record("mqttsn:sn", "c2")
+        first.put_record("other", "k", b"")
+        await first.close()
+        again = RedisStore(r, keys, "node-a")
+        assert (await again.open(loop)).records == {
+            "mqttsn:sn": {"c1": b"\x81\xa1a\x01"}, "other": {"k": b""}}
+        again.delete_record("other", "k")
+        await again.close()
+        assert (await RedisStore(r, keys, "node-a").open(loop)).records == {
+            "mqttsn:sn": {"c1": b"\x81\xa1a\x01"}}
+        assert (await RedisStore(r, keys, "node-b").open(loop)).records == {}
+        await r.aclose()
+
+    asyncio.run(scenario())

@@ -175,3 +175,26 @@ async def test_a_failed_commit_keeps_holding_and_is_retried(tmp_path: Path) -> N
     assert conn.released == [[b"ack"]] and st.commits == 1
     await st.close()
     assert rows(tmp_path / "db.sqlite", "sessions") == 1
+
+
+async def test_extension_records_round_trip_by_owner(tmp_path: Path) -> None:
+    """put_record/delete_record (an MQTT-SN listener's sessions) come back per owner; a
+    record deleted in the batch that made it is never written."""
+    db = tmp_path / "r.sqlite"
+    s = make(db)
+    assert (await s.open(asyncio.get_running_loop())).records == {}
+    s.put_record("mqttsn:sn", "c1", b"\x01")
+    s.put_record("mqttsn:sn", "c2", b"\x02")
+    s.put_record("mqttsn:other", "c1", b"\x03")
+    s.delete_record("mqttsn:sn", "c2")
+    await s.close()
+    assert rows(db, "records") == 2
+    s = make(db)
+    snap = await s.open(asyncio.get_running_loop())
+    assert snap.records == {"mqttsn:sn": {"c1": b"\x01"}, "mqttsn:other": {"c1": b"\x03"}}
+    s.put_record("mqttsn:sn", "c1", b"\x04")  # replaced
+    s.delete_record("mqttsn:other", "c1")
+    await s.close()
+    s = make(db)
+    assert (await s.open(asyncio.get_running_loop())).records == {"mqttsn:sn": {"c1": b"\x04"}}
+    await s.close()
