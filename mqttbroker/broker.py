@@ -33,7 +33,7 @@ from .keepalive import KeepAliveWheel
 from .message import Message
 from .metrics import Metrics
 from .mqttsn import Gateway
-from .persistence import Snapshot, Storage, StoredSession, open_storage
+from .persistence import OwnerRecords, Snapshot, Storage, StoredSession, open_storage
 from .plugins.api import Action
 from .plugins.host import PluginHost
 from .protocol.connection import ConnState, Limits
@@ -128,6 +128,7 @@ class Broker:
             self.dispatch, self.now)
         self.addresses: list[tuple[str, str, int]] = []
         self.gateways: list[Gateway] = []  # MQTT-SN listeners (mqttsn/)
+        self._records: dict[str, dict[str, bytes]] = {}  # extensions' records, as loaded
         self._servers: list[asyncio.Server] = []
         self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
         self.sys_topics = SysTopics(self, self.publish)  # $SYS (systopics.py)
@@ -228,6 +229,8 @@ class Broker:
             await self._close_storage()
             raise
         self.running = True
+        for gateway in self.gateways:  # (their stored sessions need a running broker)
+            gateway.resume()
         self._keepalive_tick()
         self.sys_topics.start()
         self.bridges.start()
@@ -238,7 +241,9 @@ class Broker:
         def factory(name: str = lc.name) -> ClientConnection:
             return ClientConnection(self, name)
 
-        gateway = Gateway(lc, factory, self.publish, self.metrics,
+        owner = f"mqttsn:{lc.name}"  # (its persistent sessions: registrations, sleep)
+        records = OwnerRecords(self.storage, owner, self._records.pop(owner, None))
+        gateway = Gateway(lc, factory, self.publish, self.metrics, records,
                           self.config.mqtt.max_queued_messages or 1000)
         host, port = await gateway.start(self.reuse_port)
         self.gateways.append(gateway)
@@ -250,6 +255,8 @@ class Broker:
         """Put back what storage kept: retained messages, then sessions (offline until their
         clients come back) with their expiry counting the downtime, then their wills."""
         assert self._loop is not None and self.storage is not None
+        if not adopted:
+            self._records = snapshot.records
         for m in snapshot.retained:
             self.retained.load(m)
         sessions = [s for s in snapshot.sessions if not self.bridges.owns(s.client_id)]

@@ -61,11 +61,13 @@ class ListenerConfig:
     ws_pack_packets: bool = False
     # mqttsn listeners (UDP; docs/mqttsn.md): the gateway's id in ADVERTISE/GWINFO, seconds
     # between ADVERTISE broadcasts (0: none) and where they go, the predefined topic ids,
-    # whether QoS -1 PUBLISH (no connection) is taken, and Tretry / Nretry
+    # whether QoS -1 PUBLISH (no connection) is taken, and Tretry / Nretry; client_users:
+    # the user name a client id (or shell pattern, in order) stands for (default: the id)
     gateway_id: int = 1
     advertise_interval: float = 900.0
     broadcast: tuple[str, int] | None = None
     predefined_topics: tuple[tuple[int, str], ...] = ()
+    client_users: tuple[tuple[str, str], ...] = ()
     qos_minus_one: bool = False
     retry_interval: float = 10.0
     max_retries: int = 5

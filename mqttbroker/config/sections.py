@@ -77,6 +77,24 @@ def _predefined_topics(v: _Validator, value: Any, path: _KeyPath
     return tuple(sorted(out))
 
 
+def _client_users(v: _Validator, value: Any, path: _KeyPath) -> tuple[tuple[str, str], ...]:
+    """MQTT-SN client id -> user name: ``{client id or pattern: user name}``; a pattern has
+    ``*``, ``?`` or ``[...]`` (shell style, matched in the order given)."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise _Bad("expected a mapping of client ids (or patterns like 'sensor-*') to user "
+                   "names, e.g. {'sensor-*': sensors}")
+    out: list[tuple[str, str]] = []
+    for key, user in value.items():
+        if not isinstance(key, str) or not key or "\0" in key:
+            raise _Bad(f"expected a client id or pattern, got {key!r}")
+        if not isinstance(user, str) or not user or "\0" in user:
+            raise _Bad(f"{key!r}: expected a user name, got {user!r}")
+        out.append((key, user))
+    return tuple(out)
+
+
 _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "type": _choice(("tcp", "ws", "mqttsn"), str.lower),
     "bind": _bind,
@@ -98,12 +116,13 @@ _LISTENER_FIELDS: Final[Mapping[str, _Conv]] = {
     "advertise_interval": _float(0),
     "broadcast": _bind,
     "predefined_topics": _predefined_topics,
+    "client_users": _client_users,
     "qos_minus_one": _bool,
     "retry_interval": _float(0, exclusive=True),
     "max_retries": _int(0, 100),
 }
 _MQTTSN_ONLY: Final = ("gateway_id", "advertise_interval", "broadcast", "predefined_topics",
-                       "qos_minus_one", "retry_interval", "max_retries")
+                       "client_users", "qos_minus_one", "retry_interval", "max_retries")
 _STREAM_ONLY: Final = ("ssl", "certfile", "keyfile", "cafile", "capath", "cadata",
                        "require_certificate", "use_identity_as_username", "tls_version", "path",
                        "ws_pack_packets")

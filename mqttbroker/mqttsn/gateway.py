@@ -9,16 +9,27 @@ in-process MQTT client: a connection the broker made (``connection_factory``) ov
 :class:`~mqttbroker.protocol.client_protocol.ClientProtocol` (MQTT 3.1.1, keep-alive off:
 the MQTT-SN session keeps its own). What the broker writes is read back on the next turn of
 the loop, never inside the broker's own call.
+
+A connected persistent session (CleanSession 0) is kept in the listener's :class:`Records`
+(with the broker's storage, committed with everything else), keyed by client id: its
+registrations, Duration, will and whether it sleeps. After a restart each is put back at
+start, asleep or active, its MQTT session resumed: a sleeper's wake-up (PINGREQ) delivers what
+the broker kept for it, and an active client goes on with the topic ids it had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
+import msgpack  # type: ignore[import-untyped]
+
 from ..config import ListenerConfig
+from ..core.hooks import Records
 from ..errors import MqttsnError
 from ..message import Message
 from ..metrics import Metrics
@@ -33,6 +44,8 @@ from ..transports.udp import Address, UdpEndpoint, serve_udp
 log = logging.getLogger("mqttbroker.mqttsn")
 
 ConnectionFactory = Callable[[], asyncio.Protocol]
+_PATTERN_CHARS = frozenset("*?[")  # a client_users key with one of them is a pattern
+EARLY_DATAGRAMS = 10_000  # held while the broker starts (beyond: dropped, counted)
 
 
 class SnTransport(asyncio.Transport):
@@ -108,6 +121,8 @@ class SnClient:
         self._inbox: list[bytes] = []  # what the broker wrote, read on the next turn
         self._reading: asyncio.Handle | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._saved: tuple[Any, ...] | None = None  # what the stored record reflects
+        self._deferred: sn.Pingreq | None = None  # a wake-up before the restored session is
 
     @property
     def name(self) -> str:
@@ -120,7 +135,11 @@ class SnClient:
             if self._reading is not None:
                 self._reading.cancel()
             self._read_broker()
-        self.session.receive(msg, now)
+        s = self.session
+        if isinstance(msg, sn.Pingreq) and s.restoring and s.state is ss.SnState.ASLEEP:
+            self._deferred = msg  # (a wake-up: once the broker has given the session back)
+            return
+        s.receive(msg, now)
         self.pump(now)
 
     def pump(self, now: float) -> None:
@@ -132,6 +151,10 @@ class SnClient:
             self.gateway.send(codec.encode(out), self.address)
         for why in self.session.problems():
             log.info("mqttsn client %s: %s", self.name, why)
+        saved = (self.session.durable_key(), self.address)
+        if saved != self._saved:
+            self._saved = saved
+            self.gateway.save(self)
         self._arm(now)
 
     def _apply(self, a: ss.Action, now: float) -> None:
@@ -249,6 +272,9 @@ class SnClient:
                     s.unsubscribed(ref, now)
             elif isinstance(ev, cp.Closed):
                 s.broker_closed(now)
+        if self._deferred is not None and not s.restoring:
+            msg, self._deferred = self._deferred, None
+            s.receive(msg, now)
         self.pump(now)
 
     def broker_closed(self, transport: SnTransport) -> None:
@@ -294,7 +320,7 @@ class Gateway:
     """One ``type: mqttsn`` listener."""
 
     def __init__(self, listener: ListenerConfig, connection_factory: ConnectionFactory,
-                 publish: Callable[[Message], object], metrics: Metrics,
+                 publish: Callable[[Message], object], metrics: Metrics, records: Records,
                  max_buffered: int = 1000) -> None:
         self.listener = listener
         self.connection_factory = connection_factory
@@ -310,13 +336,31 @@ class Gateway:
         self.sleeping = 0
         self.dropped_datagrams = 0
         self._advertise: asyncio.TimerHandle | None = None
+        self.records = records
+        # connected persistent sessions, by client id (what the records hold)
+        self._kept: dict[str, bytes] = dict(records.loaded)
+        self._users = {cid: user for cid, user in listener.client_users
+                       if not _PATTERN_CHARS.intersection(cid)}
+        self._user_patterns = [(re.compile(fnmatch.translate(p)), user)
+                               for p, user in listener.client_users
+                               if _PATTERN_CHARS.intersection(p)]
+        self._running = False  # until resume(): datagrams are held in _early
+        self._early: list[tuple[bytes, Address]] = []
 
     @property
     def name(self) -> str:
         return f"listener {self.listener.name}"
 
     def username_for(self, client_id: str) -> str:
-        """MQTT-SN has no user name: the client id stands for it (docs/mqttsn.md)."""
+        """MQTT-SN has no user name: the listener's ``client_users`` says which one a client
+        id stands for (an exact id first, then the patterns in order), else the id itself
+        (docs/mqttsn.md, "Who a client is")."""
+        user = self._users.get(client_id)
+        if user is not None:
+            return user
+        for pattern, user in self._user_patterns:
+            if pattern.fullmatch(client_id):
+                return user
         return client_id
 
     async def start(self, reuse_port: bool = False) -> Address:
@@ -325,6 +369,77 @@ class Gateway:
         if lc.advertise_interval and lc.broadcast is not None:
             self._send_advertise()
         return self.endpoint.address
+
+    def resume(self) -> None:
+        """The broker is running (it takes connections): put the stored sessions back, then
+        handle the datagrams that came before (held, not dropped)."""
+        self._running = True
+        now = asyncio.get_running_loop().time()
+        self._restore(now)
+        early, self._early = self._early, []
+        for data, address in early:
+            self.datagram(data, address, now)
+
+    # -- persistent sessions -------------------------------------------------------------------
+
+    def kept(self, client_id: str) -> dict[str, Any] | None:
+        """The stored persistent session of ``client_id`` (None: none, or unreadable)."""
+        blob = self._kept.get(client_id)
+        if blob is None:
+            return None
+        try:
+            record = msgpack.unpackb(blob)
+            if not isinstance(record, dict):
+                raise TypeError("not a map")
+            return record
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            log.warning("mqttsn %s: the stored session of %r cannot be read (%s): dropped",
+                        self.listener.name, client_id, exc)
+            del self._kept[client_id]
+            self.records.delete(client_id)
+            return None
+
+    def save(self, client: SnClient) -> None:
+        """Store ``client``'s session if it is persistent (or forget the stored one)."""
+        s = client.session
+        cid = s.client_id
+        if cid is None:
+            return
+        record = s.durable()
+        if record is not None:
+            record["address"] = list(client.address)
+            blob = msgpack.packb(record)
+            if self._kept.get(cid) != blob:
+                self._kept[cid] = blob
+                self.records.put(cid, blob)
+        elif self._kept.pop(cid, None) is not None:
+            self.records.delete(cid)
+
+    def _restore(self, now: float) -> None:
+        """After a restart: every persistent session that was connected is back, asleep or
+        active, resumed with the broker (a sleeper's wake-up finds it by its client id, from
+        any address)."""
+        restored = 0
+        for cid in list(self._kept):
+            record = self.kept(cid)
+            if record is None:
+                continue
+            try:
+                host, port = record["address"]
+                client = SnClient(self, (str(host), int(port)))
+                client.session.restore(record, now)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("mqttsn %s: the stored session of %r cannot be restored (%s): "
+                            "dropped", self.listener.name, cid, exc)
+                del self._kept[cid]
+                self.records.delete(cid)
+                continue
+            self.clients.setdefault(client.address, client)
+            client.pump(now)
+            restored += 1
+        if restored:
+            log.info("mqttsn %s: %d client session(s) restored (%d asleep)", self.listener.name,
+                     restored, self.sleeping)
 
     async def stop(self) -> None:
         if self._advertise is not None:
@@ -367,6 +482,12 @@ class Gateway:
 
     def datagram(self, data: bytes, address: Address, now: float) -> None:
         """One datagram from ``address``."""
+        if not self._running:  # (the broker is still starting: see resume())
+            if len(self._early) < EARLY_DATAGRAMS:
+                self._early.append((data, address))
+            else:
+                self.dropped_datagrams += 1
+            return
         try:
             msg = codec.decode(data)
         except MqttsnError as exc:  # (the codec's only error, hypothesis-tested)

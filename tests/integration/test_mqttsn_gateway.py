@@ -176,3 +176,40 @@ def test_with_a_password_file_the_listener_decides_and_acls_use_the_client_id(
         s.send(sn.Publish(other.topic_id, b"not mine", qos=1, msg_id=4))
         assert s.recv() == sn.Puback(other.topic_id, 4, ReturnCode.REJECTED_NOT_SUPPORTED)
     s.close()
+
+
+def test_client_users_maps_ids_and_patterns_to_acl_users(make_broker_thread: Any,
+                                                          tmp_path: Any) -> None:
+    """``client_users``: an exact id wins, then the first pattern that matches; an id no key
+    matches is its own user name. Each client gets the ACL rules of the user it maps to."""
+    acl = tmp_path / "acl"
+    acl.write_text("user sensors\ntopic write fleet/#\n"
+                   "user boss\ntopic write control/#\n"
+                   "user free-1\ntopic write own/#\n")
+    cfg = base_config()
+    cfg["auth"] = {"acl-file": str(acl)}
+    cfg["listeners"]["sn"] = {"type": "mqttsn", "bind": "127.0.0.1:0", "allow_anonymous": True,
+                              "client_users": {"sensor-9": "boss", "sensor-*": "sensors",
+                                               "sens*": "never-reached"}}
+    bt = make_broker_thread(cfg)
+    port = next(p for name, _h, p in bt.broker.addresses if name == "sn")
+    expect = {"sensor-1": ("fleet/a", "control/a"),  # pattern -> sensors
+              "sensor-9": ("control/a", "fleet/a"),  # exact id -> boss
+              "free-1": ("own/a", "fleet/a")}  # not in the map: its own id
+    for cid, (allowed, refused) in expect.items():
+        s = Sensor(port)
+        s.send(sn.Connect(cid, keep_alive=30))
+        assert s.recv() == sn.Connack(ReturnCode.ACCEPTED)
+        ids = []
+        for mid, name in ((1, allowed), (2, refused)):
+            s.send(sn.Register(0, mid, name))
+            ack = s.recv()
+            assert isinstance(ack, sn.Regack)
+            ids.append(ack.topic_id)
+        s.send(sn.Publish(ids[0], b"ok", qos=1, msg_id=3))
+        assert s.recv() == sn.Puback(ids[0], 3, ReturnCode.ACCEPTED), cid
+        s.send(sn.Publish(ids[1], b"no", qos=1, msg_id=4))
+        assert s.recv() == sn.Puback(ids[1], 4, ReturnCode.REJECTED_NOT_SUPPORTED), cid
+        s.close()
+    users = bt.call(lambda: {cid: c.username for cid, c in bt.broker.connections.items()})
+    assert users == {"sensor-1": "sensors", "sensor-9": "boss", "free-1": "free-1"}

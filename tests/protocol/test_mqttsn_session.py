@@ -641,3 +641,96 @@ def test_qos_minus_one_from_a_connected_client_is_qos_0() -> None:
 ])
 def test_connack_code_mapping(code: int, sn: int) -> None:
     assert connack_code(code) == sn
+
+
+# -- a persistent session across a broker restart ------------------------------------------------
+
+SLEPT_WITH_TWO_IDS = [
+    C(CONNECT_KEEP), A(MqttConnect("c1", False, 60, None)), connack(0), G(CONNACK),
+    C(REGISTER_ST), G(REGACK_ST),  # the client's "s/t": id 1
+    deliver("s/x", b"v", 0, None), G("09 0A | 00 02 | 00 01 | 73 2F 78"),  # ours: id 2
+    C("07 0B | 00 02 | 00 01 | 00"), G("08 0C | 00 | 00 02 | 00 00 | 76"),
+    C(SLEEP_60), G(DISCONNECT), A(Sleep(60))]
+
+
+def test_what_a_persistent_session_keeps_follows_its_state() -> None:
+    """Nothing for a clean session; a connected persistent one keeps its id, Duration, will,
+    registrations, and whether and how long it sleeps; nothing once its connection ended."""
+    clean = Peer().run(CONNECTED)
+    assert clean.s.durable() is None
+    p = Peer().run(C(CONNECT_KEEP), A(MqttConnect("c1", False, 60, None)))
+    assert p.s.durable() is None  # (not connected yet)
+    p.run(connack(0), G(CONNACK))
+    assert p.s.durable() == {"id": "c1", "state": "active", "keep_alive": 60, "will": None,
+                             "sleep": 0, "topics": [1, []]}
+    key = p.s.durable_key()
+    p.run(C(REGISTER_ST), G(REGACK_ST))
+    assert p.s.durable_key() != key
+    assert p.s.durable()["topics"] == [2, [[1, "s/t", True]]]  # type: ignore[index]
+    p.run(C(SLEEP_60), G(DISCONNECT), A(Sleep(60)))
+    assert p.s.durable()["state"] == "asleep"  # type: ignore[index]
+    assert p.s.durable()["sleep"] == 60  # type: ignore[index]
+    p.run(C(PINGREQ_C1), A(Awake(), Sleep(60)), G(PINGRESP))
+    assert p.s.durable()["state"] == "asleep"  # type: ignore[index]
+    p.run(C(DISCONNECT), G(DISCONNECT), A(Awake(), MqttDisconnect(publish_will=False)))
+    assert p.s.durable() is None
+
+
+def test_a_sleeper_restored_after_a_restart_sleeps_then_wakes_with_its_ids_6_14() -> None:
+    """restore(): asleep again at once (Sleep for the glue), its MQTT session resumed with
+    CleanSession 0; the broker's CONNACK goes to no one; what the broker resends waits for
+    the PINGREQ and goes on the topic id registered before the restart (no REGISTER)."""
+    before = Peer().run(*SLEPT_WITH_TWO_IDS)
+    record = before.s.durable()
+    assert record is not None
+    p = Peer()
+    p.now = 100.0
+    p.s.restore(record, p.now)
+    p.run(B(lambda s, now: None), A(MqttConnect("c1", False, 60, None), Sleep(60)),
+          S(SnState.ASLEEP))
+    assert p.s.restoring
+    assert p.s.next_deadline() == 100 + 90  # the sleep timer counts from the restart
+    p.run(connack(0), S(SnState.ASLEEP))
+    assert not p.s.restoring
+    p.run(deliver("s/x", b"w", 1, 7),  # (a resend of what it had not acknowledged)
+          C(PINGREQ_C1), A(Awake()), G("08 0C | 20 | 00 02 | 00 01 | 77"),
+          C("07 0D | 00 02 | 00 01 | 00"), A(MqttAck(7), Sleep(60)), G(PINGRESP))
+    p.run(C(CONNECT_KEEP), A(Awake()), G(CONNACK),  # awake: its own id 1 still stands
+          C("09 0C | 10 | 00 01 | 00 00 | 32 31"), A(MqttPublish("s/t", b"21", 0, True, None)))
+
+
+def test_an_active_session_restored_goes_on_with_its_ids() -> None:
+    before = Peer().run(C(CONNECT_KEEP), A(MqttConnect("c1", False, 60, None)), connack(0),
+                        G(CONNACK), C(REGISTER_ST), G(REGACK_ST))
+    record = before.s.durable()
+    assert record is not None and record["state"] == "active"
+    p = Peer()
+    p.s.restore(record, 5.0)
+    p.run(B(lambda s, now: None), A(MqttConnect("c1", False, 60, None)), S(SnState.ACTIVE),
+          connack(0), C("09 0C | 10 | 00 01 | 00 00 | 32 31", at=6),
+          A(MqttPublish("s/t", b"21", 0, True, None)))
+    assert p.s.next_deadline() == 6 + 90
+
+
+def test_a_restored_session_the_broker_refuses_ends_and_tells_the_client() -> None:
+    record = Peer().run(*SLEPT_WITH_TWO_IDS).s.durable()
+    assert record is not None
+    p = Peer()
+    p.s.restore(record, 0.0)
+    p.run(B(lambda s, now: None), A(MqttConnect("c1", False, 60, None), Sleep(60)),
+          connack(5), G(DISCONNECT), A(Awake()), S(SnState.LOST), Why("refused the restored"))
+    assert p.s.durable() is None
+
+
+def test_topic_table_export_and_load_round_trip() -> None:
+    p = Peer().run(*SLEPT_WITH_TWO_IDS)
+    data = p.s.topics.export()
+    assert data == [3, [[1, "s/t", True], [2, "s/x", True]]]
+    q = GatewaySession(P)
+    version = q.topics.version
+    q.topics.load(data)
+    assert q.topics.version != version
+    assert q.topics.export() == data
+    assert q.topics.register("s/new") == 3  # the next id goes on from where it was
+    q.topics.load([0, [[0, "bad id", True], [70000, "too big", False], ["1", "s/t", True]]])
+    assert q.topics.export() == [1, []]  # what is not a valid registration is left out

@@ -736,7 +736,9 @@ def test_mqttsn_listener_keys_and_defaults() -> None:
                "predefined_topics": {1: "sensors/predefined/1", "2": "alerts/all"},
                "qos_minus_one": True, "gateway_id": 7, "advertise_interval": 0,
                "broadcast": "255.255.255.255:1885", "retry_interval": 2.5,
-               "max_retries": 3}}}).listeners
+               "max_retries": 3, "client_users": {"sensor-*": "sensors", "gw": "g"}}}}
+    ).listeners
+    assert snl.client_users == (("sensor-*", "sensors"), ("gw", "g"))  # (in order)
     assert (tcp.type, snl.type) == ("tcp", "mqttsn")
     assert (snl.gateway_id, snl.advertise_interval, snl.broadcast, snl.predefined_topics,
             snl.qos_minus_one, snl.retry_interval, snl.max_retries) == (
@@ -744,7 +746,8 @@ def test_mqttsn_listener_keys_and_defaults() -> None:
         True, 2.5, 3)
     (dflt,) = load_config({"listeners": {"sn": {"type": "mqttsn", "bind": ":1885"}}}).listeners
     assert (dflt.gateway_id, dflt.advertise_interval, dflt.qos_minus_one, dflt.retry_interval,
-            dflt.max_retries, dflt.predefined_topics) == (1, 900.0, False, 10.0, 5, ())
+            dflt.max_retries, dflt.predefined_topics, dflt.client_users) == (
+        1, 900.0, False, 10.0, 5, (), ())
 
 
 @pytest.mark.parametrize(("listener", "problem"), [
@@ -757,6 +760,9 @@ def test_mqttsn_listener_keys_and_defaults() -> None:
     ({"type": "mqttsn", "predefined_topics": {1: "a", 2: "a"}}, "'a' has two ids"),
     ({"type": "mqttsn", "predefined_topics": ["a"]}, "expected a mapping of topic ids"),
     ({"type": "mqttsn", "retry_interval": 0}, "must be greater than 0"),
+    ({"type": "mqttsn", "client_users": ["a"]}, "expected a mapping of client ids"),
+    ({"type": "mqttsn", "client_users": {"s-*": ""}}, "'s-*': expected a user name, got ''"),
+    ({"type": "tcp", "client_users": {"a": "b"}}, "listeners.x.client_users: client-users is"),
 ])
 def test_mqttsn_listener_problems_name_the_key(listener: dict[str, Any], problem: str) -> None:
     with pytest.raises(ConfigError) as err:

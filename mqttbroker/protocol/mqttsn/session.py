@@ -61,6 +61,11 @@ Decisions where the specification leaves room:
   wake-up, so a busy topic cannot keep a client awake), each once (a repeated PINGREQ sends
   nothing again), and PINGRESP when the last is acknowledged: ASLEEP, sleep timer restarted.
   Something left in flight when the client fell asleep is resent (DUP) when it wakes.
+* A connected persistent session (CleanSession 0), asleep or not, outlives a broker restart
+  with its registrations, Duration, will and sleep: :meth:`GatewaySession.durable` is what
+  the glue stores, :meth:`GatewaySession.restore` puts it back (its MQTT session resumed, so
+  what the broker kept for a sleeper is buffered again for its wake-up). Registrations
+  belong to the connection: a new CONNECT starts without them, as before.
 * A CONNECT while ASLEEP/AWAKE (same client id) wakes the client to ACTIVE on the same MQTT
   connection: CONNACK, then the buffer (Bisquitt's reading of Fig. 4; Paho gateway issue
   #121). Its CleanSession flag is not acted on; its Will flag runs the will prompts and ends in
@@ -252,6 +257,8 @@ class GatewaySession:
         self.subscribing: dict[int, tuple[int, bool]] = {}  # MsgId -> (topic id, confirm it)
         self.unsubscribing: set[int] = set()
         self.dropped = 0  # deliveries given up (queue full, refused by the client)
+        self.persistent = False  # its last CONNECT had CleanSession 0: kept (see durable())
+        self.restoring = False  # restored asleep, the broker's CONNACK not yet in
         self.last_heard = 0.0
         self._sleep_from = 0.0
         self._connecting: _Connecting | None = None
@@ -287,6 +294,57 @@ class GatewaySession:
 
     def _problem(self, text: str) -> None:
         self._problems.append(text)
+
+    # -- what outlives the gateway (a persistent session) -------------------------------------
+
+    def kept_as(self) -> str | None:
+        """How a restart should find this client: ``"asleep"`` or ``"active"`` while a
+        persistent session (CleanSession 0) is connected, else None (nothing to keep)."""
+        if not self.persistent or not self._mqtt_open:
+            return None
+        if self.state in (SnState.ASLEEP, SnState.AWAKE) or (
+                self.state is SnState.CONNECTING and self._connecting is not None
+                and self._connecting.resume):
+            return "asleep"
+        return "active" if self.state is SnState.ACTIVE else None
+
+    def durable_key(self) -> tuple[Any, ...]:
+        """Changes whenever :meth:`durable` would (cheap: compared after every datagram)."""
+        return (self.client_id, self.kept_as(), self.keep_alive, self.will,
+                self.sleep_duration, self.topics.version)
+
+    def durable(self) -> dict[str, Any] | None:
+        """What a connected persistent session keeps across a broker restart, as plain data
+        (None: nothing to keep): client id, Duration, will, registrations, and whether it
+        sleeps and for how long. The glue stores it; :meth:`restore` puts it back."""
+        kept = self.kept_as()
+        if kept is None:
+            return None
+        w = self.will
+        return {"id": self.client_id, "state": kept, "keep_alive": self.keep_alive,
+                "will": None if w is None else [w.topic, w.payload, w.qos, w.retain],
+                "sleep": self.sleep_duration, "topics": self.topics.export()}
+
+    def restore(self, record: Mapping[str, Any], now: float) -> None:
+        """A client whose persistent session was connected when the broker stopped: asleep
+        or active again, with its registrations, Duration and will; its MQTT session resumed
+        (:class:`MqttConnect`, CleanSession 0), the broker's CONNACK answered to no one. Its
+        timers start now: the downtime is not counted against it."""
+        w = record["will"]
+        asleep = record["state"] == "asleep"
+        self.client_id = str(record["id"])
+        self.keep_alive = int(record["keep_alive"])
+        self.will = None if w is None else WillSpec(str(w[0]), bytes(w[1]), int(w[2]),
+                                                    bool(w[3]))
+        self._will_payload = b"" if w is None else bytes(w[1])
+        self.sleep_duration = int(record["sleep"])
+        self.topics.load(record["topics"])
+        self.persistent = True
+        self.last_heard = self._sleep_from = now
+        self._actions.append(MqttConnect(self.client_id, False, self.keep_alive, self.will))
+        self._mqtt_open = True
+        self.restoring = True
+        self._to(SnState.ASLEEP if asleep else SnState.ACTIVE)
 
     # -- client datagrams in ------------------------------------------------------------------
 
@@ -339,6 +397,7 @@ class GatewaySession:
         if m.clean_session or m.client_id != self.client_id:
             self.topics.clear()  # [MQTT-SN 6.3]
         self.client_id = m.client_id
+        self.persistent = not m.clean_session
         self.keep_alive = m.keep_alive
         self.will = None
         self._will_payload = b""
@@ -604,6 +663,14 @@ class GatewaySession:
 
     def connack(self, code: int, now: float) -> None:
         """The broker answered our :class:`MqttConnect` with ``code`` (0: accepted)."""
+        if self.restoring:  # (a sleeper put back after a restart: it stays asleep)
+            self.restoring = False
+            if code:
+                self._problem(f"broker refused the restored session with code {code}")
+                self._mqtt_open = False
+                self._out.append(Disconnect())  # (the client starts over with a CONNECT)
+                self._end(SnState.LOST, publish_will=False)
+            return
         c = self._connecting
         if self.state is not SnState.CONNECTING or c is None or c.resume or c.asking:
             self._problem(f"broker CONNACK {code} with no CONNECT pending: ignored")

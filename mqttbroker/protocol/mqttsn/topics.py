@@ -16,6 +16,7 @@ it [MQTT-SN 6.3]. 0x0000 and 0xFFFF are reserved [MQTT-SN 5.3.11] and never assi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from ..topics import topic_filter_problem
 from .constants import TopicIdType
@@ -57,7 +58,8 @@ def short_topic_value(topic: str) -> int:
 class TopicTable:
     """One client's topic ids. ``predefined`` is the gateway's id -> topic name map."""
 
-    __slots__ = ("_next", "_predefined_ids", "ids", "known", "names", "predefined", "refused")
+    __slots__ = ("_next", "_predefined_ids", "ids", "known", "names", "predefined", "refused",
+                 "version")
 
     def __init__(self, predefined: Mapping[int, str]) -> None:
         self.predefined: dict[int, str] = dict(predefined)
@@ -70,6 +72,7 @@ class TopicTable:
         self.known: set[int] = set()  # normal ids the client is known to hold
         self.refused: set[str] = set()  # names whose REGISTER the client rejected [6.10]
         self._next = _FIRST_ID
+        self.version = 0  # counts the changes to the registrations (to store them when changed)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -86,14 +89,16 @@ class TopicTable:
             if tid not in self.names:
                 self.ids[name] = tid
                 self.names[tid] = name
+                self.version += 1
                 return tid
         return None
 
     def confirm(self, tid: int) -> None:
         """The client holds ``tid`` (its REGISTER was answered, a SUBACK carried the id, or it
         acknowledged the gateway's REGISTER)."""
-        if tid in self.names:
+        if tid in self.names and tid not in self.known:
             self.known.add(tid)
+            self.version += 1
 
     def forget(self, tid: int) -> None:
         """Drop normal id ``tid``: the client said it does not know it [MQTT-SN 6.10]. The
@@ -101,6 +106,7 @@ class TopicTable:
         name = self.names.pop(tid, None)
         if name is not None:
             del self.ids[name]
+            self.version += 1
         self.known.discard(tid)
 
     def name_of(self, kind: TopicIdType, topic: int | str) -> str | None:
@@ -145,3 +151,24 @@ class TopicTable:
         self.known.clear()
         self.refused.clear()
         self._next = _FIRST_ID
+        self.version += 1
+
+    def export(self) -> list[Any]:
+        """The normal registrations as plain data (kept with a persistent session, to
+        survive sleep and a broker restart): ``[next id, [[id, name, known], ...]]``."""
+        return [self._next, [[tid, name, tid in self.known] for tid, name in self.names.items()]]
+
+    def load(self, data: list[Any]) -> None:
+        """Put back what :meth:`export` gave (replacing every normal registration)."""
+        nxt, rows = data
+        self.ids.clear()
+        self.names.clear()
+        self.known.clear()
+        for tid, name, known in rows:
+            if isinstance(tid, int) and _FIRST_ID <= tid <= _LAST_ID and isinstance(name, str):
+                self.names[tid] = name
+                self.ids[name] = tid
+                if known:
+                    self.known.add(tid)
+        self._next = nxt if isinstance(nxt, int) and _FIRST_ID <= nxt <= _LAST_ID else _FIRST_ID
+        self.version += 1

@@ -1,0 +1,96 @@
+"""MQTT-SN clients across a broker restart, with real processes (SQLite ``sync: commit``):
+a sleeping client's registrations, its sleep and the messages kept for it survive SIGKILL and
+SIGTERM [MQTT-SN 6.14]; so does an active client's topic id. Raw datagrams on the MQTT-SN
+side (SnRaw, test_mqttsn_interop.py), paho on the MQTT side."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mqttbroker.protocol.mqttsn import messages as sn
+
+from .brokerproc import HOST, BrokerProc, broker_procs, free_port
+from .helpers import Clients
+from .test_mqttsn_interop import RC, SnRaw
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    with broker_procs(tmp_path) as make:
+        yield make
+
+
+def sn_broker(procs: Any) -> tuple[BrokerProc, int]:
+    """A broker with its MQTT-SN listener first: once the TCP port accepts connections (what
+    BrokerProc.start waits for), the gateway has started and put its sessions back."""
+    udp, tcp = free_port(), free_port()
+    b: BrokerProc = procs("edge", port=tcp, extra={"listeners": {
+        "sn": {"type": "mqttsn", "bind": f"{HOST}:{udp}", "advertise_interval": 0},
+        "default": {"type": "tcp", "bind": f"{HOST}:{tcp}"}}})
+    return b.start(), udp
+
+
+@pytest.mark.parametrize("stop", ["kill", "terminate"])
+def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
+        procs: Any, stop: str) -> None:
+    broker, udp = sn_broker(procs)
+    mqtt = Clients(broker.port)
+    sleeper, active = SnRaw(udp), SnRaw(udp)
+    try:
+        watcher = mqtt.paho("watcher")
+        watcher.subscribe(("sn/#", 1))
+        sleeper.connect("sleeper", clean=False)
+        up = sleeper.register("sn/up")
+        assert sleeper.subscribe("cmd/#", 1).return_code == RC.ACCEPTED
+        feed = mqtt.paho("feed")
+        feed.publish("cmd/a", b"0", 1)
+        g = sleeper.delivery()  # (the gateway registers cmd/a with it: REGISTER, REGACK)
+        assert (g.topic, g.data) == ("cmd/a", b"0")
+        cmd_a = g.publish.topic
+        active.connect("active", clean=False)
+        act = active.register("sn/act")
+        sleeper.send(sn.Disconnect(60))
+        assert sleeper.recv() == sn.Disconnect(None)
+        feed.publish("cmd/a", b"1", 1)  # kept for the sleeper (PUBACKed: on disk)
+        feed.publish("cmd/b", b"2", 1)
+        assert sleeper.pending() is None
+        mqtt.close()
+
+        broker.kill() if stop == "kill" else broker.terminate()
+        broker.start()
+        mqtt = Clients(broker.port)
+        watcher = mqtt.paho("watcher")
+        watcher.subscribe(("sn/#", 1))
+
+        # the active client goes on with its topic id, no new CONNECT or REGISTER
+        active.publish(act, b"still here", 1)
+        watcher.messages.wait_until(lambda ms: any(m.payload == b"still here" for m in ms))
+
+        # the sleeper wakes: what was kept for it, cmd/a on the id it had, then PINGRESP
+        sleeper.send(sn.Pingreq("sleeper"))
+        registers: list[sn.Register] = []
+        got = [sleeper.delivery(registers=registers) for _ in range(2)]
+        assert [(g.topic, g.data) for g in got] == [("cmd/a", b"1"), ("cmd/b", b"2")]
+        assert got[0].publish.topic == cmd_a
+        assert [r.topic_name for r in registers] == ["cmd/b"]  # not cmd/a again
+        assert sleeper.recv() == sn.Pingresp()
+        sleeper.send(sn.Pingreq("sleeper"))
+        assert sleeper.recv() == sn.Pingresp()  # each once
+
+        # awake again: its own registration from before the restart still stands
+        sleeper.send(sn.Connect("sleeper", 60, False, False))
+        assert sleeper.recv() == sn.Connack(RC.ACCEPTED)
+        sleeper.publish(up, b"awake", 1)
+        watcher.messages.wait_until(lambda ms: any(m.payload == b"awake" for m in ms))
+        topics = {m.payload: m.topic for m in watcher.messages.messages}
+        assert topics[b"awake"] == "sn/up" and topics[b"still here"] == "sn/act"
+    finally:
+        mqtt.close()
+        sleeper.close()
+        active.close()
