@@ -24,7 +24,7 @@ from .config import Config, ListenerConfig, load_config
 from .core.admission import Admission
 from .core.connect import Connector
 from .core.delivery import Dispatcher
-from .core.hooks import BridgeStats
+from .core.hooks import BridgeStats, GatewayStats
 from .core.registry import Registry, will_message
 from .core.subscriptions import Subscriptions
 from .enhanced_auth import EnhancedAuth
@@ -479,6 +479,10 @@ class Broker:
     def bridge_stats(self) -> list[BridgeStats]:
         """Every configured bridge's state and counters (bridge/link.py keeps them)."""
         return [link.stats for link in self.bridges.links]
+
+    def gateway_stats(self) -> list[GatewayStats]:
+        """Every MQTT-SN listener's counters (mqttsn/gateway.py)."""
+        return [gateway.stats() for gateway in self.gateways]
 
     def adopt_session(self, rec: StoredSession) -> None:
         """A session this node took over from another node (cluster), offline until its

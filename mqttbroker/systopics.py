@@ -66,6 +66,15 @@ class SysTopics:
             values[root + "sent"] = str(st.sent)
             values[root + "received"] = str(st.received)
             values[root + "dropped"] = str(st.dropped)
+        for g in view.gateway_stats():
+            root = f"$SYS/broker/mqttsn/{g.listener}/"
+            values[root + "clients"] = str(g.clients)
+            values[root + "sleeping"] = str(g.sleeping)
+            values[root + "datagrams/received"] = str(g.datagrams_received)
+            values[root + "datagrams/sent"] = str(g.datagrams_sent)
+            values[root + "datagrams/malformed"] = str(g.malformed)
+            if g.kernel_drops is not None:
+                values[root + "datagrams/kernel_drops"] = str(g.kernel_drops)
         return values
 
     def start(self) -> None:

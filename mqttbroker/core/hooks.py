@@ -51,6 +51,19 @@ class BridgeStats:
     last_error: str | None = None
 
 
+@dataclass
+class GatewayStats:
+    """One MQTT-SN listener as ``/metrics`` and ``$SYS`` show it (mqttsn/gateway.py)."""
+
+    listener: str
+    clients: int  # MQTT-SN clients it knows (connected, asleep or connecting)
+    sleeping: int
+    datagrams_received: int
+    datagrams_sent: int
+    malformed: int  # datagrams dropped as malformed (and held beyond the start-up limit)
+    kernel_drops: int | None  # datagrams the kernel dropped (socket buffer full); None: unknown
+
+
 class ConnectionHost(Protocol[C]):
     """What one client connection needs of the broker that owns it (``C``: the connection).
 
@@ -194,6 +207,9 @@ class BrokerView(Protocol):
 
     def bridge_stats(self) -> list[BridgeStats]:
         """Every configured bridge, in configuration order."""
+
+    def gateway_stats(self) -> list[GatewayStats]:
+        """Every MQTT-SN listener, in configuration order."""
 
 
 class Blockable(Protocol):

@@ -29,7 +29,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from ..config import ListenerConfig
-from ..core.hooks import Records
+from ..core.hooks import GatewayStats, Records
 from ..errors import MqttsnError
 from ..message import Message
 from ..metrics import Metrics
@@ -44,8 +44,15 @@ from ..transports.udp import Address, UdpEndpoint, serve_udp
 log = logging.getLogger("mqttbroker.mqttsn")
 
 ConnectionFactory = Callable[[], asyncio.Protocol]
+Peer = tuple[Address, bytes | None]  # a client: its address, and its node behind a forwarder
 _PATTERN_CHARS = frozenset("*?[")  # a client_users key with one of them is a pattern
 EARLY_DATAGRAMS = 10_000  # held while the broker starts (beyond: dropped, counted)
+
+
+def _where(address: Address, node: bytes | None) -> str:
+    """How log lines name a client's address."""
+    via = f"node {node.hex()} via " if node is not None else ""
+    return f"{via}{address[0]}:{address[1]}"
 
 
 class SnTransport(asyncio.Transport):
@@ -108,9 +115,10 @@ class SnTransport(asyncio.Transport):
 class SnClient:
     """One MQTT-SN client: its session (data) and its MQTT side in the broker."""
 
-    def __init__(self, gateway: Gateway, address: Address) -> None:
+    def __init__(self, gateway: Gateway, address: Address, node: bytes | None = None) -> None:
         self.gateway = gateway
         self.address = address
+        self.node = node  # the wireless node id behind a forwarder (None: direct)
         self.session = ss.GatewaySession(gateway.params)
         self.session.broker_backlog = self._broker_backlog
         self.proto: cp.ClientProtocol | None = None
@@ -126,7 +134,13 @@ class SnClient:
 
     @property
     def name(self) -> str:
-        return f"{self.session.client_id or '-'} ({self.address[0]}:{self.address[1]})"
+        via = f" node {self.node.hex()} via" if self.node is not None else ""
+        return f"{self.session.client_id or '-'} ({via}{self.address[0]}:{self.address[1]})"
+
+    @property
+    def key(self) -> Peer:
+        """Where its datagrams come from: the address, and the node behind a forwarder."""
+        return self.address, self.node
 
     # -- from the client ---------------------------------------------------------------------
 
@@ -148,10 +162,10 @@ class SnClient:
             self._apply(action, now)
         self._to_broker()
         for out in self.session.datagrams():
-            self.gateway.send(codec.encode(out), self.address)
+            self.gateway.send(out, self.address, self.node)
         for why in self.session.problems():
             log.info("mqttsn client %s: %s", self.name, why)
-        saved = (self.session.durable_key(), self.address)
+        saved = (self.session.durable_key(), self.address, self.node)
         if saved != self._saved:
             self._saved = saved
             self.gateway.save(self)
@@ -331,7 +345,7 @@ class Gateway:
             retry_interval=listener.retry_interval, max_retries=listener.max_retries,
             max_buffered=max_buffered)
         self.endpoint: UdpEndpoint | None = None
-        self.clients: dict[Address, SnClient] = {}
+        self.clients: dict[Peer, SnClient] = {}
         self.sleepers: dict[str, SnClient] = {}  # sleeping clients by client id
         self.sleeping = 0
         self.dropped_datagrams = 0
@@ -350,6 +364,14 @@ class Gateway:
     @property
     def name(self) -> str:
         return f"listener {self.listener.name}"
+
+    def stats(self) -> GatewayStats:
+        """Its counters (``/metrics``, ``$SYS``)."""
+        e = self.endpoint
+        return GatewayStats(
+            self.listener.name, len(self.clients), self.sleeping,
+            e.received if e is not None else 0, e.sent if e is not None else 0,
+            self.dropped_datagrams, e.kernel_drops() if e is not None else None)
 
     def username_for(self, client_id: str) -> str:
         """MQTT-SN has no user name: the listener's ``client_users`` says which one a client
@@ -408,6 +430,7 @@ class Gateway:
         record = s.durable()
         if record is not None:
             record["address"] = list(client.address)
+            record["node"] = client.node
             blob = msgpack.packb(record)
             if self._kept.get(cid) != blob:
                 self._kept[cid] = blob
@@ -426,7 +449,9 @@ class Gateway:
                 continue
             try:
                 host, port = record["address"]
-                client = SnClient(self, (str(host), int(port)))
+                node = record.get("node")
+                client = SnClient(self, (str(host), int(port)),
+                                  None if node is None else bytes(node))
                 client.session.restore(record, now)
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("mqttsn %s: the stored session of %r cannot be restored (%s): "
@@ -434,7 +459,7 @@ class Gateway:
                 del self._kept[cid]
                 self.records.delete(cid)
                 continue
-            self.clients.setdefault(client.address, client)
+            self.clients.setdefault(client.key, client)
             client.pump(now)
             restored += 1
         if restored:
@@ -451,13 +476,16 @@ class Gateway:
         if self.endpoint is not None:
             self.endpoint.close()
 
-    def send(self, data: bytes, address: Address) -> None:
+    def send(self, msg: sn.Message, address: Address, node: bytes | None = None) -> None:
+        """``msg`` to ``address``; to a node behind a forwarder, encapsulated [MQTT-SN 5.5]."""
         if self.endpoint is not None:
-            self.endpoint.send(data, address)
+            if node is not None:
+                msg = sn.Encapsulated(node, msg)
+            self.endpoint.send(codec.encode(msg), address)
 
     def forget(self, client: SnClient) -> None:
-        if self.clients.get(client.address) is client:
-            del self.clients[client.address]
+        if self.clients.get(client.key) is client:
+            del self.clients[client.key]
         self.asleep(client, False)
 
     def asleep(self, client: SnClient, sleeping: bool) -> None:
@@ -481,7 +509,9 @@ class Gateway:
                                                                 self._send_advertise)
 
     def datagram(self, data: bytes, address: Address, now: float) -> None:
-        """One datagram from ``address``."""
+        """One datagram from ``address`` (a client, or a forwarder carrying one's message in
+        an Encapsulated frame [MQTT-SN 5.5]: the client is then that wireless node, and what
+        goes back to it goes encapsulated to the forwarder)."""
         if not self._running:  # (the broker is still starting: see resume())
             if len(self._early) < EARLY_DATAGRAMS:
                 self._early.append((data, address))
@@ -495,38 +525,42 @@ class Gateway:
             log.info("mqttsn %s: datagram from %s:%d dropped: %s", self.listener.name,
                      address[0], address[1], exc)
             return
+        node: bytes | None = None
+        if isinstance(msg, sn.Encapsulated):
+            node, msg = msg.node_id, msg.message
         if isinstance(msg, sn.SearchGw):
-            self.send(codec.encode(sn.GwInfo(self.listener.gateway_id)), address)
+            self.send(sn.GwInfo(self.listener.gateway_id), address, node)
             return
-        client = self.clients.get(address)
         if isinstance(msg, sn.Publish) and msg.qos == -1:
             self._qos_minus_one(msg, address)
             return
+        client = self.clients.get((address, node))
         if client is None:
             if not isinstance(msg, (sn.Connect, sn.Pingreq)):
-                log.info("mqttsn %s: %s from %s:%d, which is not connected: ignored",
-                         self.listener.name, codec.describe(msg), address[0], address[1])
+                log.info("mqttsn %s: %s from %s, which is not connected: ignored",
+                         self.listener.name, codec.describe(msg), _where(address, node))
                 if isinstance(msg, (sn.Publish, sn.Register, sn.Subscribe)):
-                    self.send(codec.encode(sn.Disconnect(None)), address)
+                    self.send(sn.Disconnect(None), address, node)
                 return
-            client = self._find_sleeper(msg, address)
+            client = self._find_sleeper(msg, address, node)
             if client is None:
                 if not isinstance(msg, sn.Connect):
                     return
-                client = self.clients[address] = SnClient(self, address)
+                client = self.clients[address, node] = SnClient(self, address, node)
         client.receive(msg, now)
 
-    def _find_sleeper(self, msg: sn.Message, address: Address) -> SnClient | None:
+    def _find_sleeper(self, msg: sn.Message, address: Address,
+                      node: bytes | None) -> SnClient | None:
         """A sleeping client waking up from another address (its PINGREQ names it)."""
         cid = msg.client_id if isinstance(msg, (sn.Pingreq, sn.Connect)) else None
         client = self.sleepers.get(cid) if cid else None
         if client is None or client.session.state not in (ss.SnState.ASLEEP,
                                                           ss.SnState.AWAKE):
             return None
-        if self.clients.get(client.address) is client:
-            del self.clients[client.address]
-        client.address = address
-        self.clients[address] = client
+        if self.clients.get(client.key) is client:
+            del self.clients[client.key]
+        client.address, client.node = address, node
+        self.clients[address, node] = client
         return client
 
     def _qos_minus_one(self, msg: sn.Publish, address: Address) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -48,6 +49,28 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         self.send(data, addr)
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped for this socket (its receive buffer was full): the
+        ``drops`` column of Linux's ``/proc/net/udp``/``udp6``; None where there is none."""
+        sock = self.transport.get_extra_info("socket") if self.transport else None
+        if sock is None:
+            return None
+        try:
+            inode = str(os.fstat(sock.fileno()).st_ino)
+        except OSError:
+            return None
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(table, encoding="ascii") as fh:
+                    next(fh, None)  # (the header)
+                    for line in fh:
+                        fields = line.split()
+                        if len(fields) > 12 and fields[9] == inode:
+                            return int(fields[12])
+            except (OSError, ValueError):
+                continue
+        return None
 
     @property
     def address(self) -> Address:

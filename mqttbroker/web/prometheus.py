@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from .. import __version__
 
 if TYPE_CHECKING:
-    from ..core.hooks import BridgeStats, BrokerView
+    from ..core.hooks import BridgeStats, BrokerView, GatewayStats
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 _QOS: Final = ("0", "1", "2")
@@ -130,6 +130,7 @@ class BrokerCollector:
             yield _gauge("cluster_backlog", "Messages for other nodes waiting for Redis",
                          st["backlog"])
         yield from _bridges(b)
+        yield from _gateways(b)
         storage = b.storage
         if storage is not None:
             h = storage.commit_latency
@@ -176,6 +177,35 @@ def _bridges(b: BrokerView) -> Iterator[Metric]:
                  lambda s: s.dropped)
     yield family(counter, "connects", "Successful connections to the remote",
                  lambda s: s.connects)
+
+
+def _gateways(b: BrokerView) -> Iterator[Metric]:
+    """The ``mqttbroker_mqttsn_*`` families, labelled ``listener="<name>"``, one sample per
+    MQTT-SN listener (none without one)."""
+    stats = b.gateway_stats()
+    if not stats:
+        return
+
+    def family(kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, doc: str,
+               value: Callable[[GatewayStats], float | None]) -> Metric:
+        f = kind(f"mqttbroker_mqttsn_{name}", doc, labels=["listener"])
+        for st in stats:
+            v = value(st)
+            if v is not None:
+                f.add_metric([st.listener], v)
+        return f
+
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    yield family(gauge, "clients", "MQTT-SN clients the gateway holds (connected, asleep or "
+                 "connecting)", lambda s: s.clients)
+    yield family(gauge, "sleeping", "MQTT-SN clients asleep", lambda s: s.sleeping)
+    yield family(counter, "datagrams_received", "Datagrams received", lambda s:
+                 s.datagrams_received)
+    yield family(counter, "datagrams_sent", "Datagrams sent", lambda s: s.datagrams_sent)
+    yield family(counter, "datagrams_malformed", "Datagrams dropped as malformed",
+                 lambda s: s.malformed)
+    yield family(counter, "kernel_drops", "Datagrams the kernel dropped: the socket's "
+                 "receive buffer was full (Linux /proc/net/udp)", lambda s: s.kernel_drops)
 
 
 def _bound(le: float) -> str:

@@ -213,3 +213,105 @@ def test_client_users_maps_ids_and_patterns_to_acl_users(make_broker_thread: Any
         s.close()
     users = bt.call(lambda: {cid: c.username for cid, c in bt.broker.connections.items()})
     assert users == {"sensor-1": "sensors", "sensor-9": "boss", "free-1": "free-1"}
+
+
+def test_clients_behind_a_forwarder_are_told_apart_by_node_and_answered_encapsulated(
+        broker_thread: BrokerThread, sn_port: int) -> None:
+    """Forwarder encapsulation [MQTT-SN 5.5]: one UDP socket (the forwarder) carries two
+    wireless nodes. Each is its own client (keyed by address and node id); every answer goes
+    back encapsulated with that node's id; SEARCHGW through the forwarder is answered so
+    too; the forwarder's own direct traffic is a third client; an MQTT subscriber sees
+    both nodes' messages."""
+    bt = broker_thread
+    fwd = Sensor(sn_port)
+    inbox = Inbox(bt.port, "fwd/#")
+    a, b = b"\x00\x01", b"\xfe\xed\x02"
+
+    def ask(node: bytes, msg: sn.Message) -> sn.Message:
+        fwd.send(sn.Encapsulated(node, msg))
+        got = fwd.recv()
+        assert isinstance(got, sn.Encapsulated), f"expected an Encapsulated answer, got {got!r}"
+        assert got.node_id == node
+        return got.message
+
+    try:
+        assert ask(a, sn.SearchGw(1)) == sn.GwInfo(1)
+        assert ask(a, sn.Connect("node-a", keep_alive=30)) == sn.Connack(ReturnCode.ACCEPTED)
+        assert ask(b, sn.Connect("node-b", keep_alive=30)) == sn.Connack(ReturnCode.ACCEPTED)
+        fwd.send(sn.Connect("direct", keep_alive=30))
+        assert fwd.recv() == sn.Connack(ReturnCode.ACCEPTED)  # (not encapsulated)
+        assert ask(a, sn.Subscribe("fwd/b", 1, 1)) == sn.Suback(1, 1, ReturnCode.ACCEPTED, 1)
+        regack = ask(b, sn.Register(0, 1, "fwd/b"))
+        assert isinstance(regack, sn.Regack) and regack.return_code == ReturnCode.ACCEPTED
+        fwd.send(sn.Encapsulated(b, sn.Publish(regack.topic_id, b"from b", qos=1, msg_id=2)))
+        answers = {}
+        for _ in range(2):  # b's PUBACK and the delivery to a, in either order
+            got = fwd.recv()
+            assert isinstance(got, sn.Encapsulated)
+            answers[got.node_id] = got.message
+        assert answers[b] == sn.Puback(regack.topic_id, 2, ReturnCode.ACCEPTED)
+        delivery = answers[a]
+        assert isinstance(delivery, sn.Publish) and delivery.data == b"from b"
+        fwd.send(sn.Encapsulated(a, sn.Puback(delivery.topic, delivery.msg_id,
+                                              ReturnCode.ACCEPTED)))
+        assert [m.payload for m in inbox.wait(1)] == [b"from b"]
+        names = bt.call(lambda: sorted(c.session.client_id for gw in bt.broker.gateways
+                                       for c in gw.clients.values()))
+        assert names == ["direct", "node-a", "node-b"]
+    finally:
+        inbox.close()
+        fwd.close()
+
+
+def test_gateway_counters_in_metrics_and_sys_with_the_kernels_drops(
+        broker_thread: BrokerThread, sn_port: int) -> None:
+    """/metrics and $SYS count each MQTT-SN listener's clients, datagrams in and out, the
+    malformed ones and those the kernel dropped: with the broker's loop held for a moment,
+    a burst overflows the socket's receive buffer, and every datagram sent is either
+    received or counted as dropped by the kernel."""
+    from mqttbroker.web.prometheus import MetricsPage
+
+    bt = broker_thread
+    s = Sensor(sn_port)
+    s.send(sn.Connect("counted", keep_alive=30))
+    assert s.recv() == sn.Connack(ReturnCode.ACCEPTED)
+    s.sock.sendto(b"\x03\x0c\x00", s.address)  # a PUBLISH too short to be one: malformed
+    burst = 20_000  # (each takes ~1 KiB of a receive buffer of ~200 KiB)
+    flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ping = codec.encode(sn.Pingreq(None))  # (from no client: ignored, not answered)
+    held = threading.Event()
+
+    def hold() -> None:
+        held.set()
+        time.sleep(0.5)  # the loop reads nothing meanwhile
+
+    holder = threading.Thread(target=bt.call, args=(hold,))
+    holder.start()
+    assert held.wait(5)
+    for _ in range(burst):
+        flood.sendto(ping, s.address)
+    holder.join()
+    flood.close()
+    total = 2 + burst
+
+    def settled() -> Any:
+        st = bt.broker.gateway_stats()[0]
+        return st if st.datagrams_received + (st.kernel_drops or 0) >= total else None
+
+    deadline = time.monotonic() + 5
+    while (st := bt.call(settled)) is None:
+        assert time.monotonic() < deadline, bt.call(lambda: bt.broker.gateway_stats())
+        time.sleep(0.05)
+    assert st.listener == "sn" and st.clients == 1 and st.sleeping == 0
+    assert st.malformed == 1
+    assert st.kernel_drops and st.kernel_drops > 0
+    assert st.datagrams_received + st.kernel_drops == total
+    assert st.datagrams_sent == 1  # (the CONNACK)
+    text = bt.call(lambda: MetricsPage(bt.broker).render().decode())
+    assert 'mqttbroker_mqttsn_clients{listener="sn"} 1.0' in text
+    assert f'mqttbroker_mqttsn_kernel_drops_total{{listener="sn"}} {st.kernel_drops}.0' in text
+    assert 'mqttbroker_mqttsn_datagrams_malformed_total{listener="sn"} 1.0' in text
+    values = bt.call(lambda: bt.broker.sys_topics.values())
+    assert values["$SYS/broker/mqttsn/sn/clients"] == "1"
+    assert values["$SYS/broker/mqttsn/sn/datagrams/kernel_drops"] == str(st.kernel_drops)
+    s.close()
