@@ -38,7 +38,7 @@ from .plugins.api import Action
 from .plugins.host import PluginHost
 from .protocol.connection import ConnState, Limits
 from .protocol.constants import ProtocolLevel, ReasonCode
-from .protocol.packets import Connect, Subscribe, Subscription, Unsubscribe
+from .protocol.packets import Connect, Subscribe, Subscription, Unsubscribe, Will
 from .protocol.properties import PropertyId as Prop
 from .retained import RetainedStore
 from .router import Router, parse_share
@@ -379,6 +379,13 @@ class Broker:
         """A valid CONNECT (authenticated, if enhanced authentication ran): decide it
         (core/connect.py)."""
         self.connector.connect(conn, p, auth_props)
+
+    def replace_will(self, conn: ClientConnection, will: Will | None) -> None:
+        """``conn``'s will changes mid-connection (MQTT-SN's WILLTOPICUPD/WILLMSGUPD): the
+        same checks as at CONNECT, and a persistent session stores it."""
+        conn.will = self.connector.screen_will(conn.client_id or "", conn.username, will)
+        if conn.session is not None:
+            self.registry.store_will(conn.session, conn.will)
 
     def _certificate(self, conn: ClientConnection) -> tuple[bool, str | None]:
         """Whether ``conn``'s listener takes the client certificate's CN as the user name

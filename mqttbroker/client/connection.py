@@ -541,6 +541,17 @@ class ClientConnection(Output, asyncio.Protocol):
             self._send_outbound(out, dup=True)
         self._pump()
 
+    # -- what a protocol carrying this connection needs (core/hooks.CarriedConnection) ------------
+
+    def replace_will(self, will: Will | None) -> None:
+        """A new will for the rest of the connection (MQTT-SN's WILLTOPICUPD/WILLMSGUPD)."""
+        if self.state is ConnState.CONNECTED:
+            self.broker.replace_will(self, will)
+
+    def queued_messages(self) -> int:
+        """Messages its session holds back beyond the in-flight window."""
+        return len(self.session.queue) if self.session is not None else 0
+
     # -- PUBLISH in ---------------------------------------------------------------------------
 
     def _on_publish(self, p: Publish, body: bytes | None = None) -> None:

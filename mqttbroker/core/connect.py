@@ -26,7 +26,7 @@ from ..plugins.api import Action
 from ..plugins.api import Client as PluginClient
 from ..plugins.host import PluginHost
 from ..protocol.constants import MAX_PACKET_SIZE, ProtocolLevel, ReasonCode
-from ..protocol.packets import Connack, Connect, Packet
+from ..protocol.packets import Connack, Connect, Packet, Will
 from ..protocol.properties import PropertyId as Prop
 from ..protocol.topics import is_bridge_state, validate_topic_name
 from ..router import parse_share
@@ -374,20 +374,26 @@ class Connector(Generic[K]):
         return True
 
     def _screen_will(self, p: Connect, client_id: str) -> None:
+        p.will = self.screen_will(client_id, p.username, p.will)
+
+    def screen_will(self, client_id: str, username: str | None,
+                    will: Will | None) -> Will | None:
         """A will is a PUBLISH like any other: one the client may not make never goes out
         (Mosquitto checks it when it would be sent, and drops it likewise). A ``$`` topic
-        is the broker's, as for PUBLISH: but for a bridge's state topic, or a plugin's."""
-        if p.will is not None and p.will.topic.startswith("$") and not (
-                is_bridge_state(p.will.topic) or self.plugins.claims(p.will.topic)):
+        is the broker's, as for PUBLISH: but for a bridge's state topic, or a plugin's.
+        Checked at CONNECT, and when a will is replaced (MQTT-SN's WILLTOPICUPD)."""
+        if will is not None and will.topic.startswith("$") and not (
+                is_bridge_state(will.topic) or self.plugins.claims(will.topic)):
             log.info("client %r: will to %r refused ($ topics are the broker's); it will not "
-                     "be published", client_id, p.will.topic)
+                     "be published", client_id, will.topic)
             self.metrics.sys_publish_refused += 1
-            p.will = None
-        if p.will is not None and self.access.publish_checked and \
-                not self.access.may_publish(client_id, p.username, p.will.topic):
+            return None
+        if will is not None and self.access.publish_checked and \
+                not self.access.may_publish(client_id, username, will.topic):
             log.info("client %r: will to %r not authorised; it will not be published",
-                     client_id, p.will.topic)
-            p.will = None
+                     client_id, will.topic)
+            return None
+        return will
 
     def _connack_fits(self, conn: K, p: Connect, terms: Terms) -> bool:
         """Add what the broker enforces to an MQTT 5 CONNACK; False (closed) when no CONNACK

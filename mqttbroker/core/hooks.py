@@ -23,7 +23,7 @@ from ..metrics import Metrics
 from ..persistence.base import Storage, StoredSession
 from ..protocol.connection import Limits
 from ..protocol.constants import ReasonCode
-from ..protocol.packets import Connect, Subscribe, Unsubscribe
+from ..protocol.packets import Connect, Subscribe, Unsubscribe, Will
 from ..retained import RetainedStore
 from ..router import Router
 from ..session import Session
@@ -105,6 +105,9 @@ class ConnectionHost(Protocol[C]):
 
     def publish_from(self, conn: C, message: Message, plugins_allow: bool = True) -> int:
         """A client published: the MQTT 5 reason code for its PUBACK/PUBREC."""
+
+    def replace_will(self, conn: C, will: Will | None) -> None:
+        """``conn``'s will changes while connected (screened as at CONNECT, and stored)."""
 
     def on_connection_closed(self, conn: C, publish_will: bool) -> None:
         """The connection ended, for whatever reason."""
@@ -266,6 +269,23 @@ class LocalClients(Protocol):
 
     def publish(self, message: Message, source: Any = None) -> int:
         """Publish ``message`` (its ``sender`` names the local client) to local subscribers."""
+
+
+class CarriedConnection(Protocol):
+    """A broker connection that another protocol carries in process (the MQTT-SN gateway's
+    MQTT side): the asyncio protocol calls, and what MQTT-SN needs beyond MQTT."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def replace_will(self, will: Will | None) -> None:
+        """A new will (or none) for the rest of the connection (WILLTOPICUPD/WILLMSGUPD)."""
+
+    def queued_messages(self) -> int:
+        """Messages its session holds back beyond the in-flight window."""
 
 
 class Records(Protocol):

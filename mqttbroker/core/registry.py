@@ -132,6 +132,14 @@ class Registry(Generic[C]):
         self.connections[client_id] = conn
         return session, present
 
+    def store_will(self, session: Session, will: Will | None) -> None:
+        """A connected client's will was replaced: a persistent session stores the new one
+        (what goes out if the broker dies under it)."""
+        if session.store is not None and session.persistent:
+            cid = session.client_id
+            session.store.put_session(cid, session.expiry_interval, None,
+                                      None if will is None else pending_will(will, cid))
+
     def detach(self, session: Session, will: Message | None, delay: int,
                unsent_will: Will | None, running: bool, now: float, wall: float) -> None:
         """``session``'s connection ended: its expiry starts counting, and its will (``will``,

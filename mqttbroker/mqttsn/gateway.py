@@ -29,7 +29,7 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 
 from ..config import ListenerConfig
-from ..core.hooks import GatewayStats, Records
+from ..core.hooks import CarriedConnection, GatewayStats, Records
 from ..errors import MqttsnError
 from ..message import Message
 from ..metrics import Metrics
@@ -43,7 +43,7 @@ from ..transports.udp import Address, UdpEndpoint, serve_udp
 
 log = logging.getLogger("mqttbroker.mqttsn")
 
-ConnectionFactory = Callable[[], asyncio.Protocol]
+ConnectionFactory = Callable[[], CarriedConnection]
 Peer = tuple[Address, bytes | None]  # a client: its address, and its node behind a forwarder
 _PATTERN_CHARS = frozenset("*?[")  # a client_users key with one of them is a pattern
 EARLY_DATAGRAMS = 10_000  # held while the broker starts (beyond: dropped, counted)
@@ -122,7 +122,7 @@ class SnClient:
         self.session = ss.GatewaySession(gateway.params)
         self.session.broker_backlog = self._broker_backlog
         self.proto: cp.ClientProtocol | None = None
-        self.conn: asyncio.Protocol | None = None
+        self.conn: CarriedConnection | None = None
         self.transport: SnTransport | None = None
         self._refs: dict[int, tuple[str, int]] = {}  # our MQTT packet id -> (kind, SN ref)
         self._qos: dict[int, int] = {}  # the broker's packet id -> the delivery's QoS
@@ -194,15 +194,14 @@ class SnClient:
             qos = self._qos.pop(a.ref, 0)
             if qos:
                 proto.acknowledge(a.ref, qos, now)
-        elif isinstance(a, ss.WillUpdate):
+        elif isinstance(a, ss.WillUpdate) and self.conn is not None:
             w = a.will
-            setattr(self.conn, "will", None if w is None else  # noqa: B010
-                    Will(w.topic, w.payload, w.qos, w.retain))
+            self.conn.replace_will(None if w is None else
+                                   Will(w.topic, w.payload, w.qos, w.retain))
 
     def _broker_backlog(self) -> int:
         """Messages the broker holds for this client beyond its in-flight window."""
-        session = getattr(self.conn, "session", None)
-        return len(session.queue) if session is not None else 0
+        return self.conn.queued_messages() if self.conn is not None else 0
 
     def _open(self, a: ss.MqttConnect, now: float) -> None:
         """The client's CONNECT (its will exchanged): a new MQTT client in the broker."""

@@ -1,6 +1,6 @@
 """MQTT-SN clients across a broker restart, with real processes (SQLite ``sync: commit``):
 a sleeping client's registrations, its sleep and the messages kept for it survive SIGKILL and
-SIGTERM [MQTT-SN 6.14]; so does an active client's topic id. Raw datagrams on the MQTT-SN
+SIGTERM [MQTT-SN 6.14]; so does an active client's topic id, and the will it updated. Raw datagrams on the MQTT-SN
 side (SnRaw, test_mqttsn_interop.py), paho on the MQTT side."""
 
 from __future__ import annotations
@@ -53,7 +53,11 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         g = sleeper.delivery()  # (the gateway registers cmd/a with it: REGISTER, REGACK)
         assert (g.topic, g.data) == ("cmd/a", b"0")
         cmd_a = g.publish.topic
-        active.connect("active", clean=False)
+        active.connect("active", clean=False, will=("sn/will", b"first words", 1, True))
+        active.send(sn.WillTopicUpd("sn/will2", qos=1, retain=True))
+        assert active.recv() == sn.WillTopicResp(RC.ACCEPTED)
+        active.send(sn.WillMsgUpd(b"last words"))
+        assert active.recv() == sn.WillMsgResp(RC.ACCEPTED)
         act = active.register("sn/act")
         sleeper.send(sn.Disconnect(60))
         assert sleeper.recv() == sn.Disconnect(None)
@@ -90,6 +94,11 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         watcher.messages.wait_until(lambda ms: any(m.payload == b"awake" for m in ms))
         topics = {m.payload: m.topic for m in watcher.messages.messages}
         assert topics[b"awake"] == "sn/up" and topics[b"still here"] == "sn/act"
+        # a kill ended the active client's MQTT side with the broker: its will, as updated
+        # (stored), went out at the restart; a clean stop discarded it
+        wills = [(m.topic, m.payload) for m in watcher.messages.messages
+                 if m.topic.startswith("sn/will")]
+        assert wills == ([("sn/will2", b"last words")] if stop == "kill" else [])
     finally:
         mqtt.close()
         sleeper.close()

@@ -149,6 +149,27 @@ def test_will_updates_are_answered_and_used(bt: BrokerThread,
     assert late.messages.wait_for(1)[0] == Msg("will/new", b"new words", 1, True)
 
 
+def test_a_will_updated_to_a_topic_the_client_may_not_publish_is_dropped(
+        bt: BrokerThread, paho_for: Callable[[BrokerThread], Clients],
+        sns: Callable[[BrokerThread], SnRaw]) -> None:
+    """WILLTOPICUPD is screened as a will at CONNECT is: a ``$`` topic is the broker's, so
+    the will goes (as at CONNECT, the client is not told: WILLTOPICRESP 0x00), and nothing
+    is published at keep-alive expiry, neither the old will nor the new one."""
+    clients = paho_for(bt)
+    w = watch(clients, "#")
+    evil = watch(clients, "$evil/#")
+    s = sns(bt)
+    cid = unique_id("evil-")
+    s.connect(cid, keep_alive=1, will=("will/ok", b"fine", 0, False))
+    s.send(sn.WillTopicUpd("$evil/x", qos=0, retain=False))
+    assert s.recv() == sn.WillTopicResp(RC.ACCEPTED)
+    gone(bt, cid)
+    clients.paho(unique_id("p-")).publish("will/sentinel", b"end", 1)
+    got = w.messages.wait_until(lambda ms: any(m.topic == "will/sentinel" for m in ms))
+    assert [m.topic for m in got] == ["will/sentinel"]
+    assert evil.messages.messages == []
+
+
 # -- sleeping clients -------------------------------------------------------------------------
 
 
