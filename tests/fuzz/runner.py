@@ -35,7 +35,7 @@ REGRESSIONS = HERE / "regressions"
 CRASHES = HERE / "crashes"
 CORPUS = HERE / "corpus"
 ARTIFACT_PREFIXES = ("crash-", "timeout-", "oom-", "leak-")
-DEFAULT_SECONDS = 30
+DEFAULT_SECONDS = 15
 
 # "#12345  pulse  cov: 372 ft: 1525 corp: 279/22Kb lim: 363 exec/s: 3162 rss: 43Mb"
 _STATUS = re.compile(r"^#(\d+)\s+(INITED|NEW|REDUCE|pulse|DONE|RELOAD)\s+(.*)$")

@@ -1,7 +1,7 @@
 """The fuzz targets, bounded, inside ``make test``; and every crash they ever found, replayed.
 
 * ``test_*_fuzz_bounded``: both atheris targets run side by side for ``FUZZ_SECONDS`` seconds
-  each (default 30; 0 skips them), starting from the generated seeds. A crash fails the test
+  each (default 15; 0 skips them), starting from the generated seeds. A crash fails the test
   with the traceback, the reproducer and how to keep it as a regression.
 * ``test_regression``: every file in ``tests/fuzz/regressions/<target>/`` goes through the
   same checks as under the fuzzer, without atheris (a fresh broker for the live ones).
