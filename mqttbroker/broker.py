@@ -176,7 +176,9 @@ class Broker:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open every listener and start publishing ``$SYS``."""
+        """Open every listener and start publishing ``$SYS``. Connections are taken once
+        everything is up (sessions restored, plugins, cluster): "the port accepts" means
+        "the broker is ready"."""
         self._started = time.monotonic()
         self._loop = asyncio.get_running_loop()
         if self.cluster is not None:
@@ -205,12 +207,13 @@ class Broker:
                     server = await serve_websocket(lc.host, lc.port, factory, path=lc.path,
                                                    ssl=context, handshake_timeout=timeout,
                                                    reuse_port=self.reuse_port,
-                                                   pack_packets=lc.ws_pack_packets)
+                                                   pack_packets=lc.ws_pack_packets,
+                                                   start_serving=False)
                     kind = f"MQTT over WebSocket at {lc.path}"
                 else:
                     server = await serve_tcp(lc.host, lc.port, factory, ssl=context,
                                              handshake_timeout=timeout,
-                                             reuse_port=self.reuse_port)
+                                             reuse_port=self.reuse_port, start_serving=False)
                     kind = "tcp"
                 self._servers.append(server)
                 for sock in server.sockets:
@@ -231,6 +234,10 @@ class Broker:
         self.running = True
         for gateway in self.gateways:  # (their stored sessions need a running broker)
             gateway.resume()
+        # the ports are bound above but accept connections only now: a client that comes
+        # while the broker starts is refused (and tries again), never accepted and dropped
+        for server in self._servers:
+            await server.start_serving()
         self._keepalive_tick()
         self.sys_topics.start()
         self.bridges.start()

@@ -10,19 +10,22 @@ from collections.abc import Callable
 async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                     ssl: _ssl.SSLContext | None = None, backlog: int = 1024,
                     handshake_timeout: float | None = None,
-                    reuse_port: bool = False) -> asyncio.Server:
+                    reuse_port: bool = False, start_serving: bool = True) -> asyncio.Server:
     """Listen on ``host:port`` (port 0 picks a free one); ``factory`` builds one protocol per
     connection. asyncio and uvloop both set TCP_NODELAY on accepted sockets.
 
     With ``ssl`` the protocol sees the connection only once the TLS handshake is done, so a
     peer that never finishes it is dropped after ``handshake_timeout`` seconds (asyncio's
     default is 60). ``reuse_port``: several processes listen on one port (SO_REUSEPORT; the
-    kernel spreads new connections over them: ``serve --workers``).
+    kernel spreads new connections over them: ``serve --workers``). ``start_serving=False``
+    binds the port but does not listen yet (a connection is refused, not accepted and
+    dropped) until ``await server.start_serving()``.
     """
     loop = asyncio.get_running_loop()
     if ssl is None:
         return await loop.create_server(factory, host or None, port, backlog=backlog,
-                                        reuse_address=True, reuse_port=reuse_port or None)
+                                        reuse_address=True, reuse_port=reuse_port or None,
+                                        start_serving=start_serving)
     return await loop.create_server(factory, host or None, port, ssl=ssl, backlog=backlog,
                                     reuse_address=True, ssl_handshake_timeout=handshake_timeout,
-                                    reuse_port=reuse_port or None)
+                                    reuse_port=reuse_port or None, start_serving=start_serving)

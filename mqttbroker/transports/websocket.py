@@ -377,8 +377,8 @@ def _no_server_header(headers: Headers) -> None:
 async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                           path: str = "/mqtt", ssl: _ssl.SSLContext | None = None,
                           backlog: int = 1024, handshake_timeout: float | None = None,
-                          reuse_port: bool = False,
-                          pack_packets: bool = False) -> asyncio.Server:
+                          reuse_port: bool = False, pack_packets: bool = False,
+                          start_serving: bool = True) -> asyncio.Server:
     """Listen for MQTT over WebSocket on ``host:port`` (``wss`` with ``ssl``); ``factory``
     builds the MQTT protocol of each connection, exactly as for :func:`serve_tcp`.
     ``pack_packets``: see :class:`WebSocketProtocol` (the listener's ``ws-pack-packets``)."""
@@ -387,4 +387,5 @@ async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Pr
         return WebSocketProtocol(factory(), path, pack_packets)
 
     return await serve_tcp(host, port, outer, ssl=ssl, backlog=backlog,
-                           handshake_timeout=handshake_timeout, reuse_port=reuse_port)
+                           handshake_timeout=handshake_timeout, reuse_port=reuse_port,
+                           start_serving=start_serving)
