@@ -1,11 +1,14 @@
 """Profile the broker's hot path with pyinstrument (a statistical profiler).
 
     python -m benchmarks.profile [--qos 1] [--count 100000] [--out docs/profiles/NAME.txt]
+    python -m benchmarks.profile --connect [--count 10000]
 
 Starts ``mqttbroker.broker.Broker`` in this process under pyinstrument, drives it from a
 child process with one raw-socket publisher and one subscriber (64-byte payloads, QoS 1/2
-publishers keep 100 in flight), and writes pyinstrument's text report. Set PYTHONPATH to a
-checkout of another commit to profile that version of the broker the same way.
+publishers keep 100 in flight), and writes pyinstrument's text report. ``--connect``
+profiles connection set-up instead: ``--count`` raw-socket clients (64 connecting at a time)
+each send CONNECT, wait for CONNACK and stay, then all close. Set PYTHONPATH to a checkout of
+another commit to profile that version of the broker the same way.
 """
 
 from __future__ import annotations
@@ -87,16 +90,44 @@ async def _drive(port: int, qos: int, count: int) -> float:
     return count / elapsed
 
 
+async def _connects(port: int, count: int) -> float:
+    """``count`` clients CONNECT (64 at a time) and stay; the rate of CONNACKs, then all
+    close."""
+    window = asyncio.Semaphore(64)
+    held: list[asyncio.StreamWriter] = []
+
+    async def one(i: int) -> None:
+        async with window:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(wire.connect(f"prof-{i}"))
+            await r.readexactly(4)
+            held.append(w)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    rate = count / (time.perf_counter() - t0)
+    for w in held:
+        w.close()
+    return rate
+
+
 def _client(port: int, qos: int, count: int, out: mp.Queue[float]) -> None:
-    out.put(asyncio.run(_drive(port, qos, count)))
+    if qos < 0:
+        out.put(asyncio.run(_connects(port, count)))
+    else:
+        out.put(asyncio.run(_drive(port, qos, count)))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qos", type=int, choices=(0, 1), default=1)
     ap.add_argument("--count", type=int, default=100_000)
+    ap.add_argument("--connect", action="store_true",
+                    help="profile connection set-up (CONNECT -> CONNACK) instead")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.connect:
+        args.qos = -1
     from pyinstrument import Profiler
 
     from mqttbroker.broker import Broker
@@ -107,7 +138,9 @@ def main() -> int:
     async def run() -> None:
         broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
                          "sys_interval": 0, "log_level": "WARNING",
-                         "mqtt": {"max_queued_messages": 1_000_000}})
+                         "mqtt": {"max_queued_messages": 1_000_000,
+                                  # (one address opens every connection)
+                                  "max_connection_rate_per_address": 0}})
         await broker.start()
         ctx = mp.get_context("spawn")
         q: mp.Queue[float] = ctx.Queue()
@@ -125,7 +158,10 @@ def main() -> int:
     uvloop.run(run())
     profiler.stop()
     text = profiler.output_text(unicode=False, color=False, show_all=False)
-    header = f"# QoS {args.qos}, {args.count} messages, {rate[0]:,.0f} msg/s under the profiler\n"
+    header = (f"# {args.count} connections, {rate[0]:,.0f} CONNACKs/s under the profiler\n"
+              if args.connect else
+              f"# QoS {args.qos}, {args.count} messages, {rate[0]:,.0f} msg/s under the "
+              "profiler\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(header + text)
