@@ -1,6 +1,7 @@
 """The broker's own cost per message, in process: no sockets, no load generator, no scheduler.
 
     python -m benchmarks.inproc [--qos 0] [--count 50000] [--reps 9]
+    python -m benchmarks.inproc --connect [--count 10000]   # connection set-up instead
     PYTHONPATH=/path/to/other/checkout python -m benchmarks.inproc   # another revision
 
 A broker is started in this process (its listener is never used); two connections are made
@@ -8,7 +9,8 @@ on fake transports that only count the bytes written: a subscriber of ``b/in/#``
 publisher whose PUBLISH packets (64-byte payloads, 200 per read) are handed to its
 ``data_received`` directly. The figure is the process CPU time per message over one pass:
 decode, checks, routing, encoding and the write to the subscriber's transport. The minimum
-over ``--reps`` passes is the least disturbed one.
+over ``--reps`` passes is the least disturbed one. ``--connect``: the CPU time per connection
+of ``--count`` connections made, sent a 3.1.1 CONNECT (CONNACK written) and closed.
 
 On a shared machine the end-to-end benchmarks (benchmarks/run.py, ab.py) move by +-10-20%
 between runs; this one by about +-3%, so it is the one that can tell a 2% change in the
@@ -125,14 +127,52 @@ async def measure(qos: int, count: int, reps: int) -> list[float]:
         await broker.shutdown()
 
 
+async def measure_connect(count: int, reps: int) -> list[float]:
+    """CPU microseconds per connection (made, CONNECT, CONNACK, closed), one figure per
+    pass."""
+    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+                     "sys_interval": 0, "log_level": "WARNING",
+                     "mqtt": {"max_connection_rate_per_address": 0}})
+    await broker.start()
+    try:
+        frames = [_connect(f"inproc-{i:06d}") for i in range(count)]
+        figures = []
+        for _ in range(reps):
+            gc.collect()
+            gc.disable()
+            t = time.process_time()
+            made = []
+            for data in frames:
+                c = ClientConnection(broker, "default")
+                c.connection_made(CountingTransport())  # type: ignore[arg-type]
+                c.data_received(data)
+                made.append(c)
+            for c in made:
+                c.connection_lost(None)
+            figures.append((time.process_time() - t) / count * 1e6)
+            gc.enable()
+            if len(broker.connections):
+                raise RuntimeError("connections left after closing them all")
+        return figures
+    finally:
+        await broker.shutdown()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qos", type=int, choices=(0, 1), default=0)
     ap.add_argument("--count", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--connect", action="store_true", help="connection set-up instead")
     args = ap.parse_args()
-    figures = sorted(asyncio.run(measure(args.qos, args.count, args.reps)))
     where = mqttbroker.__file__.rsplit("/mqttbroker/", 1)[0]
+    if args.connect:
+        count = min(args.count, 10_000)  # (a CONNECT is one loop turn: no need for more)
+        figures = sorted(asyncio.run(measure_connect(count, args.reps)))
+        print(f"{where}: {count:,} connections x {args.reps}: min {figures[0]:.2f}, median "
+              f"{figures[len(figures) // 2]:.2f} us CPU per connection")
+        return
+    figures = sorted(asyncio.run(measure(args.qos, args.count, args.reps)))
     print(f"{where}: QoS {args.qos}, {args.count:,} messages x {args.reps}: "
           f"min {figures[0]:.3f}, median {figures[len(figures) // 2]:.3f} us CPU per message")
 
