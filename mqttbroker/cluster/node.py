@@ -60,6 +60,10 @@ return c
 REPLAY_AGAIN: Final = 2.0  # seconds: a second look at a dead node's inbox (stale routes)
 
 
+REDIS_CONNECTIONS: Final = 64  # a node's connections to Redis (requests beyond them wait)
+POOL_WAIT: Final = 10.0  # seconds a request may wait for one before Redis counts as down
+
+
 class ClusterNode:
     """This broker's membership in the cluster (see the module docstring)."""
 
@@ -74,7 +78,12 @@ class ClusterNode:
                                 "socket_timeout": 5.0, "health_check_interval": 2,
                                 "retry": Retry(NoBackoff(), 1),
                                 "retry_on_error": [RedisConnectionError]}
-        self.redis: aioredis.Redis = aioredis.from_url(config.redis, **opts)
+        # a bounded pool that makes a request wait for a free connection: redis-py's default
+        # pool raises "Too many connections" past 100 at once, which a CONNECT storm (every
+        # CONNECT claims its client id in Redis) reached, and was taken for an outage
+        self.redis: aioredis.Redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                config.redis, max_connections=REDIS_CONNECTIONS, timeout=POOL_WAIT, **opts))
         # XREADGROUP BLOCK holds a connection: a client of its own
         self.reader: aioredis.Redis = aioredis.from_url(
             config.redis, **{**opts, "socket_timeout": READ_BLOCK_MS / 1000 + 5.0})
