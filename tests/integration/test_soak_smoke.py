@@ -2,7 +2,7 @@
 ``configs/default.yaml`` (its database in a temporary folder), a mixed device fleet (steady,
 flaky, reconnect storms), RSS and open files sampled.
 
-* ``test_soak_smoke``: bounded, ~20 s, 50 devices: the JSON has samples, no QoS 1/2 message
+* ``test_soak_smoke``: bounded, ~18 s, 50 devices: the JSON has samples, no QoS 1/2 message
   acknowledged by the broker was lost, and the broker's open files went back to where they
   started once every client had gone.
 * ``test_soak_full`` (slow, opt-in): ``SOAK_MINUTES=10 [SOAK_DEVICES=500] pytest -m slow
@@ -55,8 +55,8 @@ def assert_sound(result: dict[str, Any], devices: int) -> None:
 
 @pytest.mark.timeout(120)
 def test_soak_smoke(tmp_path: Path) -> None:
-    """15 s, 50 devices reporting 5x as often as in the field, storms every 5 s."""
-    status, result = run_soak(tmp_path, "--minutes", "0.25", "--devices", "50",
+    """12 s, 50 devices reporting 5x as often as in the field, storms every 5 s."""
+    status, result = run_soak(tmp_path, "--minutes", "0.2", "--devices", "50",
                               "--interval-scale", "0.2", "--storm-every", "5",
                               "--sample-every", "1")
     assert_sound(result, 50)
