@@ -350,8 +350,11 @@ class Gateway:
         self.dropped_datagrams = 0
         self._advertise: asyncio.TimerHandle | None = None
         self.records = records
-        # connected persistent sessions, by client id (what the records hold)
+        # connected persistent sessions, by client id (what the records hold), and the client
+        # that stored each (a client id taken over from another address ends the old
+        # client's session, which must not delete the new one's record)
         self._kept: dict[str, bytes] = dict(records.loaded)
+        self._keeper: dict[str, SnClient] = {}
         self._users = {cid: user for cid, user in listener.client_users
                        if not _PATTERN_CHARS.intersection(cid)}
         self._user_patterns = [(re.compile(fnmatch.translate(p)), user)
@@ -431,11 +434,14 @@ class Gateway:
             record["address"] = list(client.address)
             record["node"] = client.node
             blob = msgpack.packb(record)
+            self._keeper[cid] = client
             if self._kept.get(cid) != blob:
                 self._kept[cid] = blob
                 self.records.put(cid, blob)
-        elif self._kept.pop(cid, None) is not None:
-            self.records.delete(cid)
+        elif self._keeper.get(cid) is client:  # (not one a newer connection of the id made)
+            del self._keeper[cid]
+            if self._kept.pop(cid, None) is not None:
+                self.records.delete(cid)
 
     def _restore(self, now: float) -> None:
         """After a restart: every persistent session that was connected is back, asleep or

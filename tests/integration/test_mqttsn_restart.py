@@ -42,6 +42,7 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
     broker, udp = sn_broker(procs)
     mqtt = Clients(broker.port)
     sleeper, active = SnRaw(udp), SnRaw(udp)
+    first, moved = SnRaw(udp), SnRaw(udp)  # one client id, two addresses (a takeover)
     try:
         watcher = mqtt.paho("watcher")
         watcher.subscribe(("sn/#", 1))
@@ -59,6 +60,10 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         active.send(sn.WillMsgUpd(b"last words"))
         assert active.recv() == sn.WillMsgResp(RC.ACCEPTED)
         act = active.register("sn/act")
+        first.connect("moved", clean=False)
+        moved.connect("moved", clean=False)  # the same id from another address
+        assert first.recv() == sn.Disconnect(None)  # (the old one is told)
+        mov = moved.register("sn/moved")  # kept: the old connection's end must not drop it
         sleeper.send(sn.Disconnect(60))
         assert sleeper.recv() == sn.Disconnect(None)
         feed.publish("cmd/a", b"1", 1)  # kept for the sleeper (PUBACKed: on disk)
@@ -72,8 +77,9 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         watcher = mqtt.paho("watcher")
         watcher.subscribe(("sn/#", 1))
 
-        # the active client goes on with its topic id, no new CONNECT or REGISTER
+        # the active clients go on with their topic ids, no new CONNECT or REGISTER
         active.publish(act, b"still here", 1)
+        moved.publish(mov, b"moved here", 1)
         watcher.messages.wait_until(lambda ms: any(m.payload == b"still here" for m in ms))
 
         # the sleeper wakes: what was kept for it, cmd/a on the id it had, then PINGRESP
@@ -94,6 +100,7 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         watcher.messages.wait_until(lambda ms: any(m.payload == b"awake" for m in ms))
         topics = {m.payload: m.topic for m in watcher.messages.messages}
         assert topics[b"awake"] == "sn/up" and topics[b"still here"] == "sn/act"
+        assert topics[b"moved here"] == "sn/moved"
         # a kill ended the active client's MQTT side with the broker: its will, as updated
         # (stored), went out at the restart; a clean stop discarded it
         wills = [(m.topic, m.payload) for m in watcher.messages.messages
@@ -101,5 +108,5 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         assert wills == ([("sn/will2", b"last words")] if stop == "kill" else [])
     finally:
         mqtt.close()
-        sleeper.close()
-        active.close()
+        for c in (sleeper, active, first, moved):
+            c.close()
