@@ -5,6 +5,7 @@ side (SnRaw, test_mqttsn_interop.py), paho on the MQTT side."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,23 @@ def procs(tmp_path: Path) -> Iterator[Any]:
         yield make
 
 
+def _free_udp_port() -> int:
+    """free_port() (below the ephemeral range, handed out once), also free for UDP."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no port free for both TCP and UDP")
+
+
 def sn_broker(procs: Any) -> tuple[BrokerProc, int]:
     """A broker with its MQTT-SN listener first: once the TCP port accepts connections (what
     BrokerProc.start waits for), the gateway has started and put its sessions back."""
-    udp, tcp = free_port(), free_port()
+    udp, tcp = _free_udp_port(), free_port()
     b: BrokerProc = procs("edge", port=tcp, extra={"listeners": {
         "sn": {"type": "mqttsn", "bind": f"{HOST}:{udp}", "advertise_interval": 0},
         "default": {"type": "tcp", "bind": f"{HOST}:{tcp}"}}})
