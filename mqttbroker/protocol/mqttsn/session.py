@@ -65,7 +65,8 @@ Decisions where the specification leaves room:
   with its registrations, Duration, will and sleep: :meth:`GatewaySession.durable` is what
   the glue stores, :meth:`GatewaySession.restore` puts it back (its MQTT session resumed, so
   what the broker kept for a sleeper is buffered again for its wake-up). Registrations
-  belong to the connection: a new CONNECT starts without them, as before.
+  are not kept for a client that is gone: a CONNECT with CleanSession 1, or from an address
+  with no session, starts without them, as before.
 * A CONNECT while ASLEEP/AWAKE (same client id) wakes the client to ACTIVE on the same MQTT
   connection: CONNACK, then the buffer (Bisquitt's reading of Fig. 4; Paho gateway issue
   #121). Its CleanSession flag is not acted on; its Will flag runs the will prompts and ends in
