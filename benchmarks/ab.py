@@ -516,8 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = args.tag or ("ab-quick" if args.quick else "ab")
 
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:7.1f}s] {msg}", flush=True)
+    say = run.stopwatch(7)
 
     trees = Path(args.trees)
     sides = {"before": prepare("before", args.before, trees, say),

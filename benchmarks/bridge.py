@@ -663,13 +663,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import ab, report
-    from .run import machine
+    from .run import machine, stopwatch
 
     args = parse_args(argv)
     t_start = time.monotonic()
 
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
+    say = stopwatch()
 
     if args.redraw:
         return redraw(Path(args.redraw), say)

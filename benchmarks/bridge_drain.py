@@ -1461,13 +1461,12 @@ def _ours_label(args: argparse.Namespace, say: Say) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import report
-    from .run import machine
+    from .run import machine, stopwatch
 
     args = parse_args(argv)
     t_start = time.monotonic()
 
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:7.1f}s] {msg}", flush=True)
+    say = stopwatch(7)
 
     if args.cloud == "mosquitto" and not Path(brokers.MOSQUITTO).exists():
         say(f"{brokers.MOSQUITTO} missing: `make peers` installs Debian's mosquitto")

@@ -1049,13 +1049,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import report
-    from .run import machine
+    from .run import machine, stopwatch
 
     args = parse_args(argv)
     t_start = time.monotonic()
 
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
+    say = stopwatch()
 
     if not Path(REDIS_SERVER).exists():
         print(f"{REDIS_SERVER} missing (Debian: apt-get install redis-server)", file=sys.stderr)

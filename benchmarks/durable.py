@@ -282,13 +282,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import report
-    from .run import machine
+    from .run import machine, stopwatch
 
     args = parse_args(argv)
     t_start = time.monotonic()
 
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
+    say = stopwatch()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-durable-cfg-"))
     try:

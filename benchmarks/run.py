@@ -114,6 +114,17 @@ NOTES = [
 ]
 
 
+def stopwatch(width: int = 6) -> Progress:
+    """A progress printer for a long run: each line is prefixed with the seconds since this
+    call, ``[   12.3s] ...``, and flushed at once."""
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:{width}.1f}s] {msg}", flush=True)
+
+    return say
+
+
 def machine() -> Json:
     """Date-independent facts about this machine for the results file."""
     cpu = "?"
@@ -241,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stem = args.tag or ("quick" if args.quick else "latest")
 
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {msg}", flush=True)
+    say = stopwatch()
 
     meta: Json = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -42,7 +42,7 @@ from typing import Any
 
 from . import brokers, wire
 from .cluster import Node, RedisServer
-from .run import machine
+from .run import machine, stopwatch
 
 Json = dict[str, Any]
 PER_WORKER = 15_000  # connections per worker (under the 20,000 open-file cap, with room)
@@ -251,8 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     brokers.raise_nofile()
     t_start = time.monotonic()
 
-    def say(text: str) -> None:
-        print(f"[{time.monotonic() - t_start:6.1f}s] {text}", flush=True)
+    say = stopwatch()
 
     folder = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     redis = RedisServer(folder) if workers > 1 else None
