@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_conns
 from pathlib import Path
@@ -247,6 +247,29 @@ class SnWaiter(asyncio.DatagramProtocol):
         return None, tries - 1
 
 
+
+async def _open_all(ch: loadgen.Channel, stats: dict[str, int], errors: dict[str, int],
+                    t0: int, cpu0: float, connects: Sequence[Awaitable[Any]]) -> None:
+    """Run ``connects`` (one per client), telling the runner ``stats`` every second; then
+    "done" with the errors, the time span and the CPU used, and hold the sockets until the
+    runner has measured (its next message)."""
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            ch.send("progress", dict(stats))
+
+    reporter = asyncio.ensure_future(report())
+    await asyncio.gather(*connects)
+    reporter.cancel()
+    ch.send("done", {**stats, "errors": errors, "t0_ns": t0, "t1_ns": time.monotonic_ns(),
+                     "cpu_s": loadgen.cpu_seconds() - cpu0})
+    try:
+        await ch.get(timeout=600)
+    except TimeoutError:
+        pass
+
+
 async def sn_memory_worker(ch: loadgen.Channel, port: int, ids: list[int], sleepers: set[int],
                            sources: list[str], keepalive: int, retry_s: float,
                            tries: int) -> None:
@@ -296,20 +319,7 @@ async def sn_memory_worker(ch: loadgen.Channel, port: int, ids: list[int], sleep
             stats["ok"] += 1
             stats["asleep"] += i in sleepers
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            ch.send("progress", dict(stats))
-
-    reporter = asyncio.ensure_future(report())
-    await asyncio.gather(*(one(i) for i in ids))
-    reporter.cancel()
-    ch.send("done", {**stats, "errors": errors, "t0_ns": t0, "t1_ns": time.monotonic_ns(),
-                     "cpu_s": loadgen.cpu_seconds() - cpu0})
-    try:
-        await ch.get(timeout=600)  # hold the sockets until the runner has measured
-    except TimeoutError:
-        pass
+    await _open_all(ch, stats, errors, t0, cpu0, [one(i) for i in ids])
     for tr in held:
         tr.close()
 
@@ -360,20 +370,7 @@ async def tcp_memory_worker(ch: loadgen.Channel, port: int, ids: list[int],
                 if c is not None:
                     c.transport.abort()
 
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            ch.send("progress", dict(stats))
-
-    reporter = asyncio.ensure_future(report())
-    await asyncio.gather(*(one(i) for i in ids))
-    reporter.cancel()
-    ch.send("done", {**stats, "errors": errors, "t0_ns": t0, "t1_ns": time.monotonic_ns(),
-                     "cpu_s": loadgen.cpu_seconds() - cpu0})
-    try:
-        await ch.get(timeout=600)
-    except TimeoutError:
-        pass
+    await _open_all(ch, stats, errors, t0, cpu0, [one(i) for i in ids])
     for c in held:
         c.transport.abort()
 
