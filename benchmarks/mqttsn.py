@@ -92,26 +92,16 @@ MAX_PAYLOAD = 112           # the subscriber's fast path (see benchmarks/bridge.
 
 
 @dataclass
-class Ours:
-    proc: subprocess.Popen[bytes]
-    tcp_port: int
-    sn_port: int
-    workdir: Path
-    log: Path
+class Ours(brokers.BrokerProcess):
+    """Ours as benchmarks/brokers.py runs a broker (``port``: its TCP listener), with an
+    ``mqttsn`` listener on ``sn_port`` too; stopping it also removes its folder."""
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+    sn_port: int = 0
 
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        brokers.terminate(self.proc)
+    def stop(self, timeout: float = 10.0) -> int | None:
+        status = super().stop(timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        return status
 
 
 def free_udp_port() -> int:
@@ -168,7 +158,7 @@ def start_ours(nofile: int, timeout: float = 20.0) -> Ours:
             proc = subprocess.Popen(
                 [str(brokers.VENV_BIN / "python"), "-m", "mqttbroker", "serve", "-c", str(conf)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
-        b = Ours(proc, tcp_port, sn_port, workdir, log)
+        b = Ours("ours", tcp_port, proc, workdir, log, sn_port=sn_port)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             if brokers.accepts(tcp_port) and sn_probe(sn_port):
@@ -388,7 +378,7 @@ def memory(proto: str, args: argparse.Namespace, say: Say) -> Json:
     sleepers = set(range(0, n, max(1, round(n / n_sleep)))[:n_sleep]) if n_sleep else set()
     b = start_ours(n + 2048)
     fn = sn_memory_worker if proto == "sn" else tcp_memory_worker
-    port = b.sn_port if proto == "sn" else b.tcp_port
+    port = b.sn_port if proto == "sn" else b.port
     workers: list[loadgen.Worker] = []
     try:
         time.sleep(1.0)
@@ -685,7 +675,7 @@ def throughput(proto: str, qos: int, args: argparse.Namespace, say: Say) -> Json
     b = start_ours(4096)
     workers: list[loadgen.Worker] = []
     try:
-        sub = loadgen.Worker("sub", loadgen.subscriber_worker, b.tcp_port, 1, 0,
+        sub = loadgen.Worker("sub", loadgen.subscriber_worker, b.port, 1, 0,
                              [("bench/in/+", qos)], topics[0], qos, npubs, per_pub)
         workers.append(sub)
         sub.recv("ready", 60)
@@ -699,7 +689,7 @@ def throughput(proto: str, qos: int, args: argparse.Namespace, say: Say) -> Json
                                    per_pub, args.window, args.retry, args.tries,
                                    args.q0_rate / npubs)
             else:
-                w = loadgen.Worker(f"pub{i}", loadgen.publisher_worker, b.tcp_port, g, gt, qos,
+                w = loadgen.Worker(f"pub{i}", loadgen.publisher_worker, b.port, g, gt, qos,
                                    per_pub, args.window)
             pubs.append(w)
             workers.append(w)

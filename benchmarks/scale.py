@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def deliver(name: str, topics: list[str], want_all: int, want_own: int) -> Json:
             t0 = time.monotonic_ns()
-            asyncio.run(_publish(node.port, topics))  # type: ignore[union-attr]
+            asyncio.run(_publish(node.port, topics))
             for a in pipes:
                 a.send(("wait", want_all, want_own))
             counts = []

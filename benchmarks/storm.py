@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing as mp
 import resource
@@ -89,9 +90,9 @@ async def _clients(conn: Any, port: int, ids: list[str]) -> None:
     st = State()
 
     async def visit(first: bool) -> list[asyncio.Transport]:
-        out = []
+        out: list[asyncio.Transport] = []
         for cid in ids:  # (all at once: a storm; the kernel's backlog takes the rest)
-            t, _ = await loop.create_connection(lambda c=cid: Client(c, first, st),
+            t, _ = await loop.create_connection(functools.partial(Client, cid, first, st),
                                                 "127.0.0.1", port)
             out.append(t)
         return out
