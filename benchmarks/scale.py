@@ -78,21 +78,11 @@ class Device(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while len(buf) >= 2:
-            length, shift, i = 0, 0, 1
-            while True:
-                if i >= len(buf):
-                    return
-                b = buf[i]
-                length |= (b & 0x7F) << shift
-                shift += 7
-                i += 1
-                if not b & 0x80:
-                    break
-            if len(buf) < i + length:
-                return
-            first, body = buf[0], bytes(buf[i:i + length])
-            del buf[:i + length]
+        frames, used = wire.split_frames(buf)
+        chunk = bytes(buf[:used])
+        del buf[:used]
+        for first, start, end in frames:
+            body = chunk[start:end]
             kind = first >> 4
             if kind == 2 and body[1:2] != b"\x00":  # CONNACK refusing
                 self.fleet.errors.append(f"CONNACK 0x{body[1]:02X}")

@@ -54,9 +54,11 @@ class Client(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        while len(buf) >= 2 and not buf[1] & 0x80 and len(buf) >= 2 + buf[1]:
-            first, body = buf[0], bytes(buf[2:2 + buf[1]])
-            del buf[:2 + buf[1]]
+        frames, used = wire.split_frames(buf)
+        chunk = bytes(buf[:used])
+        del buf[:used]
+        for first, start, end in frames:
+            body = chunk[start:end]
             kind = first >> 4
             st = self.state
             if kind == 2:

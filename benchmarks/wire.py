@@ -129,7 +129,8 @@ def be_u64(cols: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
     return np.ascontiguousarray(cols).view(">u8").reshape(-1).astype(np.uint64)
 
 
-def split_frames(buf: bytes, start: int = 0) -> tuple[list[tuple[int, int, int]], int]:
+def split_frames(buf: bytes | bytearray, start: int = 0
+                 ) -> tuple[list[tuple[int, int, int]], int]:
     """Complete frames in ``buf`` from ``start`` on, as (first byte, body start, body end), and
     the offset just past the last complete one. The generic path: one Python step a frame."""
     frames: list[tuple[int, int, int]] = []
