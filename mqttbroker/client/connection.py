@@ -49,10 +49,10 @@ log = logging.getLogger("mqttbroker.client")
 V5 = ProtocolLevel.MQTT_5
 LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
 _PINGRESP = b"\xd0\x00"
-# a 3.x CONNACK accepting the connection: four fixed bytes (Session Present: 3.1.1 only;
-# 3.1's first byte is reserved, 0) [MQTT-3.2.2]; 5.0's carries properties: encoded
-_CONNACK_3 = {(False, False): b"\x20\x02\x00\x00", (True, False): b"\x20\x02\x00\x00",
-              (False, True): b"\x20\x02\x00\x00", (True, True): b"\x20\x02\x01\x00"}
+# a 3.x CONNACK accepting the connection: four fixed bytes, Session Present set for 3.1.1
+# only (3.1's first byte is reserved, 0) [MQTT-3.2.2]; 5.0's carries properties: encoded
+_CONNACK_3 = b"\x20\x02\x00\x00"
+_CONNACK_3_PRESENT = b"\x20\x02\x01\x00"
 _P = PacketType
 
 
@@ -539,8 +539,9 @@ class ClientConnection(Output, asyncio.Protocol):
             self.send_packet(Connack(present, 0, props))  # (the broker checked that it fits)
             if self.closed:
                 return
-        else:  # (keyed by Session Present and whether the level is 3.1.1)
-            self.send(_CONNACK_3[present, self.level == ProtocolLevel.MQTT_3_1_1])
+        else:
+            self.send(_CONNACK_3_PRESENT if present and self.level == ProtocolLevel.MQTT_3_1_1
+                      else _CONNACK_3)
         if self.keep_alive:
             self.broker.keepalive.add(self)
         # [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL are resent, in order

@@ -292,7 +292,7 @@ class Connector(Generic[K]):
             return  # refused, or waiting for a plugin
         if auth_props is not None:
             terms.props.update(auth_props)
-        self._screen_will(p, terms.client_id)
+        p.will = self.screen_will(terms.client_id, p.username, p.will)
         expiry = session_expiry(p, self.registry.cap_session_expiry, terms.props)
         if p.protocol_level == V5 and not self._connack_fits(conn, p, terms):
             return
@@ -372,9 +372,6 @@ class Connector(Generic[K]):
             return False
         p.username, p.password = cn, None
         return True
-
-    def _screen_will(self, p: Connect, client_id: str) -> None:
-        p.will = self.screen_will(client_id, p.username, p.will)
 
     def screen_will(self, client_id: str, username: str | None,
                     will: Will | None) -> Will | None:
