@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -59,6 +59,30 @@ class Stats:
         self.wakeups = 0
         self.beacons = 0
         self.commands: dict[str, list[tuple[int, bool, bool]]] = {}
+
+
+class Reporting(Protocol):
+    """What :func:`take_reading` needs of a device (TCP or MQTT-SN)."""
+
+    id: str
+    kind: str
+    qos: int
+    seq: int
+    sensor: Sensor
+    profile: Profile
+    stats: Stats
+
+
+def take_reading(dev: Reporting, now: float) -> tuple[int, bytes] | None:
+    """``dev``'s sensor reading now, as its next sequence number and the encoded document
+    (counted as published at its QoS); None when the sensor has nothing to say."""
+    reading = dev.sensor.reading(now)
+    if reading is None:
+        return None
+    seq = dev.seq
+    dev.seq += 1
+    dev.stats.published[dev.qos] += 1
+    return seq, encode(make_doc(dev.id, dev.kind, seq, now, reading), dev.profile.payload)
 
 
 def device_sensor(kind: str, profile: Profile, seed: int, index: int,
@@ -283,13 +307,10 @@ class Device:
     def report(self) -> None:
         """Take a reading and publish it (or buffer it while offline)."""
         now = time.time()
-        reading = self.sensor.reading(now)
-        if reading is None:
+        taken = take_reading(self, now)
+        if taken is None:
             return
-        seq = self.seq
-        self.seq += 1
-        data = encode(make_doc(self.id, self.kind, seq, now, reading), self.profile.payload)
-        self.stats.published[self.qos] += 1
+        seq, data = taken
         # a tracker out of coverage still reads; it just cannot send (nor can anyone offline)
         covered = self.sensor.in_coverage(now)  # type: ignore[attr-defined]
         if self.connected and covered and not self.buffer:

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .device import TOPIC_ROOT, Stats, device_sensor, telemetry_topic
+from .device import TOPIC_ROOT, Stats, device_sensor, take_reading, telemetry_topic
 from .mqttsn import (
     ACCEPTED,
     TOPIC_PREDEFINED,
@@ -39,7 +39,6 @@ from .mqttsn import (
     SnTimeout,
     short_topic_id,
 )
-from .payload import encode, make_doc
 from .profile import Profile
 from .seeding import device_rng, link_rng
 
@@ -109,15 +108,9 @@ class SnDevice:
 
     def report(self) -> None:
         """Take a reading; it waits in the buffer until the sensor is next awake."""
-        now = time.time()
-        reading = self.sensor.reading(now)
-        if reading is None:
-            return
-        seq = self.seq
-        self.seq += 1
-        self.buffer.append((seq, encode(make_doc(self.id, self.kind, seq, now, reading),
-                                        self.profile.payload)))
-        self.stats.published[self.qos] += 1
+        taken = take_reading(self, time.time())
+        if taken is not None:
+            self.buffer.append(taken)
 
     def misc(self) -> None:
         """(Paho devices' keep-alive hook; the MQTT-SN client keeps its own time.)"""
