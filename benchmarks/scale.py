@@ -76,13 +76,8 @@ class Device(asyncio.Protocol):
                         + wire.subscribe(1, [(OWN.format(did), 1), (ALL, 1)]))
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        frames, used = wire.split_frames(buf)
-        chunk = bytes(buf[:used])
-        del buf[:used]
-        for first, start, end in frames:
-            body = chunk[start:end]
+        self.buf += data
+        for first, body in wire.take_frames(self.buf):
             kind = first >> 4
             if kind == 2 and body[1:2] != b"\x00":  # CONNACK refusing
                 self.fleet.errors.append(f"CONNACK 0x{body[1]:02X}")

@@ -52,13 +52,8 @@ class Client(asyncio.Protocol):
         transport.write(data)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        frames, used = wire.split_frames(buf)
-        chunk = bytes(buf[:used])
-        del buf[:used]
-        for first, start, end in frames:
-            body = chunk[start:end]
+        self.buf += data
+        for first, body in wire.take_frames(self.buf):
             kind = first >> 4
             st = self.state
             if kind == 2:

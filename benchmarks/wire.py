@@ -129,6 +129,15 @@ def be_u64(cols: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
     return np.ascontiguousarray(cols).view(">u8").reshape(-1).astype(np.uint64)
 
 
+def take_frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """The complete frames at the front of ``buf``, as (first byte, body), removed from it;
+    a partial frame stays for the next read."""
+    frames, used = split_frames(buf)
+    chunk = bytes(buf[:used])
+    del buf[:used]
+    return [(first, chunk[start:end]) for first, start, end in frames]
+
+
 def split_frames(buf: bytes | bytearray, start: int = 0
                  ) -> tuple[list[tuple[int, int, int]], int]:
     """Complete frames in ``buf`` from ``start`` on, as (first byte, body start, body end), and
