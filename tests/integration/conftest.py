@@ -81,7 +81,7 @@ def sns() -> Iterator[Callable[[Any], Any]]:
 
 @pytest.fixture
 def paho_for() -> Iterator[Callable[[Any], Any]]:
-    """Makes a Clients (paho) factory per broker (test_mqttsn_*.py); all closed at the end."""
+    """Makes a Clients (paho) factory per broker; all closed at the end."""
     from .helpers import Clients
     made: list[Clients] = []
 

@@ -211,20 +211,6 @@ def publish_size(topic: str, payload: bytes, qos: int) -> int:
 # -- fixtures ----------------------------------------------------------------------------------------
 
 @pytest.fixture
-def clients_for() -> Iterator[Callable[[BrokerThread], Clients]]:
-    made: list[Clients] = []
-
-    def make(bt: BrokerThread) -> Clients:
-        c = Clients(bt.port)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
-
-
-@pytest.fixture
 def paho5s() -> Iterator[Callable[..., Paho5]]:
     """Make MQTT 5 paho clients, closed at the end of the test."""
     made: list[Paho5] = []
@@ -338,12 +324,12 @@ def test_metrics_format_and_documented_names(api: BrokerThread) -> None:
 
 
 def test_metrics_publish_counters_follow_a_workload(api: BrokerThread,
-                                                    clients_for: Callable[..., Clients]) -> None:
+                                                    paho_for: Callable[..., Clients]) -> None:
     """5 QoS 0, 4 QoS 1 and 3 QoS 2 PUBLISH of known sizes to one QoS 2 subscriber: the
     per-QoS counters in and out rise by exactly those numbers, byte counters by at least the
     packets' sizes (no $SYS here: sys_interval 0)."""
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     sub = clients.paho("load-sub", V311)
     assert sub.subscribe(("load/t", 2)) == [2]
     pub = clients.paho("load-pub", V311)
@@ -382,14 +368,14 @@ def test_metrics_publish_counters_follow_a_workload(api: BrokerThread,
 
 
 def test_metrics_clients_and_sessions_agree_with_sys(make_broker_thread: MakeBroker,
-                                                     clients_for: Callable[..., Clients],
+                                                     paho_for: Callable[..., Clients],
                                                      paho5s: Callable[..., Paho5]) -> None:
     """clients_connected = $SYS clients/connected, sessions{online,offline} summed =
     $SYS clients/total, subscriptions = $SYS subscriptions/count; a persistent session whose
     client left is offline."""
     bt = make_broker_thread(http_config(sys_interval=1))
     http = Http(bt)
-    clients = clients_for(bt)
+    clients = paho_for(bt)
     watcher = clients.paho("watcher", V311)
     sys = "$SYS/broker/"
     watcher.subscribe((sys + "clients/connected", 0), (sys + "clients/total", 0),
@@ -421,12 +407,12 @@ def test_metrics_clients_and_sessions_agree_with_sys(make_broker_thread: MakeBro
 
 
 def test_metrics_retained_agrees_with_sys(make_broker_thread: MakeBroker,
-                                          clients_for: Callable[..., Clients]) -> None:
+                                          paho_for: Callable[..., Clients]) -> None:
     """retained_messages counts retained topics (a replacement is not a new one, an empty
     payload deletes) and equals $SYS retained messages/count."""
     bt = make_broker_thread(http_config(sys_interval=1))
     http = Http(bt)
-    clients = clients_for(bt)
+    clients = paho_for(bt)
     watcher = clients.paho("watcher", V311)
     topic = "$SYS/broker/retained messages/count"
     watcher.subscribe((topic, 0))
@@ -450,12 +436,12 @@ def test_metrics_retained_agrees_with_sys(make_broker_thread: MakeBroker,
 
 
 def test_metrics_queued_messages_of_an_offline_session(api: BrokerThread,
-                                                       clients_for: Callable[..., Clients]
+                                                       paho_for: Callable[..., Clients]
                                                        ) -> None:
     """Messages for an offline persistent session are queued_messages (and queued_bytes), and
     the session's ``queued`` in the admin API; delivering them empties the queue."""
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     away = clients.paho("q-away", V311, clean_session=False)
     away.subscribe(("q/t", 1))
     away.disconnect()
@@ -477,12 +463,12 @@ def test_metrics_queued_messages_of_an_offline_session(api: BrokerThread,
 
 
 def test_metrics_storage_commit_histogram_with_sqlite(make_broker_thread: MakeBroker,
-                                                      clients_for: Callable[..., Clients],
+                                                      paho_for: Callable[..., Clients],
                                                       tmp_path: Path) -> None:
     bt = make_broker_thread(http_config(
         persistence={"backend": "sqlite", "path": str(tmp_path / "db.sqlite")}))
     http = Http(bt)
-    clients = clients_for(bt)
+    clients = paho_for(bt)
     c = clients.paho("st-1", V311, clean_session=False)
     c.subscribe(("st/t", 1))
     c.publish("st/r", b"kept", 1, retain=True)
@@ -498,9 +484,9 @@ def test_metrics_storage_commit_histogram_with_sqlite(make_broker_thread: MakeBr
 
 
 def test_metrics_no_storage_histogram_in_memory(api: BrokerThread,
-                                                clients_for: Callable[..., Clients]) -> None:
+                                                paho_for: Callable[..., Clients]) -> None:
     http = Http(api)
-    c = clients_for(api).paho("mem-1", V311, clean_session=False)
+    c = paho_for(api).paho("mem-1", V311, clean_session=False)
     c.subscribe(("m/t", 1))
     c.publish("m/r", b"kept", 1, retain=True)
     s = http.metrics()
@@ -537,12 +523,12 @@ def test_api_off_without_a_token(make_broker_thread: MakeBroker) -> None:
 
 # -- the admin API: clients ----------------------------------------------------------------------
 
-def test_api_clients_list(api: BrokerThread, clients_for: Callable[..., Clients],
+def test_api_clients_list(api: BrokerThread, paho_for: Callable[..., Clients],
                           paho5s: Callable[..., Paho5]) -> None:
     """Connected clients (3.1, 3.1.1, 5.0) and an offline persistent session, with the
     documented fields, sorted by client id; ``connected=`` filters."""
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     a = clients.paho("cl-a", V311, keepalive=30)
     b = connect5(paho5s("cl-b"), api, sei=300, keepalive=45)
     assert b.subscribe(("b/1", 1), ("b/2", 2)) == [1, 2]
@@ -589,9 +575,9 @@ def test_api_clients_list(api: BrokerThread, clients_for: Callable[..., Clients]
     assert [r["client_id"] for r in online["clients"]] == ["cl-a", "cl-b", "cl-d"]
 
 
-def test_api_clients_pagination(api: BrokerThread, clients_for: Callable[..., Clients]) -> None:
+def test_api_clients_pagination(api: BrokerThread, paho_for: Callable[..., Clients]) -> None:
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     ids = [f"pg-{i}" for i in range(5)]
     for cid in reversed(ids):
         clients.paho(cid, V311)
@@ -607,11 +593,11 @@ def test_api_clients_pagination(api: BrokerThread, clients_for: Callable[..., Cl
     assert page["total"] == 5 and [r["client_id"] for r in page["clients"]] == ids[3:]
 
 
-def test_api_one_client(api: BrokerThread, clients_for: Callable[..., Clients]) -> None:
+def test_api_one_client(api: BrokerThread, paho_for: Callable[..., Clients]) -> None:
     """One client with its ``subscription_list``; 404 for an unknown id; an id with a slash
     and a space, URL-quoted, works."""
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     odd = "dev/1 x"
     c = clients.paho(odd, V311)
     assert c.subscribe(("dev/1/cmd", 1), ("dev/+/all", 0)) == [1, 0]
@@ -630,12 +616,12 @@ def test_api_one_client(api: BrokerThread, clients_for: Callable[..., Clients]) 
 
 # -- the admin API: disconnect and discard -------------------------------------------------------
 
-def test_api_disconnect_mqtt5_client(api: BrokerThread, clients_for: Callable[..., Clients],
+def test_api_disconnect_mqtt5_client(api: BrokerThread, paho_for: Callable[..., Clients],
                                      paho5s: Callable[..., Paho5]) -> None:
     """An MQTT 5 client gets DISCONNECT 0x98 Administrative action, its will is published,
     it is gone from the list (clean start, no session expiry: its session ends too)."""
     http = Http(api)
-    watcher = clients_for(api).paho("dc-watcher", V311)
+    watcher = paho_for(api).paho("dc-watcher", V311)
     watcher.subscribe(("will/#", 1))
     victim = connect5(paho5s("dc-victim", will=("will/dc-victim", b"gone", 1, False)), api)
     http.ok("POST", client_path("dc-victim", "/disconnect"))
@@ -651,12 +637,12 @@ def test_api_disconnect_mqtt5_client(api: BrokerThread, clients_for: Callable[..
 
 
 def test_api_disconnect_mqtt311_client_publishes_will(api: BrokerThread,
-                                                      clients_for: Callable[..., Clients]
+                                                      paho_for: Callable[..., Clients]
                                                       ) -> None:
     """A 3.1.1 client (no DISCONNECT to send it) is closed; its will is published; a quoted
     id works."""
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     watcher = clients.paho("dc-watcher", V311)
     watcher.subscribe(("will/#", 1))
     cid = "dev/2 y"
@@ -669,7 +655,7 @@ def test_api_disconnect_mqtt311_client_publishes_will(api: BrokerThread,
 
 
 def test_api_disconnect_keeps_or_discards_a_persistent_session(
-        api: BrokerThread, clients_for: Callable[..., Clients],
+        api: BrokerThread, paho_for: Callable[..., Clients],
         paho5s: Callable[..., Paho5]) -> None:
     http = Http(api)
     keeper = connect5(paho5s("ps-keep"), api, sei=300)
@@ -697,11 +683,11 @@ def test_api_disconnect_keeps_or_discards_a_persistent_session(
 
 
 def test_api_delete_offline_session(api: BrokerThread,
-                                    clients_for: Callable[..., Clients]) -> None:
+                                    paho_for: Callable[..., Clients]) -> None:
     """DELETE discards an offline persistent session (queued messages too): a reconnect finds
     no session; 404 when there is none."""
     http = Http(api)
-    clients = clients_for(api)
+    clients = paho_for(api)
     away = clients.paho("del-away", V311, clean_session=False)
     away.subscribe(("del/t", 1))
     away.disconnect()
@@ -722,12 +708,12 @@ def test_api_delete_offline_session(api: BrokerThread,
     assert back.messages.messages == []
 
 
-def test_api_delete_connected_client(api: BrokerThread, clients_for: Callable[..., Clients],
+def test_api_delete_connected_client(api: BrokerThread, paho_for: Callable[..., Clients],
                                      paho5s: Callable[..., Paho5]) -> None:
     """DELETE of a connected client disconnects it first (0x98, will published), then
     discards its session."""
     http = Http(api)
-    watcher = clients_for(api).paho("dl-watcher", V311)
+    watcher = paho_for(api).paho("dl-watcher", V311)
     watcher.subscribe(("will/#", 1))
     victim = connect5(paho5s("dl-victim", will=("will/dl", b"deleted", 1, False)), api,
                       sei=300)
@@ -742,7 +728,7 @@ def test_api_delete_connected_client(api: BrokerThread, clients_for: Callable[..
 
 # -- the admin API: subscriptions and retained ---------------------------------------------------
 
-def test_api_subscriptions(api: BrokerThread, clients_for: Callable[..., Clients],
+def test_api_subscriptions(api: BrokerThread, paho_for: Callable[..., Clients],
                            paho5s: Callable[..., Paho5]) -> None:
     """Every subscription with its MQTT 5 options, shared ones split into share and filter;
     ``client_id=`` selects one client's."""
@@ -751,7 +737,7 @@ def test_api_subscriptions(api: BrokerThread, clients_for: Callable[..., Clients
     opts = SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True, retainHandling=2)
     assert s5.subscribe(("opt/t", opts), properties={"SubscriptionIdentifier": 7}) == [1]
     assert s5.subscribe(("$share/g/t", 2)) == [2]
-    s3 = clients_for(api).paho("sub-3", V311)
+    s3 = paho_for(api).paho("sub-3", V311)
     assert s3.subscribe(("plain/#", 0)) == [0]
 
     got = http.api("/api/v1/subscriptions")
@@ -781,11 +767,11 @@ def test_api_subscriptions(api: BrokerThread, clients_for: Callable[..., Clients
     assert page["subscriptions"][0] == rows[1]
 
 
-def test_api_retained(api: BrokerThread, clients_for: Callable[..., Clients]) -> None:
+def test_api_retained(api: BrokerThread, paho_for: Callable[..., Clients]) -> None:
     """Retained topics sorted by topic, text as UTF-8, binary as base64, ``filter`` with
     wildcards, ``max_payload`` truncation (default 1024 bytes)."""
     http = Http(api)
-    pub = clients_for(api).paho("ret-pub", V311)
+    pub = paho_for(api).paho("ret-pub", V311)
     text = "héllo wörld"
     binary = bytes([0xFF, 0x00, 0x80, 0xFE, 0x01, 0x02])
     big = b"x" * 2000
@@ -827,12 +813,12 @@ def test_api_retained(api: BrokerThread, clients_for: Callable[..., Clients]) ->
 
 
 def test_api_retained_binary_payload_cut_stays_base64(api: BrokerThread,
-                                                      clients_for: Callable[..., Clients]
+                                                      paho_for: Callable[..., Clients]
                                                       ) -> None:
     """A binary (not UTF-8) payload cut at ``max_payload`` bytes is still those bytes, in
     base64: neither an empty string nor a shorter prefix that happens to decode as UTF-8."""
     http = Http(api)
-    pub = clients_for(api).paho("bin-pub", V311)
+    pub = paho_for(api).paho("bin-pub", V311)
     cases = {"bin/ff": bytes([0xFF, 0x00, 0x80, 0xFE, 0x01, 0x02]),
              "bin/01": bytes([0x01, 0x02, 0xFF, 0xFE])}
     for topic, payload in cases.items():
@@ -850,7 +836,7 @@ def test_api_retained_binary_payload_cut_stays_base64(api: BrokerThread,
 
 
 def test_api_bad_requests_get_400_with_a_reason(api: BrokerThread,
-                                                clients_for: Callable[..., Clients]) -> None:
+                                                paho_for: Callable[..., Clients]) -> None:
     """Bad query parameters and bodies are refused with 400 and a JSON error naming the
     problem; the broker goes on serving (a following request succeeds)."""
     http = Http(api)
@@ -861,7 +847,7 @@ def test_api_bad_requests_get_400_with_a_reason(api: BrokerThread,
     assert "connected" in http.error("GET", "/api/v1/clients?connected=maybe", 400)
     assert "filter" in http.error("GET", "/api/v1/retained?filter=a/%23/b", 400)
     assert "max_payload" in http.error("GET", "/api/v1/retained?max_payload=-1", 400)
-    c = clients_for(api)
+    c = paho_for(api)
     c.paho("bad-body", V311)
     assert "discard_session" in http.error("POST", client_path("bad-body", "/disconnect"), 400,
                                            body={"discard_session": "yes"})
