@@ -235,7 +235,11 @@ def test_clients_behind_a_forwarder_are_told_apart_by_node_and_answered_encapsul
         return got.message
 
     try:
+        # an Encapsulated frame that carries no message: dropped (logged, counted), and the
+        # forwarder's next frame is answered as usual
+        fwd.sock.sendto(b"\x05\xfe\x00\x00\x01", fwd.address)
         assert ask(a, sn.SearchGw(1)) == sn.GwInfo(1)
+        assert bt.call(lambda: bt.broker.gateway_stats()[0].malformed) == 1
         assert ask(a, sn.Connect("node-a", keep_alive=30)) == sn.Connack(ReturnCode.ACCEPTED)
         assert ask(b, sn.Connect("node-b", keep_alive=30)) == sn.Connack(ReturnCode.ACCEPTED)
         fwd.send(sn.Connect("direct", keep_alive=30))

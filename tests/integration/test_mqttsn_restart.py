@@ -6,6 +6,7 @@ side (SnRaw, test_mqttsn_interop.py), paho on the MQTT side."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,35 @@ def test_a_sleeper_and_an_active_client_keep_their_topic_ids_and_messages(
         mqtt.close()
         for c in (sleeper, active, first, moved):
             c.close()
+
+
+def test_unreadable_stored_sessions_are_dropped_with_a_log_line(procs: Any) -> None:
+    """Records the gateway cannot use (not msgpack; a map without its keys) are dropped at
+    start with a warning naming the client id, and deleted from the store; the broker starts,
+    and a client of that id connects afresh."""
+    import sqlite3
+
+    broker, udp = sn_broker(procs)
+    broker.terminate()
+    with sqlite3.connect(broker.db_path) as db:
+        db.executemany("INSERT INTO records VALUES (?, ?, ?)", [
+            ("mqttsn:sn", "garbled", b"\xc1 not msgpack"),
+            ("mqttsn:sn", "partial", b"\x81\xa2id\xa7partial")])  # {"id": "partial"}
+    broker.start()
+    log = broker.log_text()
+    assert "stored session of 'garbled' cannot be read" in log, log
+    assert "stored session of 'partial' cannot be restored" in log, log
+    deadline = time.monotonic() + 5  # (the deletes go out with the broker's next commit)
+    while True:
+        with sqlite3.connect(broker.db_path) as db:
+            left = db.execute("SELECT count(*) FROM records").fetchone()[0]
+        if left == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert left == 0
+    c = SnRaw(udp)
+    try:
+        c.connect("partial", clean=False)
+        assert c.register("sn/x") > 0
+    finally:
+        c.close()
