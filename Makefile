@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
-.PHONY: run test test-stress setup peers browser redis paho-c dashboard lint clean
+.PHONY: run test test-stress setup peers browser redis paho-c mosquitto-clients mqttjs dashboard \
+        lint clean
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -59,7 +60,25 @@ $(PAHO_C):
 
 paho-c: $(PAHO_C)
 
-TEST_DEPS := $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(DASH)/dist/.built
+# Mosquitto's command-line clients (mosquitto_pub / mosquitto_sub on libmosquitto) for the
+# client-library tests (tests/integration/test_clients_mosquitto.py; Debian package)
+MOSQUITTO_CLIENTS := /usr/bin/mosquitto_pub
+$(MOSQUITTO_CLIENTS):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients
+
+mosquitto-clients: $(MOSQUITTO_CLIENTS)
+
+# MQTT.js (npm `mqtt`, at the version of its package-lock.json) for the client-library tests
+# (tests/integration/test_clients_mqttjs.py runs it through tests/clients/mqttjs/driver.mjs)
+MQTTJS := tests/clients/mqttjs
+$(MQTTJS)/node_modules/.installed: $(MQTTJS)/package.json $(MQTTJS)/package-lock.json
+	cd $(MQTTJS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+mqttjs: $(MQTTJS)/node_modules/.installed
+
+TEST_DEPS := $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(MOSQUITTO_CLIENTS) \
+             $(MQTTJS)/node_modules/.installed $(DASH)/dist/.built
 
 test: $(TEST_DEPS)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -28,15 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.sync.client import ClientConnection
@@ -54,60 +49,26 @@ from mqttbroker.protocol.packets import (
     Subscription,
 )
 from mqttbroker.protocol.reader import FrameReader
-from tests.conftest import BrokerThread, base_config
+from tests.conftest import BrokerThread
 
-from .helpers import HOST, TIMEOUT, Paho, RawClient, unique_id, wait_until
+from . import pahoc
+from .clientprocs import (
+    Lines,
+    MakeBroker,
+    away_with_queue,
+    port_of,
+    subscribed,
+    ws_config,
+    ws_uri,
+)
+from .helpers import TIMEOUT, Paho, RawClient, unique_id, wait_until
 
 PAHO_CS_SUB = "/usr/bin/paho_cs_sub"  # paho.mqtt.c-examples: the synchronous subscriber
-LIBPAHO = "libpaho-mqtt3c.so.1"  # libpaho-mqtt1.3: the synchronous client, no TLS
-INSTALL_HINT = "run `make paho-c` (`make test` installs it: Debian's paho.mqtt.c-examples)"
-WS_PATH = "/mqtt"
 KEEPALIVE = 60  # seconds: what was left in a frame would come only after this
-ROOT = Path(__file__).resolve().parents[2]
-
-MakeBroker = Callable[[dict[str, Any]], BrokerThread]
+_RECEIVE_FOR = 60.0  # seconds the receiving child runs at most (the test kills it sooner)
 
 
 # -- brokers ------------------------------------------------------------------------------------
-
-def ws_config(**ws: Any) -> dict[str, Any]:
-    """A TCP listener ``tcp`` and a WebSocket listener ``ws`` (with ``ws`` keys added)."""
-    cfg = base_config()
-    cfg["listeners"] = {"tcp": {"type": "tcp", "bind": f"{HOST}:0"},
-                        "ws": {"type": "ws", "bind": f"{HOST}:0", "path": WS_PATH, **ws}}
-    return cfg
-
-
-def port_of(bt: BrokerThread, listener: str) -> int:
-    assert bt.broker is not None
-    ports = [p for name, _, p in bt.broker.addresses if name == listener]
-    assert ports, f"no listener {listener!r} in {bt.broker.addresses!r}"
-    return ports[0]
-
-
-def ws_uri(bt: BrokerThread) -> str:
-    return f"ws://{HOST}:{port_of(bt, 'ws')}{WS_PATH}"
-
-
-def subscribed(bt: BrokerThread, client_id: str, topic: str) -> bool:
-    """Does the broker hold ``client_id``'s subscription to ``topic``?"""
-    def read() -> bool:
-        assert bt.broker is not None
-        session = bt.broker.sessions.get(client_id)
-        return session is not None and topic in session.subscriptions
-    return bt.call(read)
-
-
-def away_with_queue(bt: BrokerThread, client_id: str) -> int | None:
-    """``client_id``'s queued messages while it is not connected (None while it is)."""
-    def read() -> int | None:
-        assert bt.broker is not None
-        session = bt.broker.sessions.get(client_id)
-        if session is None or client_id in bt.broker.connections:
-            return None
-        return len(session.queue) + len(session.inflight)
-    return bt.call(read)
-
 
 def publish_burst(bt: BrokerThread, topic: str, payloads: list[bytes], qos: int = 0) -> None:
     """PUBLISH ``payloads`` over TCP in ONE socket write, so the broker reads them at once
@@ -125,62 +86,6 @@ def publish_burst(bt: BrokerThread, topic: str, payloads: list[bytes], qos: int 
 
 
 # -- Paho C processes ---------------------------------------------------------------------------
-
-class Lines:
-    """A child process's output lines (stdout and stderr), read by a thread; bounded waits."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, cwd=ROOT, text=True, bufsize=1)
-        self._cond = threading.Condition()
-        self._lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self._lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-
-    @property
-    def lines(self) -> list[str]:
-        with self._cond:
-            return list(self._lines)
-
-    def wait_for(self, predicate: Callable[[list[str]], bool], what: str,
-                 timeout: float = TIMEOUT) -> list[str]:
-        """Wait until ``predicate(lines)``; fail naming ``what`` and showing the output."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self._lines):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"timed out after {timeout}s waiting for {what}; "
-                        f"{os.path.basename(self.args[0])} printed {self._lines!r}"
-                        + ("" if self.proc.poll() is None
-                           else f" and exited with {self.proc.returncode}"))
-                self._cond.wait(left)
-            return list(self._lines)
-
-    def wait_exit(self, timeout: float = TIMEOUT) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.args!r} still running after {timeout}s; "
-                                 f"output {self.lines!r}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(TIMEOUT)
-        self._thread.join(TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
 
 @pytest.fixture
 def spawn() -> Iterator[Callable[[list[str]], Lines]]:
@@ -201,14 +106,14 @@ def spawn() -> Iterator[Callable[[list[str]], Lines]]:
 @pytest.fixture
 def paho_cs_sub() -> str:
     if not os.access(PAHO_CS_SUB, os.X_OK):
-        pytest.fail(f"Paho C's {PAHO_CS_SUB} is not installed: {INSTALL_HINT}")
+        pytest.fail(f"Paho C's {PAHO_CS_SUB} is not installed: {pahoc.INSTALL_HINT}")
     return PAHO_CS_SUB
 
 
 @pytest.fixture
 def libpaho() -> None:
-    if ctypes.util.find_library("paho-mqtt3c") is None:
-        pytest.fail(f"Paho C's {LIBPAHO} is not installed: {INSTALL_HINT}")
+    if not pahoc.installed():
+        pytest.fail(f"Paho C's {pahoc.LIBPAHO} is not installed: {pahoc.INSTALL_HINT}")
 
 
 def paho_c_session(phase: str, uri: str, client_id: str, topic: str) -> list[str]:
@@ -360,78 +265,26 @@ def test_frames_and_packets(make_broker_thread: MakeBroker,
 
 # -- the Paho C session client (a child process) -------------------------------------------------
 
-class _Returned(ctypes.Structure):
-    _fields_ = [("serverURI", ctypes.c_char_p), ("MQTTVersion", ctypes.c_int),
-                ("sessionPresent", ctypes.c_int)]
-
-
-class _BinaryPassword(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_int), ("data", ctypes.c_void_p)]
-
-
-class _ConnectOptions(ctypes.Structure):
-    """MQTTClient_connectOptions, struct_version 8 (MQTTClient.h of Paho C 1.3)."""
-
-    _fields_ = [("struct_id", ctypes.c_char * 4), ("struct_version", ctypes.c_int),
-                ("keepAliveInterval", ctypes.c_int), ("cleansession", ctypes.c_int),
-                ("reliable", ctypes.c_int), ("will", ctypes.c_void_p),
-                ("username", ctypes.c_char_p), ("password", ctypes.c_char_p),
-                ("connectTimeout", ctypes.c_int), ("retryInterval", ctypes.c_int),
-                ("ssl", ctypes.c_void_p), ("serverURIcount", ctypes.c_int),
-                ("serverURIs", ctypes.c_void_p), ("MQTTVersion", ctypes.c_int),
-                ("returned", _Returned), ("binarypwd", _BinaryPassword),
-                ("maxInflightMessages", ctypes.c_int), ("cleanstart", ctypes.c_int),
-                ("httpHeaders", ctypes.c_void_p), ("httpProxy", ctypes.c_char_p),
-                ("httpsProxy", ctypes.c_char_p)]
-
-
-class _Message(ctypes.Structure):
-    """The leading fields of MQTTClient_message (the rest is only read by the library)."""
-
-    _fields_ = [("struct_id", ctypes.c_char * 4), ("struct_version", ctypes.c_int),
-                ("payloadlen", ctypes.c_int), ("payload", ctypes.c_void_p),
-                ("qos", ctypes.c_int), ("retained", ctypes.c_int), ("dup", ctypes.c_int),
-                ("msgid", ctypes.c_int)]
-
-
-_PERSISTENCE_NONE = 1  # MQTTClientPersistence.h
-_MQTT_3_1_1 = 4
-_DISCONNECTED = -3
-_RECEIVE_FOR = 60.0  # seconds the receiving child runs at most (the test kills it sooner)
-
-
 def _paho_c_session(phase: str, uri: str, client_id: str, topic: str) -> int:
     """Paho C's synchronous client (libpaho-mqtt3c), clean session 0, keep-alive 60 s.
     ``subscribe``: connect, subscribe to ``topic`` at QoS 1, disconnect. ``receive``: connect
     and print each message as it is received. One line per step, flushed."""
-    lib = ctypes.CDLL(LIBPAHO)
-    lib.MQTTClient_create.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p,
-                                      ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
-    lib.MQTTClient_connect.argtypes = [ctypes.c_void_p, ctypes.POINTER(_ConnectOptions)]
-    lib.MQTTClient_subscribe.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
-    lib.MQTTClient_receive.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
-                                       ctypes.POINTER(ctypes.c_int),
-                                       ctypes.POINTER(ctypes.POINTER(_Message)),
-                                       ctypes.c_ulong]
-    lib.MQTTClient_freeMessage.argtypes = [ctypes.POINTER(ctypes.POINTER(_Message))]
-    lib.MQTTClient_free.argtypes = [ctypes.c_void_p]
-    lib.MQTTClient_disconnect.argtypes = [ctypes.c_void_p, ctypes.c_int]
-    lib.MQTTClient_destroy.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+    lib = pahoc.load()
 
     def say(line: str) -> None:
         print(line, flush=True)
 
     client = ctypes.c_void_p()
     rc = lib.MQTTClient_create(ctypes.byref(client), uri.encode(), client_id.encode(),
-                               _PERSISTENCE_NONE, None)
+                               pahoc.PERSISTENCE_NONE, None)
     if rc != 0:
         say(f"create failed: {rc}")
         return 1
     try:
-        opts = _ConnectOptions(struct_id=b"MQTC", struct_version=8,
-                               keepAliveInterval=KEEPALIVE, cleansession=0, reliable=1,
-                               connectTimeout=int(TIMEOUT), MQTTVersion=_MQTT_3_1_1,
-                               maxInflightMessages=-1)
+        opts = pahoc.ConnectOptions(struct_id=b"MQTC", struct_version=8,
+                                    keepAliveInterval=KEEPALIVE, cleansession=0, reliable=1,
+                                    connectTimeout=int(TIMEOUT),
+                                    MQTTVersion=pahoc.MQTT_3_1_1, maxInflightMessages=-1)
         rc = lib.MQTTClient_connect(client, ctypes.byref(opts))
         if rc != 0:
             say(f"connect failed: {rc}")
@@ -450,10 +303,10 @@ def _paho_c_session(phase: str, uri: str, client_id: str, topic: str) -> int:
         while time.monotonic() < deadline:
             name = ctypes.c_void_p()
             length = ctypes.c_int()
-            msg = ctypes.POINTER(_Message)()
+            msg = ctypes.POINTER(pahoc.Message)()
             rc = lib.MQTTClient_receive(client, ctypes.byref(name), ctypes.byref(length),
                                         ctypes.byref(msg), 100)
-            if rc == _DISCONNECTED:
+            if rc == pahoc.DISCONNECTED:
                 say("connection lost")
                 return 1
             if msg:
