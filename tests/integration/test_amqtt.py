@@ -9,6 +9,7 @@ waits for paho messages from async code poll with ``Collector.await_for``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -170,3 +171,36 @@ async def test_amqtt_retained_on_subscribe_and_forwarded_mqtt_3_3_1_8_and_9(
             await asyncio.wait_for(pub.publish("rr/t", b"new", qos=QOS_1, retain=True), TIMEOUT)
             second = await amqtt_receive(sub, 1)
             assert [(m.payload, m.retain) for m in second] == [(b"new", False)]
+
+
+async def test_amqtt_will_published_when_its_connection_drops_mqtt_3_1_2_8(
+        broker: Broker) -> None:
+    """amqtt connects with a will (its ``will`` config: QoS 1, retained); its socket is then
+    aborted, so no DISCONNECT is sent: the broker publishes the will [MQTT-3.1.2-8] and keeps
+    it as retained [MQTT-3.1.2-17]. A clean DISCONNECT from another amqtt client with a will
+    discards that will [MQTT-3.1.2-10]."""
+    from amqtt.client import MQTTClient  # type: ignore[import-untyped]
+
+    def with_will(cid: str) -> MQTTClient:
+        return MQTTClient(client_id=cid, config={
+            "auto_reconnect": False, "keep_alive": 60,
+            "will": {"topic": f"will/{cid}", "message": "gone", "qos": QOS_1, "retain": True}})
+
+    dropped, clean = unique_id("amqttw"), unique_id("amqttc")
+    async with amqtt_client(broker.port) as watcher:
+        await asyncio.wait_for(watcher.subscribe([("will/#", QOS_1)]), TIMEOUT)
+        polite = with_will(clean)
+        await asyncio.wait_for(polite.connect(f"mqtt://127.0.0.1:{broker.port}/"), TIMEOUT)
+        await asyncio.wait_for(polite.disconnect(), TIMEOUT)
+        client = with_will(dropped)
+        await asyncio.wait_for(client.connect(f"mqtt://127.0.0.1:{broker.port}/"), TIMEOUT)
+        client._handler.writer._writer.transport.abort()  # the socket drops: no DISCONNECT
+        got = await amqtt_receive(watcher, 1)
+        assert [(m.topic, m.payload, m.qos) for m in got] == [(f"will/{dropped}", b"gone", 1)]
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.disconnect(), TIMEOUT)
+    async with amqtt_client(broker.port) as later:
+        await asyncio.wait_for(later.subscribe([("will/#", QOS_1)]), TIMEOUT)
+        kept = await amqtt_receive(later, 1)
+        assert [(m.topic, m.payload, m.retain) for m in kept] == [
+            (f"will/{dropped}", b"gone", True)]
