@@ -18,19 +18,39 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, logs
 from .config import LOG_LEVELS, Config, load_config
+from .config.model import LOG_FORMATS
 from .errors import ConfigError, MQTTBrokerError
 from .plugins.host import load_classes
 
 log = logging.getLogger("mqttbroker")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_Report = Callable[[str], None]
 
 
 def _print_config_error(exc: ConfigError, *, err: bool) -> None:
     for issue in exc.issues:
         click.echo(issue.format(exc.filename), err=err)
+
+
+def _reporter(plain: bool) -> _Report:
+    """How a failure found once logging is set up reaches stderr: the line written for a
+    person (``mqttbroker: error: ...``, ``FILE:LINE: ...``) when the log is plain text, else
+    an ERROR record, so that a machine reading json or journald lines meets one form only."""
+
+    def report(line: str) -> None:
+        if plain:
+            click.echo(line, err=True)
+        else:
+            log.error("%s", line.removeprefix("mqttbroker: error: "))
+
+    return report
+
+
+def _report_config_error(exc: ConfigError, report: _Report) -> None:
+    for issue in exc.issues:
+        report(issue.format(exc.filename))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,24 +69,32 @@ def cli() -> None:
                    "one too, on any free port).")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
               help="Override log_level from the config.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False),
+              help="Override log_format from the config: text (timestamp, level, logger, "
+                   "message; journald's priority prefixes when stderr is the journal) or json "
+                   "(one object per line). docs/operations.md.")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes sharing the ports (SO_REUSEPORT), each a node of the "
                    "config's cluster (needs a cluster section).")
 @click.option("--worker-index", type=int, default=None, hidden=True)
 def serve(config_file: str | None, host: str | None, port: int | None,
-          log_level: str | None, workers: int, worker_index: int | None) -> None:
+          log_level: str | None, log_format: str | None, workers: int,
+          worker_index: int | None) -> None:
     """Run the broker until SIGINT or SIGTERM (SIGHUP reloads certificates, passwords, ACLs)."""
     try:
-        config = load_config(config_file).with_overrides(host, port, log_level)
+        config = load_config(config_file).with_overrides(host, port, log_level, log_format)
         load_classes(config.plugins, config_file)  # FILE:LINE for a plugin that does not load
-    except ConfigError as exc:
+    except ConfigError as exc:  # (before logging: the config names the log format)
         _print_config_error(exc, err=True)
         sys.exit(2)
-    logging.basicConfig(level=config.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    # a worker (started by supervise() with the same arguments) writes the same form, tagged
+    # with its index, to the stderr it inherits (and so detects the same journal)
+    report = _reporter(logs.configure(config.log_level, config.log_format,
+                                      worker=worker_index))
     if workers > 1 and worker_index is None:
         problem = _workers_problem(config)
         if problem:
-            click.echo(f"mqttbroker: error: --workers {workers}: {problem}", err=True)
+            report(f"mqttbroker: error: --workers {workers}: {problem}")
             sys.exit(2)
         from .workers import supervise
 
@@ -79,7 +107,7 @@ def serve(config_file: str | None, host: str | None, port: int | None,
     log.info("mqttbroker %s starting (config: %s)", __version__,
              config_file or "built-in defaults")
     try:
-        code = _run(_serve(config, reuse_port=worker_index is not None))
+        code = _run(_serve(config, report, reuse_port=worker_index is not None))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         code = 130
     sys.exit(code)
@@ -153,29 +181,29 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def _serve(config: Config, reuse_port: bool = False) -> int:
+async def _serve(config: Config, report: _Report, reuse_port: bool = False) -> int:
     """Start the broker, wait for SIGINT/SIGTERM (reloading on SIGHUP), shut down; return the
-    exit code."""
+    exit code. A failure to start goes to ``report``."""
     from .broker import Broker  # imported late: config errors are reported without it
 
     try:
         broker = Broker(config, reuse_port=reuse_port)
     except ConfigError as exc:  # the config is valid but asks for what the broker lacks
-        _print_config_error(exc, err=True)
+        _report_config_error(exc, report)
         return 2
     try:
         await broker.start()
     except OSError as exc:
         await _quiet_shutdown(broker)
-        click.echo(f"mqttbroker: error: {_describe_os_error(exc, config)}", err=True)
+        report(f"mqttbroker: error: {_describe_os_error(exc, config)}")
         return 1
     except ConfigError as exc:
         await _quiet_shutdown(broker)
-        _print_config_error(exc, err=True)
+        _report_config_error(exc, report)
         return 2
     except MQTTBrokerError as exc:
         await _quiet_shutdown(broker)
-        click.echo(f"mqttbroker: error: {exc}", err=True)
+        report(f"mqttbroker: error: {exc}")
         return 1
 
     loop = asyncio.get_running_loop()

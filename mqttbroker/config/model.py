@@ -1,5 +1,5 @@
 """The validated configuration: frozen dataclasses, one per section of the config file, with
-their defaults and limits (:data:`LOG_LEVELS`, ``_MAX_PACKET``).
+their defaults and limits (:data:`LOG_LEVELS`, :data:`LOG_FORMATS`, ``_MAX_PACKET``).
 
 Nothing here reads or checks a file; :mod:`mqttbroker.config.sections` builds these from
 checked values. The ``bridges`` section keeps its model beside its checks, in
@@ -19,6 +19,9 @@ from .bridges import BridgeConfig
 from .yaml_reader import _choices_msg
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+# how records are written to stderr (mqttbroker/logs.py, docs/operations.md): "text" for a
+# person (and journald), "json" one object per line for a log shipper
+LOG_FORMATS: Final = ("text", "json")
 _MAX_PACKET: Final = 268_435_460  # 1 + 4 (max remaining-length varint) + 268,435,455
 
 
@@ -208,6 +211,7 @@ class Config:
     topic_check: TopicCheckConfig = TopicCheckConfig()
     mqtt: MqttConfig = MqttConfig()
     log_level: str = "INFO"
+    log_format: str = "text"
     persistence: PersistenceConfig = PersistenceConfig()
     http: HttpConfig = HttpConfig()
     cluster: ClusterConfig | None = None
@@ -216,14 +220,16 @@ class Config:
     bridges: tuple[BridgeConfig, ...] = ()
 
     def with_overrides(
-        self, host: str | None = None, port: int | None = None, log_level: str | None = None
+        self, host: str | None = None, port: int | None = None, log_level: str | None = None,
+        log_format: str | None = None,
     ) -> Config:
         """Return a copy with ``host`` applied to every MQTT listener, ``port`` to the first
         one (``port=0``: every listener, the HTTP one included, takes a free port) and a new
-        log level.
+        log level and log format.
 
-        These are the CLI's ``--host``/``--port``/``--log-level``. Raises :class:`ConfigError`
-        for a port outside 0..65535, an empty host or an unknown log level.
+        These are the CLI's ``--host``/``--port``/``--log-level``/``--log-format``. Raises
+        :class:`ConfigError` for a port outside 0..65535, an empty host or an unknown log
+        level or format.
         """
         issues: list[ConfigIssue] = []
         if host is not None:
@@ -235,6 +241,9 @@ class Config:
         level = self.log_level if log_level is None else log_level.upper()
         if level not in LOG_LEVELS:
             issues.append(ConfigIssue("log_level", None, _choices_msg(LOG_LEVELS, log_level)))
+        form = self.log_format if log_format is None else log_format.lower()
+        if form not in LOG_FORMATS:
+            issues.append(ConfigIssue("log_format", None, _choices_msg(LOG_FORMATS, log_format)))
         if issues:
             raise ConfigError(issues)
         listeners = tuple(
@@ -243,4 +252,4 @@ class Config:
             for i, lst in enumerate(self.listeners)
         )
         http = self.http if port != 0 else replace(self.http, port=0)
-        return replace(self, listeners=listeners, log_level=level, http=http)
+        return replace(self, listeners=listeners, log_level=level, log_format=form, http=http)

@@ -39,6 +39,7 @@ from .convert import (
 )
 from .model import (
     _MAX_PACKET,
+    LOG_FORMATS,
     LOG_LEVELS,
     AuthConfig,
     ClusterConfig,
@@ -332,6 +333,7 @@ _TOP_FIELDS: Final[Mapping[str, _Conv]] = {
     "topic_check": _subsection(TopicCheckConfig, _TOPIC_CHECK_FIELDS),
     "mqtt": _subsection(MqttConfig, _MQTT_FIELDS),
     "log_level": _choice(LOG_LEVELS, str.upper),
+    "log_format": _choice(LOG_FORMATS, str.lower),
     "persistence": _subsection(PersistenceConfig, _PERSISTENCE_FIELDS),
     "http": _http,
     "cluster": _cluster,
