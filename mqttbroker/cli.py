@@ -191,6 +191,40 @@ async def _serve(config: Config, report: _Report, reuse_port: bool = False) -> i
     except ConfigError as exc:  # the config is valid but asks for what the broker lacks
         _report_config_error(exc, report)
         return 2
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+    started = False
+    hangup_during_start = False
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    def reload() -> None:
+        log.info("received SIGHUP, reloading certificates and password/ACL files")
+        try:
+            broker.reload()
+        except Exception:  # reload logs its own failures; this is a backstop
+            log.exception("reload failed; the broker keeps running")
+
+    def on_hangup() -> None:
+        # SIGHUP reloads (as Mosquitto does) and never stops the broker; one that comes
+        # while the broker starts is done once it has started
+        nonlocal hangup_during_start
+        if started:
+            reload()
+        else:
+            hangup_during_start = True
+
+    # The handlers go in before the listeners open: a SIGTERM that comes as soon as the
+    # broker listens (a supervisor, systemd, a test) still shuts it down in order (sessions
+    # stored, clients told) instead of killing it mid-start.
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await broker.start()
     except OSError as exc:
@@ -205,28 +239,9 @@ async def _serve(config: Config, report: _Report, reuse_port: bool = False) -> i
         await _quiet_shutdown(broker)
         report(f"mqttbroker: error: {exc}")
         return 1
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[str] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig.name)
-        stop.set()
-
-    def on_hangup() -> None:
-        # SIGHUP reloads (as Mosquitto does) and never stops the broker
-        log.info("received SIGHUP, reloading certificates and password/ACL files")
-        try:
-            broker.reload()
-        except Exception:  # reload logs its own failures; this is a backstop
-            log.exception("reload failed; the broker keeps running")
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal, sig)
-    if hasattr(signal, "SIGHUP"):  # not on Windows
-        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    started = True
+    if hangup_during_start:
+        reload()
     try:
         await stop.wait()
         log.info("received %s, shutting down", received[0])
