@@ -308,11 +308,16 @@ def test_metrics_format_and_documented_names(api: BrokerThread) -> None:
     assert not missing, f"missing from /metrics: {missing}"
     wrong = {n: s.family(n).type for n, t in documented.items() if s.family(n).type != t}
     assert not wrong, f"wrong types: {wrong}"
+    # ours are mqttbroker_*; beside them only the process_* families every Prometheus
+    # exporter has (Linux /proc), with the broker process's own figures
     for fam in s.families.values():
-        assert fam.name.startswith("mqttbroker_"), fam.name
+        assert fam.name.startswith(("mqttbroker_", "process_")), fam.name
         if fam.type == "counter":
             assert all(x.name.endswith("_total") for x in fam.samples
                        if not x.name.endswith("_created")), fam.samples
+    assert s.get("process_resident_memory_bytes") > 1_000_000
+    assert s.get("process_open_fds") >= 3  # at least the listener and the HTTP connection
+    assert s.family("process_cpu_seconds").type == "counter"
     # unlabelled metrics have their one sample now
     for name in ("mqttbroker_uptime_seconds", "mqttbroker_clients_connected",
                  "mqttbroker_connections_total", "mqttbroker_bytes_received_total",

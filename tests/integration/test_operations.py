@@ -272,7 +272,8 @@ def test_dashboard_queries_only_metric_names_the_broker_exposes(single_run: Run,
         for t in p["targets"]:
             assert t["datasource"] == p["datasource"]
             exprs.append(t["expr"])
-    used = {name for e in exprs for name in re.findall(r"\bmqttbroker_[A-Za-z0-9_:]+", e)}
+    used = {name for e in exprs
+            for name in re.findall(r"\b(?:mqttbroker|process)_[A-Za-z0-9_:]+", e)}
     exposed = single_run.metric_names | cluster_run.metric_names
     assert len(used) >= 40, sorted(used)
     assert used <= exposed, f"queried, not exposed: {sorted(used - exposed)}"
@@ -281,6 +282,7 @@ def test_dashboard_queries_only_metric_names_the_broker_exposes(single_run: Run,
     assert "mqttbroker_bridge_connected" in single_run.metric_names
     assert "mqttbroker_mqttsn_clients" in single_run.metric_names
     assert "mqttbroker_cluster_redis_up" in cluster_run.metric_names
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes"} <= used
 
 
 # -- systemd ------------------------------------------------------------------------------------
