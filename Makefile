@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
 .PHONY: run test test-stress setup peers browser redis paho-c mosquitto-clients mqttjs dashboard \
-        lint clean
+        lint clean dist
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -14,7 +14,7 @@ MOSQUITTO := /usr/sbin/mosquitto
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[all,test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,6 +29,15 @@ $(DASH)/dist/.built: $(DASH_SRC)
 	touch $@
 
 dashboard: $(DASH)/dist/.built
+
+# The wheel and the sdist in dist/, each carrying the built dashboard: a machine that installs
+# them needs no Node.js. `pip install dist/mqttbroker-*.whl` is the lean broker; extras in
+# README.md ("Install"). The venv's setuptools builds them (no isolated build env); build/ is
+# emptied first, so a module deleted from the tree cannot ride along from an older build.
+dist: $(STAMP) $(DASH)/dist/.built
+	rm -rf build dist
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	$(BIN)/python -c 'from setuptools import build_meta as b; b.build_sdist("dist")' >/dev/null
 
 run: $(STAMP) $(DASH)/dist/.built
 	$(BIN)/mqttbroker serve -c $(CONFIG)
@@ -96,7 +105,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
 
 # Fuzzing: every target (tests/fuzz/) until Ctrl-C, or FUZZ_SECONDS seconds each; `make test`
 # runs them for a bounded time. Crashes land in tests/fuzz/crashes/ (see docs/fuzzing.md).

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import Final
 
 import click
 
-from .fleet import parse_broker, run_fleet
 from .link import LinkRelay, parse_loopback
 from .profile import check_link_cuts, load_profile
 from .report import clock, plot, summary_table, write_report
@@ -62,6 +63,8 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
         verify_at: str | None, relay_at: str | None, protocol: str, mqttsn_at: str | None,
         mqttsn_share: float | None, check: bool) -> None:
     """Run COUNT devices for DURATION seconds and verify every message."""
+    from .fleet import parse_broker, run_fleet  # paho-mqtt: here, so main() can say it is missing
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         parse_broker(broker)
@@ -128,8 +131,19 @@ def run(broker: str, count: int, duration: float, profile: str, report_path: str
         sys.exit(3)
 
 
+# The devices extra (pyproject.toml): module -> its distribution. paho-mqtt drives the devices,
+# matplotlib draws the plot (imported only then: without this check a run would fail at its end)
+_EXTRA: Final = {"paho": "paho-mqtt", "matplotlib": "matplotlib"}
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point; without the devices extra, one line naming how to install it."""
+    missing = [dist for module, dist in _EXTRA.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        which = "which is" if len(missing) == 1 else "which are"
+        click.echo(f"devices: error: the device fleet needs {' and '.join(missing)}, {which} "
+                   "not installed: pip install 'mqttbroker[devices]'", err=True)
+        sys.exit(1)
     cli()
 
 

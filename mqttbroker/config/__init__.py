@@ -32,7 +32,8 @@ the working directory.
 
 The package: ``model`` (the frozen dataclasses), ``yaml_reader`` (YAML with lines),
 ``convert`` (the validator and the value converters), ``sections`` (the schema and
-the checks across keys) and ``bridges`` (the bridges section: its model and checks); this
+the checks across keys), ``bridges`` (the bridges section: its model and checks) and
+``extras`` (a part the config asks for whose optional libraries are not installed); this
 module holds the entry points.
 """
 
@@ -44,6 +45,7 @@ from typing import Any
 
 from ..errors import ConfigIssue
 from .bridges import BridgeConfig, BridgeQueue, BridgeTLS, BridgeTopic
+from .extras import check_extras
 from .model import (
     LOG_LEVELS,
     AuthConfig,
@@ -77,7 +79,8 @@ def load_config(
     ``overrides`` is a config-shaped mapping deep-merged over the source before validation
     (mappings merge key by key, any other value replaces), e.g. ``{"mqtt": {"max_qos": 1}}``.
 
-    Raises :class:`ConfigError` listing every problem found.
+    Raises :class:`ConfigError` listing every problem found; once the config is valid, one
+    naming each part it asks for whose extra is not installed (:mod:`.extras`).
     """
     filename = base_dir = None
     lines: dict[_KeyPath, int] = {}
@@ -89,7 +92,9 @@ def load_config(
         base_dir = os.path.dirname(os.path.abspath(filename))
     if overrides and isinstance(raw, Mapping | None):
         raw = _merge(raw or {}, overrides, lines, ())
-    return _validate(raw, lines, issues, base_dir, filename)
+    config = _validate(raw, lines, issues, base_dir, filename)
+    check_extras(config, lines, filename)  # e.g. an http section without mqttbroker[web]
+    return config
 
 
 def parse_config_dict(d: Mapping[str, Any]) -> Config:
