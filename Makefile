@@ -89,8 +89,10 @@ mqttjs: $(MQTTJS)/node_modules/.installed
 TEST_DEPS := $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(MOSQUITTO_CLIENTS) \
              $(MQTTJS)/node_modules/.installed $(DASH)/dist/.built
 
+# Two pytest-xdist workers, each taking the next test as it frees up (worksteal): every test
+# starts its own brokers on free ports and its own files under tmp_path, so they do not meet.
 test: $(TEST_DEPS)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 # The same suite with one core kept busy by a CPU hog (a Python busy loop) that the recipe
 # starts and stops: the EXIT trap kills it however pytest ends (Ctrl-C too), and the
