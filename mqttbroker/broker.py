@@ -542,6 +542,11 @@ class Broker:
         """The plugins' answer for a PUBLISH to ``topic``, or that answer on its way."""
         return self.dispatch.publish_answer(conn, topic)
 
+    def slot_free(self, conn: ClientConnection) -> None:
+        """``conn`` may take work queued at other members of its shared groups."""
+        if self.running:
+            self.dispatch.steal(conn, self.now)
+
     def deliver_forwarded(self, message: Message, direct: bool, groups: set[str]) -> int:
         """A message another node forwarded, to this node's subscribers."""
         return self.dispatch.deliver_forwarded(message, direct, groups)

@@ -1,5 +1,6 @@
 """Who receives a message: the subscription tree, overlapping subscriptions merged into one
-delivery per client, and shared subscriptions ``$share/group/filter`` served round-robin."""
+delivery per client, and shared subscriptions ``$share/group/filter`` served round-robin (a
+member that frees up later takes what waits at the others: core/delivery.py steal)."""
 
 from __future__ import annotations
 

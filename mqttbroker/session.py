@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import ProtocolError
 from .message import Message
@@ -17,6 +17,7 @@ from .metrics import Metrics
 from .protocol.constants import PacketType, ReasonCode
 from .protocol.flows import OutState, PacketIdAllocator, initial_state, next_state
 from .protocol.packets import Subscription
+from .protocol.topics import SHARE_PREFIX
 
 if TYPE_CHECKING:
     from .persistence.base import Storage
@@ -24,6 +25,39 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqttbroker.session")
 
 _NO_IDS: frozenset[int] = frozenset()
+# how far into another member's queue :meth:`Session.take_queued` looks for a message of the
+# group (a queue of 100,000 messages of other subscriptions is not scanned after every PUBACK)
+STEAL_SCAN = 1000
+
+
+class Subscriptions(dict[str, Subscription]):
+    """A session's subscriptions by filter, counting the shared ones (``$share/...``) in
+    :attr:`shared` as they come and go: the connection asks it after each acknowledgement
+    whether the session may take work queued at other members of its groups, so the count
+    must cost one attribute read, not a scan (work stealing, core/delivery.py)."""
+
+    __slots__ = ("shared",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = 0
+
+    def __setitem__(self, topic_filter: str, sub: Subscription) -> None:
+        if topic_filter.startswith(SHARE_PREFIX) and topic_filter not in self:
+            self.shared += 1
+        super().__setitem__(topic_filter, sub)
+
+    def __delitem__(self, topic_filter: str) -> None:
+        super().__delitem__(topic_filter)
+        if topic_filter.startswith(SHARE_PREFIX):
+            self.shared -= 1
+
+    def pop(self, topic_filter: str, *default: Any) -> Any:
+        had = topic_filter in self
+        value = super().pop(topic_filter, *default)
+        if had and topic_filter.startswith(SHARE_PREFIX):
+            self.shared -= 1
+        return value
 
 
 class Outbound:
@@ -102,7 +136,7 @@ class Session:
         self.client_id = client_id
         # seconds the session outlives its connection (3.1.1 clean session 0: NEVER)
         self.expiry_interval = expiry_interval
-        self.subscriptions: dict[str, Subscription] = {}
+        self.subscriptions = Subscriptions()
         self.inflight: dict[int, Outbound] = {}
         # made on first use: an idle session should cost little (an empty deque is 600 bytes)
         self.queue: deque[Queued] | tuple[()] = ()
@@ -320,6 +354,41 @@ class Session:
                 else:
                     kept.append(item)
             self.queue = kept
+        return taken
+
+    def take_queued(self, share: str, accept: Callable[[Message], bool],
+                    now: float) -> Queued | None:
+        """Remove and return the oldest queued (never sent) message that came through the
+        shared subscription ``share`` and that ``accept`` takes, for another member of the
+        group whose window has room (work stealing, core/delivery.py). Messages of ``share``
+        past their expiry at ``now`` met on the way are dropped [MQTT-3.3.2-5]. What is in
+        flight is never taken: a QoS 2 message once sent stays with its member
+        [MQTT-4.8.2-5]. The stored row goes: the taker stores the message as its own, so a
+        restart finds it in one session."""
+        q = self.queue
+        if not q:
+            return None
+        gone: list[int] = []
+        found = -1
+        for i, item in enumerate(q):
+            if i >= STEAL_SCAN:
+                break  # deeper ones stay with this member: an acknowledgement costs bounded work
+            if item.share != share:
+                continue
+            message = item.message
+            if message.expires_at is not None and message.expired(now):
+                gone.append(i)
+            elif accept(message):
+                found = i
+                break
+        if found >= 0:
+            gone.append(found)
+        taken = None
+        for i in reversed(gone):  # (ascending indexes: delete from the back)
+            item = q[i]
+            del q[i]
+            self._unqueued(item)
+            taken = item if i == found else taken
         return taken
 
     def ack(self, packet_id: int, packet: PacketType, refused: bool = False) -> AckResult:

@@ -115,6 +115,7 @@ class ClientConnection(Output, asyncio.Protocol):
         self.gate = storage if storage is not None and storage.gates_output else None
         self.uncommitted_bytes = 0
         self._after_uncommitted = False  # sending what must not overtake an uncommitted SUBACK
+        self._slot_freed = False  # (see Output._ack)
         self.admitted: bool | None = None  # False: over a connection limit, refused at CONNECT
         self._limiter = PublishLimiter(cfg.max_publish_rate, cfg.max_publish_bytes_rate,
                                        self._loop.time()) if cfg.max_publish_rate or \
@@ -210,6 +211,9 @@ class ClientConnection(Output, asyncio.Protocol):
             except HoldPacket as hold:  # a plugin's decision is on its way (nothing done yet)
                 self._hold(hold.until, [(first, body), *it])
                 break
+        if self._slot_freed:  # acknowledgements freed slots: work waiting in shared groups
+            self._slot_freed = False
+            self.slot_free()
         if self._wbuf:
             # our own answers (acks, the next messages a PUBACK let through) go now, not
             # after every other connection's work in this loop turn
@@ -548,6 +552,8 @@ class ClientConnection(Output, asyncio.Protocol):
         for out in session.resend():
             self._send_outbound(out, dup=True)
         self._pump()
+        if session.subscriptions.shared and not session.queue:
+            self.slot_free()  # room left: work queued at other members of its groups
 
     # -- what a protocol carrying this connection needs (core/hooks.CarriedConnection) ------------
 
@@ -630,6 +636,9 @@ class ClientConnection(Output, asyncio.Protocol):
 
     def _on_subscribe(self, p: Subscribe) -> None:
         self.broker.subscribe(self, p)
+        if self.session is not None and self.session.subscriptions.shared \
+                and not self.session.queue:
+            self.slot_free()  # a new member takes work already waiting in its groups
 
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         self.broker.unsubscribe(self, p)

@@ -40,6 +40,7 @@ class Output(ServerConnection):
     __slots__ = (
         "_after_uncommitted",
         "_loop",
+        "_slot_freed",
         "_wbuf",
         "broker",
         "congested_since",
@@ -64,6 +65,9 @@ class Output(ServerConnection):
     gate: Storage | None
     uncommitted_bytes: int
     _after_uncommitted: bool  # sending what must not overtake an uncommitted SUBACK
+    # an acknowledgement freed a slot of a session with shared subscriptions and nothing
+    # queued: once the packets of this read are handled, it may take work (slot_free)
+    _slot_freed: bool
     # backpressure: while our socket buffer is over write_buffer_limit we are congested,
     # and publishers feeding us wait (paused reads) until it drains
     congested_since: float
@@ -357,14 +361,32 @@ class Output(ServerConnection):
             return
         if result.send_pubrel:
             self.send_durable(_PUBREL_HEAD + pid.to_bytes(2, "big"))
-        elif result.freed and session.queue:  # a slot opened: the next one may go
-            out = None
-            if not self.congested_since and self.uncommitted_bytes < self.write_limit:
-                out = session.start_head()
-            if out is not None:
-                self._send_outbound(out, dup=False)
-            else:
-                self._pump()
+        elif result.freed:
+            if session.queue:  # a slot opened: the next one may go
+                out = None
+                if not self.congested_since and self.uncommitted_bytes < self.write_limit:
+                    out = session.start_head()
+                if out is not None:
+                    self._send_outbound(out, dup=False)
+                else:
+                    self._pump()
+            elif session.subscriptions.shared:  # (one test for a session without any)
+                self._slot_freed = True  # after this read's packets: one look for many acks
+
+    def slot_free(self) -> None:
+        """A slot is free and nothing of this session's own waits: with shared subscriptions
+        it may take what waits at other members of its groups (fair dispatch, the broker's
+        Dispatcher.steal). Not while the socket or a storage commit holds back what we send
+        (nobody should wait behind a client that cannot take more); what it takes does not
+        overtake an uncommitted SUBACK (as deliver_retained)."""
+        if self.congested_since or self.uncommitted_bytes >= self.write_limit \
+                or self.state is not ConnState.CONNECTED:
+            return
+        self._after_uncommitted = self.uncommitted_bytes > 0
+        try:
+            self.broker.slot_free(self)
+        finally:
+            self._after_uncommitted = False
 
 
 def _unexpiring(message: Message) -> Message:

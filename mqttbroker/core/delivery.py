@@ -25,8 +25,8 @@ from ..plugins.api import Client as PluginClient
 from ..plugins.api import Message as PluginMessage
 from ..plugins.host import PluginHost
 from ..protocol.constants import ProtocolLevel, ReasonCode
-from ..protocol.packets import Will
-from ..protocol.topics import is_bridge_state, validate_topic_name
+from ..protocol.packets import Subscription, Will
+from ..protocol.topics import SHARE_PREFIX, is_bridge_state, validate_topic_name
 from ..retained import RetainedStore
 from ..router import Delivery, Router
 from ..session import Queued, Session
@@ -49,6 +49,7 @@ class Recipient(Blockable, Protocol):
     level: int
     session: Session | None
     will: Will | None
+    max_out_packet: int  # its Maximum Packet Size, 0 = none [MQTT-3.1.2-25]
 
     @property
     def name(self) -> str: ...
@@ -128,6 +129,97 @@ class Dispatcher(Generic[R]):
                              (sub.identifier,) if sub.identifier else (), item.share)
         if keep:
             session.requeue(keep)
+
+    def steal(self, conn: R, clock: Callable[[], float]) -> int:
+        """Fair dispatch for shared subscriptions (work stealing): ``conn`` has a free
+        in-flight slot and nothing of its own queued, so it takes the oldest message queued,
+        never sent, at the member of its group that is furthest behind, rather than sit idle
+        while that member's backlog waits for it. Shared groups are dealt in turn, and a
+        message goes to a member whose window is full only when every member's is
+        (SharedGroup.pick): when a member's slot frees first, the work moves to it, as
+        RabbitMQ's fair dispatch (prefetch 1) does; [MQTT 4.8.2] leaves the choice to the
+        server. Only messages that came through the same ``$share/...`` filter move, never
+        one in flight (QoS 2 once sent stays with its member [MQTT-4.8.2-5]), and only what
+        ``conn`` may read and can take (its Maximum Packet Size); an expired one is dropped
+        on the way [MQTT-3.3.2-5]. Members are this node's sessions: in a cluster a group's
+        messages are served by one node, and only its members there share them out.
+        ``clock``: the event loop's time (read only when there is something to take).
+        Returns how many messages it took."""
+        session = conn.session
+        cid = conn.client_id
+        if session is None or cid is None or session.queue:
+            return 0
+        free = session.max_inflight - len(session.inflight)
+        if free <= 0:
+            return 0
+        sessions = self._sessions
+        taken = 0
+        # (runs after each acknowledgement of a member that has nothing queued: the common
+        # case, every member keeping up, must cost little, so no work is done until a
+        # member with a queue is found)
+        for topic_filter, sub in session.subscriptions.items():
+            if not topic_filter.startswith(SHARE_PREFIX):
+                continue
+            group = self.router.group(topic_filter)
+            if group is None:
+                continue
+            victims: list[Session] | None = None
+            for member in group.members:
+                victim = sessions.get(member)
+                if victim is not None and victim.queue and member != cid:
+                    if victims is None:
+                        victims = [victim]
+                    else:
+                        victims.append(victim)
+            if victims is None:
+                continue
+            victims.sort(key=_queue_length, reverse=True)  # the furthest behind first
+            now = clock()
+            while taken < free and not session.queue \
+                    and len(session.inflight) < session.max_inflight:
+                item = self._take_for(conn, cid, sub, victims, now)
+                if item is None:
+                    break
+                # as published (a plugin's on_deliver form was the other member's own)
+                m = item.message.origin if isinstance(item.message, Derived) else item.message
+                self._deliver_to(cid, m, min(m.qos, sub.qos),
+                                 m.retain and sub.retain_as_published,
+                                 (sub.identifier,) if sub.identifier else (), topic_filter)
+                taken += 1
+                if len(victims) > 1:
+                    victims.sort(key=_queue_length, reverse=True)
+            if taken >= free:
+                break
+        return taken
+
+    def _take_for(self, conn: R, cid: str, sub: Subscription, victims: list[Session],
+                  now: float) -> Queued | None:
+        """The oldest message of ``sub``'s group (its ``$share/...`` filter) that ``conn``
+        may have, from the first of ``victims`` (the other members' sessions, longest queue
+        first) that holds one."""
+        share = sub.topic_filter
+        reader = self.authorizer.readers.get(cid)
+        plugins = self.plugins.authorizers
+
+        def accept(message: Message) -> bool:
+            m = message.origin if isinstance(message, Derived) else message
+            if reader is not None and not reader.may_read(m.topic):
+                return False  # the ACL file: as on delivery (_readable)
+            if plugins:
+                answer = self.may_receive(cid, m.topic)
+                if isinstance(answer, asyncio.Future) and not answer.done():
+                    return False  # no waiting here: the message stays where it is
+                if not self.plugin_allows(answer):
+                    return False
+            return _fits(conn, m, min(m.qos, sub.qos), m.retain and sub.retain_as_published,
+                         1 if sub.identifier else 0)
+
+        for victim in victims:
+            if victim.queue:
+                item = victim.take_queued(share, accept, now)
+                if item is not None:
+                    return item
+        return None
 
     # -- routing ----------------------------------------------------------------------------------
 
@@ -394,6 +486,25 @@ def _readable(topic: str, direct: dict[str, Delivery], shared: list[tuple[str, D
         shared = [(cid, d) for cid, d in shared
                   if (r := readers.get(cid)) is None or r.may_read(topic)]
     return direct, shared
+
+
+def _queue_length(session: Session) -> int:
+    return len(session.queue)
+
+
+def _fits(conn: Recipient, message: Message, qos: int, retain: bool, identifiers: int) -> bool:
+    """Can ``conn`` take ``message`` within its Maximum Packet Size [MQTT-3.1.2-25]? Its
+    shared wire form, plus room for what an MQTT 5 delivery adds (Subscription Identifier,
+    Message Expiry Interval, length bytes): an estimate on the safe side (a topic alias
+    only shortens it), so a message that might not fit stays with its member."""
+    limit = conn.max_out_packet
+    if not limit:
+        return True
+    head, tail = message.wire(conn.level, qos, retain)
+    size = len(head) + len(tail) + (2 if qos else 0)
+    if conn.level == V5:
+        size += 6 * identifiers + (5 if message.expires_at is not None else 0) + 3
+    return size <= limit
 
 
 def _plugin_message(m: Message) -> PluginMessage:

@@ -115,6 +115,11 @@ class ConnectionHost(Protocol[C]):
     def publish_answer(self, conn: C, topic: str) -> bool | asyncio.Future[bool | None]:
         """The plugins' answer for a PUBLISH to ``topic``, or that answer on its way."""
 
+    def slot_free(self, conn: C) -> None:
+        """``conn``'s session has shared subscriptions, room in its in-flight window and
+        nothing of its own queued: it may take messages queued at other members of its
+        groups (work stealing, core/delivery.py Dispatcher.steal)."""
+
 
 class Access(Protocol):
     """The broker's own access control as the core asks it (``auth.py``'s Authorizer: the

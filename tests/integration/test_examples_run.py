@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,8 @@ def test_task_queue_killed_worker_loses_nothing(run: Callable[..., Program], por
     """examples/task_queue: 12 tasks over a fast, a slow and a doomed worker. The doomed one
     holds a task unacknowledged (manual ack) until it is SIGKILLed; the broker then gives that
     task (and any queued behind it) to another member [MQTT 4.8.2]. Every task is done exactly
-    once, by alice or bob, and each worker's log agrees with the producer's tally."""
+    once, by alice or bob, and each worker's log agrees with the producer's tally. Fair
+    dispatch: the slow worker does fewer tasks than the fast one."""
     count = 12
     p = str(port)
     alice = run("task_queue/worker.py", "--port", p, "--name", "alice", "--work-time", "0.05")
@@ -184,6 +186,11 @@ def test_task_queue_killed_worker_loses_nothing(run: Callable[..., Program], por
                             r"and never finished\)$"), producer.output
     assert not producer.matches(r"done \d+ times"), producer.output  # nothing twice here
     assert producer.lines[-1] == f"all {count} tasks done"
+    # fair dispatch: a task waiting at bob goes to alice whenever she is free first, so bob
+    # (0.3 s a task) does fewer than alice (0.05 s): for bob to reach 6 of the 12, alice
+    # would have to take over 0.25 s a task, five times her work time
+    done = Counter(tally.values())
+    assert done["bob"] < done["alice"], producer.output
 
     for worker, name in ((alice, "alice"), (bob, "bob")):
         worker.proc.send_signal(signal.SIGINT)  # Ctrl-C: it disconnects cleanly

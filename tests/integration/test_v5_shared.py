@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mqttbroker.protocol.packets import Subscribe, Subscription
+from mqttbroker.protocol.packets import Publish, Subscribe, Subscription
+from tests.conftest import base_config
 
+from .brokerproc import persistence
 from .helpers import Paho, unique_id, wait_until
 from .v5helpers import Env, P, Paho5, SubscribeOptions, no_message, sub
 
@@ -208,3 +211,134 @@ def test_subscription_identifier_on_shared_subscription(env: Env) -> None:
     publish_n(env, "sh/si", 1)
     p = c.next_publish()
     assert p.properties.get(P.SUBSCRIPTION_IDENTIFIER) == [77], p.properties
+
+
+# -- fair dispatch: a member with a free slot takes what waits at a busier one (work stealing) --
+
+FAIR = "$share/g/sh/fair"
+
+
+def test_fair_dispatch_fast_member_takes_the_slow_members_backlog(env: Env) -> None:
+    """Two MQTT 5 members with Receive Maximum 1 that acknowledge by hand; 10 QoS 1 messages
+    are published while neither acknowledges, so both windows fill and the rest is queued
+    at the two members in turn. The fast member then acknowledges each message at once, the
+    slow one holds its first: the fast one takes its own queue and then the slow one's
+    [MQTT 4.8.2 leaves the choice to the server] and receives 9, the slow one 1; when the
+    slow one finally acknowledges, nothing is left for it. Every message is delivered
+    exactly once."""
+    slow, _ = env.raw_connect(unique_id("shslow"), properties={P.RECEIVE_MAXIMUM: 1})
+    slow.subscribe5((FAIR, 1))
+    fast, _ = env.raw_connect(unique_id("shfast"), properties={P.RECEIVE_MAXIMUM: 1})
+    fast.subscribe5((FAIR, 1))
+    sent = publish_n(env, "sh/fair", 10)
+    got = fast.publishes(9)  # acknowledged one by one
+    held = slow.next_publish(ack=False)
+    assert fast.drain(0.3) == [] and slow.drain(0.1) == []
+    slow.ack(held)
+    assert slow.drain(0.3) == [], "a message was still queued for the slow member"
+    everything = Counter([p.payload for p in got] + [held.payload])
+    assert sorted(everything) == sorted(sent) and set(everything.values()) == {1}, everything
+
+
+def test_fair_dispatch_for_mqtt_3_1_1_members(env: Env) -> None:
+    """The same with 3.1.1 members, which have no Receive Maximum: the broker's
+    ``max_inflight_messages`` (1 here) is their window, and a 3.1.1 member takes the
+    backlog of another just the same: 9 to the fast one, 1 to the slow one, each once."""
+    env.start(max_inflight_messages=1)
+    slow = env.raw3()
+    slow.connect(unique_id("shslow3"))
+    assert slow.subscribe((FAIR, 1)) == [1]
+    fast = env.raw3()
+    fast.connect(unique_id("shfast3"))
+    assert fast.subscribe((FAIR, 1)) == [1]
+    sent = publish_n(env, "sh/fair", 10)
+    got: list[Publish] = []
+    for _ in range(9):
+        p = fast.expect(Publish)
+        fast.ack(p)
+        got.append(p)
+    held = slow.expect(Publish)
+    assert fast.no_packet(0.3) and slow.no_packet(0.1)
+    slow.ack(held)
+    assert slow.no_packet(0.3), "a message was still queued for the slow member"
+    everything = Counter([p.payload for p in got] + [held.payload])
+    assert sorted(everything) == sorted(sent) and set(everything.values()) == {1}, everything
+
+
+def test_fair_dispatch_with_persistence_each_message_in_one_session(
+        env: Env, tmp_path: Path) -> None:
+    """With SQLite persistence: the fast member takes 2 messages from the slow member's queue
+    (acknowledging the first, holding the second), then the broker restarts. Each message
+    not yet acknowledged is stored in exactly one session (the stolen ones moved, rows and
+    all), none acknowledged comes back; on reconnect each of them is delivered once."""
+    config = base_config()
+    config["persistence"] = persistence(tmp_path / "db.sqlite")
+    env.start(config)
+    props = {P.RECEIVE_MAXIMUM: 1, P.SESSION_EXPIRY_INTERVAL: 300}
+    ids = unique_id("shpslow"), unique_id("shpfast")
+    slow, _ = env.raw_connect(ids[0], properties=props)
+    slow.subscribe5((FAIR, 1))
+    fast, _ = env.raw_connect(ids[1], properties=props)
+    fast.subscribe5((FAIR, 1))
+    sent = publish_n(env, "sh/fair", 10)
+    acked = [p.payload for p in fast.publishes(6)]  # its own 5, then 1 of the slow one's
+    fast_held = fast.next_publish(ack=False).payload  # a 2nd of the slow one's, unacked
+    slow_held = slow.next_publish(ack=False).payload
+    owed = set(sent) - set(acked)
+    assert len(owed) == 4 and {fast_held, slow_held} <= owed
+    env.bt.stop()
+
+    bt = env.start(config)
+    stored = bt.call(lambda: {cid: [i.message.payload for i in bt.broker.sessions[cid].items()]
+                              for cid in ids})
+    assert Counter(stored[ids[0]] + stored[ids[1]]) == Counter(owed), stored
+    assert stored[ids[1]] == [fast_held], stored
+    # the fast member comes back first: its unacknowledged one again, then the slow one's queue
+    props_again = {P.RECEIVE_MAXIMUM: 1}
+    fast, ack = env.raw_connect(ids[1], clean_start=False, properties=props_again)
+    assert ack.session_present
+    again = fast.publishes(3)
+    assert again[0].payload == fast_held and again[0].dup
+    slow, _ = env.raw_connect(ids[0], clean_start=False, properties=props_again)
+    last = slow.next_publish()
+    assert last.payload == slow_held and last.dup
+    assert fast.drain(0.3) == [] and slow.drain(0.1) == []
+    assert sorted([p.payload for p in again] + [last.payload]) == sorted(owed)
+
+
+ACL_FILE = """\
+topic readwrite sh/acl/#
+
+user carol
+topic read sh/acl/open/#
+"""
+
+
+def test_fair_dispatch_never_gives_a_member_what_it_may_not_read(
+        env: Env, tmp_path: Path) -> None:
+    """An ACL file lets carol read ``sh/acl/open/#`` only, yet her ``$share/g/sh/acl/#`` is
+    granted (it covers what she may read; deliveries are checked one by one). A busy member
+    (Receive Maximum 1, not acknowledging) has 5 messages queued, open and secret in turn,
+    when carol joins the group: she takes the open ones and never a secret one, which stay
+    with the member that may read them."""
+    acl = tmp_path / "acl"
+    acl.write_text(ACL_FILE)
+    config = base_config()
+    config["auth"]["acl-file"] = str(acl)
+    env.start(config)
+    busy, _ = env.raw_connect(unique_id("shbusy"), properties={P.RECEIVE_MAXIMUM: 1})
+    busy.subscribe5(("$share/g/sh/acl/#", 1))
+    pub, _ = env.raw_connect(unique_id("shaclp"))
+    topics = [f"sh/acl/{'open' if i % 2 else 'secret'}/{i}" for i in range(6)]
+    for t in topics:
+        pub.publish5(t, t.encode(), 1)
+    first = busy.next_publish(ack=False)
+    assert first.topic == topics[0]
+    carol, _ = env.raw_connect(unique_id("shcarol"), username="carol")
+    assert carol.subscribe5(("$share/g/sh/acl/#", 1)).return_codes == [1]
+    taken = carol.publishes(3)
+    assert [p.topic for p in taken] == [t for t in topics if "/open/" in t]
+    busy.ack(first)
+    rest = busy.publishes(2)
+    assert [p.topic for p in rest] == [topics[2], topics[4]]
+    assert carol.drain(0.3) == [] and busy.drain(0.1) == []

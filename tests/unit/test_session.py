@@ -477,3 +477,110 @@ def test_session_random_ops_invariants(ops: list[tuple[str, int, object]]) -> No
             assert out.packet_id == pid
     # messages start their flows in the order they were offered
     assert sent_order == sorted(sent_order, key=lambda t: int(t.split("/")[1]))
+
+
+# ---- shared subscriptions: the count, and taking queued work (core/delivery.py steal) ----------
+
+def test_subscriptions_count_the_shared_ones() -> None:
+    """``subscriptions.shared`` follows the ``$share/...`` filters as they are added, replaced
+    and removed (the connection reads it after every acknowledgement instead of scanning)."""
+    from mqttbroker.protocol.packets import Subscription
+
+    s = new()
+    subs = s.subscriptions
+    subs["a/#"] = Subscription("a/#", 1)
+    subs["$share/g/a/#"] = Subscription("$share/g/a/#", 1)
+    subs["$share/g/a/#"] = Subscription("$share/g/a/#", 0)  # a repeat replaces
+    subs["$share/h/b"] = Subscription("$share/h/b", 1)
+    assert subs.shared == 2
+    assert subs.pop("$share/h/b", None) is not None and subs.shared == 1
+    assert subs.pop("$share/h/b", None) is None and subs.shared == 1  # not there: unchanged
+    assert subs.pop("a/#", None) is not None and subs.shared == 1
+    del subs["$share/g/a/#"]
+    assert subs.shared == 0 and not subs
+
+
+def test_take_queued_oldest_of_the_share_accepted_never_in_flight_mqtt_4_8_2_5() -> None:
+    """take_queued: the oldest queued message of that share that ``accept`` takes; other
+    shares, plain messages and refused ones stay in order; what is in flight is never taken
+    (QoS 2 once sent stays with its member [MQTT-4.8.2-5]); queued_bytes follows."""
+    s = new(max_inflight=1)
+    assert s.offer(msg(0, 2), 2, False, True, (), "$share/g/t") is not None  # in flight
+    s.offer(msg(1), 1, False, True, (), None)
+    s.offer(msg(2), 1, False, True, (), "$share/other/t")
+    s.offer(msg(3), 1, False, True, (), "$share/g/t")
+    s.offer(msg(4), 1, False, True, (), "$share/g/t")
+    before = s.queued_bytes
+    item = s.take_queued("$share/g/t", lambda m: m.topic != "t/3", NOW)
+    assert item is not None and item.message.topic == "t/4"
+    assert names(list(s.queue)) == ["t/1", "t/2", "t/3"]
+    assert s.queued_bytes == before - len(b"m4")
+    item = s.take_queued("$share/g/t", lambda m: True, NOW)
+    assert item is not None and item.message.topic == "t/3"
+    assert s.take_queued("$share/g/t", lambda m: True, NOW) is None
+    assert names(list(s.inflight.values())) == ["t/0"]
+
+
+def test_take_queued_drops_expired_messages_on_the_way_mqtt_3_3_2_5() -> None:
+    """An expired message of the share met before the one taken is dropped, not taken
+    [MQTT-3.3.2-5]."""
+    s = new(max_inflight=0)
+    old = Message("t/old", b"x", 1, expires_at=NOW - 1)
+    s.offer(old, 1, False, True, (), "$share/g/t")
+    s.offer(msg(1), 1, False, True, (), "$share/g/t")
+    item = s.take_queued("$share/g/t", lambda m: True, NOW)
+    assert item is not None and item.message.topic == "t/1"
+    assert not s.queue and s.queued_bytes == 0
+
+
+class _Rows:
+    """A store that keeps the rows (client id -> seqs) the session tells it about."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, str] = {}
+        self._seq = 0
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def add_item(self, client_id: str, seq: int, *rest: object) -> None:
+        assert seq not in self.rows
+        self.rows[seq] = client_id
+
+    def update_item(self, client_id: str, seq: int, *rest: object) -> None:
+        assert self.rows[seq] == client_id
+
+    def delete_item(self, seq: int, message: Message) -> None:
+        del self.rows[seq]
+
+
+def test_take_queued_moves_the_stored_row() -> None:
+    """With a store: the taken message's row is deleted from the session it leaves, and the
+    taker stores it as a new row of its own when it starts it (a restart finds it once)."""
+    rows = _Rows()
+    victim, thief = Session("victim", 60, max_inflight=0), Session("thief", 60)
+    victim.store = thief.store = rows  # type: ignore[assignment]
+    victim.offer(msg(1), 1, False, True, (), "$share/g/t")
+    assert list(rows.rows.values()) == ["victim"]
+    item = victim.take_queued("$share/g/t", lambda m: True, NOW)
+    assert item is not None and rows.rows == {}
+    out = thief.offer(item.message, 1, False, True, (), "$share/g/t")
+    assert out is not None and list(rows.rows.values()) == ["thief"]
+
+
+def test_take_queued_looks_only_so_deep_into_a_queue() -> None:
+    """An acknowledgement costs bounded work: take_queued looks at the first STEAL_SCAN
+    queued messages only; a message of the share deeper than that stays where it is."""
+    from mqttbroker.session import STEAL_SCAN
+
+    s = new(max_inflight=0, max_queued=STEAL_SCAN + 10)
+    for i in range(STEAL_SCAN - 1):
+        s.offer(msg(i), 1, False, True, (), None)
+    s.offer(msg(STEAL_SCAN - 1), 1, False, True, (), "$share/g/t")  # the last one looked at
+    s.offer(msg(STEAL_SCAN), 1, False, True, (), None)
+    s.offer(msg(STEAL_SCAN + 1), 1, False, True, (), "$share/g/t")  # then one too deep
+    item = s.take_queued("$share/g/t", lambda m: True, NOW)
+    assert item is not None and item.message.topic == f"t/{STEAL_SCAN - 1}"
+    assert s.take_queued("$share/g/t", lambda m: True, NOW) is None  # (now at STEAL_SCAN)
+    assert len(s.queue) == STEAL_SCAN + 1
