@@ -36,8 +36,8 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, TextIO
 
@@ -56,6 +56,8 @@ def _escape_char(m: re.Match[str]) -> str:
 
 def escape(text: str) -> str:
     """``text`` with every control character written as a backslash escape: one line."""
+    if text.isprintable():  # the common case, in C: nothing to escape
+        return text
     return _CONTROL.sub(_escape_char, text)
 
 
@@ -74,8 +76,9 @@ def priority(levelno: int) -> int:
 
 def iso_utc(created: float) -> str:
     """``2026-12-07T11:47:35.123Z``: ISO 8601, UTC, milliseconds."""
-    stamp = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    return stamp.removesuffix("+00:00") + "Z"
+    # (to the microsecond first, as datetime.fromtimestamp does, then truncated)
+    seconds, micros = divmod(round(created * 1_000_000), 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{micros // 1000:03d}Z"
 
 
 def stderr_is_journal(fd: int = 2, environ: Mapping[str, str] | None = None) -> bool:
@@ -118,6 +121,8 @@ class TextFormatter(_Formatter):
         head = f"{record.levelname} {worker}{record.name}: {escape(record.getMessage())}"
         prefix = f"<{priority(record.levelno)}>" if self.journald else ""
         first = prefix + head if self.journald else f"{iso_utc(record.created)} {head}"
+        if not (record.exc_info or record.exc_text or record.stack_info):
+            return first  # (nearly every record: no traceback to add)
         lines = [first]
         for text in self.details(record):
             lines.extend(f"{prefix}{CONTINUATION}{escape(line)}" for line in text.splitlines())
