@@ -98,11 +98,12 @@ class Lines:
     """A child process's output lines (stdout and stderr), read by a thread; bounded waits.
     With ``stdin``, :meth:`write` sends it lines."""
 
-    def __init__(self, args: list[str], *, stdin: bool = False) -> None:
+    def __init__(self, args: list[str], *, stdin: bool = False,
+                 env: dict[str, str] | None = None) -> None:
         self.args = args
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, env=env)
         self._cond = threading.Condition()
         self._lines: list[str] = []
         self._thread = threading.Thread(target=self._read, daemon=True)

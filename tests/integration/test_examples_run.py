@@ -27,7 +27,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,6 +42,8 @@ from paho.mqtt.properties import Properties
 from devices.payload import decode
 from tests.conftest import BrokerThread, base_config
 
+from .clientprocs import Lines
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 DASHBOARD = ROOT / "mqttbroker" / "web" / "dashboard"
@@ -51,73 +52,35 @@ WAIT = 15.0  # seconds, the longest any single step may take
 pytestmark = pytest.mark.timeout(60)
 
 
-class Program:
-    """One example program as a subprocess; a thread collects its output lines."""
+class Program(Lines):
+    """One example program as a subprocess, run as its README says; its output lines are
+    collected by :class:`~tests.integration.clientprocs.Lines`."""
 
     def __init__(self, script: str, *args: str) -> None:
+        super().__init__([sys.executable, str(EXAMPLES / script), *args],
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.name = script
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, str(EXAMPLES / script), *args], cwd=ROOT,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._eof = True
-            self._cond.notify_all()
 
     @property
     def output(self) -> str:
-        with self._cond:
-            return f"--- {self.name} ---\n" + "".join(line + "\n" for line in self.lines)
+        return f"--- {self.name} ---\n" + "".join(line + "\n" for line in self.lines)
 
-    def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
+    def wait_match(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
         """The first output line matching ``pattern`` (a regex), waiting for it if need be."""
         rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    break
-                self._cond.wait(left)
-        raise AssertionError(f"no line matching {pattern!r} within {timeout} s\n{self.output}")
+        lines = self.wait_for(lambda ls: any(map(rx.search, ls)), f"a line matching {pattern!r}",
+                              timeout)
+        return next(m for m in map(rx.search, lines) if m)
 
     def finish(self, timeout: float = WAIT) -> int:
-        """Wait for the program to end by itself; its exit status."""
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} still running after {timeout} s\n"
-                                 f"{self.output}") from None
-        self._reader.join(timeout)
+        """Wait for the program to end by itself; its exit status (its output all read)."""
+        rc = self.wait_exit(timeout)
+        self._thread.join(timeout)
         return rc
 
     def matches(self, pattern: str) -> list[re.Match[str]]:
         rx = re.compile(pattern)
-        with self._cond:
-            return [m for m in map(rx.search, self.lines) if m]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        return [m for m in map(rx.search, self.lines) if m]
 
 
 @pytest.fixture
@@ -133,7 +96,7 @@ def run() -> Iterator[Callable[..., Program]]:
 
     yield start
     for p in started:
-        p.stop()
+        p.kill()
 
 
 @pytest.fixture
@@ -147,7 +110,7 @@ def test_hello_world(run: Callable[..., Program], port: int) -> None:
     """examples/hello_world: the consumer gets every message the producer sent, in order."""
     consumer = run("hello_world/consumer.py", "--port", str(port), "--count", "5",
                    "--timeout", str(WAIT))
-    consumer.wait_for(r"^subscribed to hello/world \(granted QoS 1\)")
+    consumer.wait_match(r"^subscribed to hello/world \(granted QoS 1\)")
     producer = run("hello_world/producer.py", "--port", str(port), "--count", "5")
     assert producer.finish() == 0, producer.output
     assert consumer.finish() == 0, consumer.output
@@ -170,10 +133,10 @@ def test_task_queue_killed_worker_loses_nothing(run: Callable[..., Program], por
     bob = run("task_queue/worker.py", "--port", p, "--name", "bob", "--work-time", "0.3")
     carol = run("task_queue/worker.py", "--port", p, "--name", "carol", "--work-time", "60")
     for w in (alice, bob, carol):
-        w.wait_for(r": ready \(pid \d+\), waiting for tasks on \$share/workers/tasks$")
+        w.wait_match(r": ready \(pid \d+\), waiting for tasks on \$share/workers/tasks$")
     producer = run("task_queue/producer.py", "--port", p, "--count", str(count),
                    "--timeout", str(WAIT))
-    held = int(carol.wait_for(r"^carol: working on task (\d+) \(not acknowledged yet\)$")[1])
+    held = int(carol.wait_match(r"^carol: working on task (\d+) \(not acknowledged yet\)$")[1])
     carol.proc.send_signal(signal.SIGKILL)  # no DISCONNECT, no PUBACK: it dies holding it
     assert carol.finish() == -signal.SIGKILL
 
@@ -208,7 +171,7 @@ def test_request_response_matches_every_answer(run: Callable[..., Program], port
     topics are the broker's Response Information, ``response/<client id>``."""
     responder = run("request_response/responder.py", "--port", str(port), "--count", "10",
                     "--max-delay", "0.2", "--timeout", str(WAIT))
-    responder.wait_for(r"^responder: ready, answering requests on calc/add$")
+    responder.wait_match(r"^responder: ready, answering requests on calc/add$")
     requesters = {cid: run("request_response/requester.py", "--port", str(port), "--count",
                            "5", "--client-id", cid, "--timeout", str(WAIT))
                   for cid in ("req-one", "req-two")}
