@@ -21,13 +21,10 @@ import pytest
 from tests.conftest import BrokerThread
 
 from .clientprocs import (
+    CHECKS,
     ROOT,
     DriverProcess,
     MakeBroker,
-    check_persistent_session,
-    check_qos,
-    check_retained,
-    check_will,
     port_of,
     processes,
     ws_config,
@@ -57,38 +54,12 @@ def url_for(bt: BrokerThread, transport: str) -> str:
     return f"mqtt://{HOST}:{port_of(bt, 'tcp')}" if transport == "tcp" else ws_uri(bt)
 
 
+@pytest.mark.parametrize("check", sorted(CHECKS))
 @transports
 @versions
-def test_qos(make_broker_thread: MakeBroker, mqttjs: Callable[[], DriverProcess],
-             version: int, transport: str) -> None:
-    """MQTT.js publishes and receives at QoS 0, 1 and 2."""
+def test_client(make_broker_thread: MakeBroker, mqttjs: Callable[[], DriverProcess],
+                version: int, transport: str, check: str) -> None:
+    """MQTT.js against a broker of its own, one check of :data:`clientprocs.CHECKS` (QoS 0/1/2
+    both ways, retained both ways, a will when its process is killed, a persistent session)."""
     bt = make_broker_thread(ws_config())
-    check_qos(mqttjs(), bt, url_for(bt, transport), version)
-
-
-@transports
-@versions
-def test_retained(make_broker_thread: MakeBroker, mqttjs: Callable[[], DriverProcess],
-                  version: int, transport: str) -> None:
-    """MQTT.js's retained message is kept; it gets one already kept, with the flag."""
-    bt = make_broker_thread(ws_config())
-    check_retained(mqttjs(), bt, url_for(bt, transport), version)
-
-
-@transports
-@versions
-def test_will(make_broker_thread: MakeBroker, mqttjs: Callable[[], DriverProcess],
-              version: int, transport: str) -> None:
-    """Node.js killed: MQTT.js's will is published."""
-    bt = make_broker_thread(ws_config())
-    check_will(mqttjs(), bt, url_for(bt, transport), version)
-
-
-@transports
-@versions
-def test_persistent_session(make_broker_thread: MakeBroker,
-                            mqttjs: Callable[[], DriverProcess], version: int,
-                            transport: str) -> None:
-    """MQTT.js with ``clean: false`` gets the QoS 1 and 2 messages queued while away."""
-    bt = make_broker_thread(ws_config())
-    check_persistent_session(mqttjs(), bt, url_for(bt, transport), version)
+    CHECKS[check](mqttjs(), bt, url_for(bt, transport), version)

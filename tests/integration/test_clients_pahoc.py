@@ -24,12 +24,9 @@ from tests.conftest import BrokerThread
 
 from . import pahoc
 from .clientprocs import (
+    CHECKS,
     DriverProcess,
     MakeBroker,
-    check_persistent_session,
-    check_qos,
-    check_retained,
-    check_will,
     port_of,
     processes,
     ws_config,
@@ -56,39 +53,12 @@ def url_for(bt: BrokerThread, transport: str) -> str:
     return f"tcp://{HOST}:{port_of(bt, 'tcp')}" if transport == "tcp" else ws_uri(bt)
 
 
+@pytest.mark.parametrize("check", sorted(CHECKS))
 @transports
 @versions
-def test_qos(make_broker_thread: MakeBroker, paho_c: Callable[[], DriverProcess],
-             version: int, transport: str) -> None:
-    """Paho C publishes and receives at QoS 0, 1 and 2."""
+def test_client(make_broker_thread: MakeBroker, paho_c: Callable[[], DriverProcess],
+                version: int, transport: str, check: str) -> None:
+    """Paho C against a broker of its own, one check of :data:`clientprocs.CHECKS` (QoS 0/1/2
+    both ways, retained both ways, a will when its process is killed, a persistent session)."""
     bt = make_broker_thread(ws_config())
-    check_qos(paho_c(), bt, url_for(bt, transport), version)
-
-
-@transports
-@versions
-def test_retained(make_broker_thread: MakeBroker, paho_c: Callable[[], DriverProcess],
-                  version: int, transport: str) -> None:
-    """Paho C's retained message is kept; it gets one already kept, with the flag."""
-    bt = make_broker_thread(ws_config())
-    check_retained(paho_c(), bt, url_for(bt, transport), version)
-
-
-@transports
-@versions
-def test_will(make_broker_thread: MakeBroker, paho_c: Callable[[], DriverProcess],
-              version: int, transport: str) -> None:
-    """The Paho C process killed: its will is published."""
-    bt = make_broker_thread(ws_config())
-    check_will(paho_c(), bt, url_for(bt, transport), version)
-
-
-@transports
-@versions
-def test_persistent_session(make_broker_thread: MakeBroker,
-                            paho_c: Callable[[], DriverProcess], version: int,
-                            transport: str) -> None:
-    """Paho C with clean session / clean start 0 gets the QoS 1 and 2 messages queued
-    while away."""
-    bt = make_broker_thread(ws_config())
-    check_persistent_session(paho_c(), bt, url_for(bt, transport), version)
+    CHECKS[check](paho_c(), bt, url_for(bt, transport), version)
