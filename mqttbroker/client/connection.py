@@ -552,8 +552,7 @@ class ClientConnection(Output, asyncio.Protocol):
         for out in session.resend():
             self._send_outbound(out, dup=True)
         self._pump()
-        if session.subscriptions.shared and not session.queue:
-            self.slot_free()  # room left: work queued at other members of its groups
+        self.slot_free()  # room left: work queued at other members of its groups
 
     # -- what a protocol carrying this connection needs (core/hooks.CarriedConnection) ------------
 
@@ -636,9 +635,7 @@ class ClientConnection(Output, asyncio.Protocol):
 
     def _on_subscribe(self, p: Subscribe) -> None:
         self.broker.subscribe(self, p)
-        if self.session is not None and self.session.subscriptions.shared \
-                and not self.session.queue:
-            self.slot_free()  # a new member takes work already waiting in its groups
+        self.slot_free()  # a new member takes work already waiting in its groups
 
     def _on_unsubscribe(self, p: Unsubscribe) -> None:
         self.broker.unsubscribe(self, p)

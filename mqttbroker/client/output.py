@@ -378,8 +378,11 @@ class Output(ServerConnection):
         it may take what waits at other members of its groups (fair dispatch, the broker's
         Dispatcher.steal). Not while the socket or a storage commit holds back what we send
         (nobody should wait behind a client that cannot take more); what it takes does not
-        overtake an uncommitted SUBACK (as deliver_retained)."""
-        if self.congested_since or self.uncommitted_bytes >= self.write_limit \
+        overtake an uncommitted SUBACK (as deliver_retained). Nothing to do for a session
+        without shared subscriptions or with messages of its own queued."""
+        session = self.session
+        if session is None or not session.subscriptions.shared or session.queue \
+                or self.congested_since or self.uncommitted_bytes >= self.write_limit \
                 or self.state is not ConnState.CONNECTED:
             return
         self._after_uncommitted = self.uncommitted_bytes > 0
