@@ -363,3 +363,41 @@ def test_unit_runs_the_example_config_and_reloads_on_execreload(tmp_path: Path) 
         serve.close()
     lines = serve.lines()
     assert lines and all(re.match(r"<[2-7]>[A-Z]+ ", ln) for ln in lines), serve.text()
+
+
+# -- log lines cannot be forged from the network ---------------------------------------------
+
+def test_control_characters_from_clients_cannot_forge_a_text_log_record(tmp_path: Path) -> None:
+    """Client ids, user names and topics are the network's strings. Over real sockets: a
+    client id and a user name carrying a newline followed by a fake record, and a PUBLISH
+    whose topic carries a newline and an ANSI escape, all against a broker logging text at
+    DEBUG. Every stderr line is a record (it starts
+    with a UTC timestamp) or a traceback continuation; the fake record never starts a line
+    and no raw control character reaches the log."""
+    port = free_port()
+    config = write_config(tmp_path, {
+        "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{port}"}},
+        "sys_interval": 0, "auth": {"allow-anonymous": True}, "log_level": "DEBUG"})
+    serve = Serve([sys.executable, "-m", "mqttbroker", "serve", "-c", str(config)],
+                  tmp_path / "stderr.log")
+    forged = "2026-01-01T00:00:00.000Z ERROR mqttbroker: FORGED"
+    try:
+        serve.wait_listening(port)
+        client = Paho(f"evil\n{forged}")
+        client.client.username_pw_set(f"user\r\n{forged}")
+        try:
+            client.connect(port)
+            client.publish(f"t/\n{forged}/\x1b[31m", b"x", qos=1)
+            serve.wait_line(r"evil")
+        finally:
+            client.close()
+        serve.wait_line(r"evil.*(disconnected|closed|lost)")
+    finally:
+        serve.terminate()
+        serve.close()
+    lines = serve.lines()
+    assert any("evil" in line for line in lines), lines
+    for line in lines:
+        assert ISO_UTC.match(line) or line.startswith("  | "), f"not a record: {line!r}"
+        assert "FORGED" not in line or not line.startswith("2026-01-01"), line
+        assert not any(c in line for c in "\r\x1b\x00"), line
