@@ -576,7 +576,7 @@ class Broker:
         now = self.now()
         for topic_filter, qos in filters:
             sub = Subscription(topic_filter, qos, no_local=True, retain_as_published=True)
-            client.session.subscriptions[topic_filter] = sub
+            client.session.own_subscriptions()[topic_filter] = sub
             self.router.subscribe(cid, sub)
             client.deliver_retained([(m, min(m.qos, qos), True, ())
                                      for m in self.retained.match(topic_filter, now)])

@@ -60,6 +60,27 @@ class Subscriptions(dict[str, Subscription]):
         return value
 
 
+class _Unused(dict[Any, Any]):
+    """The empty dict every new session shares until it holds something (its
+    ``subscriptions`` or ``inflight``: an empty dict is 64 bytes, and most devices are idle
+    connections). Reading it is reading an empty dict; filling it is a bug, refused."""
+
+    __slots__ = ("shared",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = 0  # (as Subscriptions)
+
+    def _refuse(self, *_args: Any, **_kw: Any) -> None:
+        raise TypeError("a session's shared empty dict cannot be filled: use "
+                        "Session.own_subscriptions() or Session.own_inflight()")
+
+    __setitem__ = setdefault = update = _refuse
+
+
+_UNUSED: Any = _Unused()
+
+
 class Outbound:
     """One outbound QoS 1/2 PUBLISH in flight."""
 
@@ -136,13 +157,14 @@ class Session:
         self.client_id = client_id
         # seconds the session outlives its connection (3.1.1 clean session 0: NEVER)
         self.expiry_interval = expiry_interval
-        self.subscriptions = Subscriptions()
-        self.inflight: dict[int, Outbound] = {}
+        # the shared empty one until the first (own_subscriptions, own_inflight)
+        self.subscriptions: Subscriptions = _UNUSED
+        self.inflight: dict[int, Outbound] = _UNUSED
         # made on first use: an idle session should cost little (an empty deque is 600 bytes)
         self.queue: deque[Queued] | tuple[()] = ()
         self.queued_bytes = 0  # payload bytes in ``queue``
         self.inbound_qos2: set[int] | frozenset[int] = _NO_IDS
-        self.ids = PacketIdAllocator()
+        self.ids: PacketIdAllocator | None = None  # made on the first packet identifier
         self.max_inflight = max_inflight
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
@@ -153,6 +175,20 @@ class Session:
         self.metrics = metrics
         self.store: Storage | None = None
         self.disconnected_at: float | None = None  # wall clock, for the store
+
+    def own_subscriptions(self) -> Subscriptions:
+        """The subscriptions, to add to (the shared empty one is replaced on first use)."""
+        subs = self.subscriptions
+        if subs is _UNUSED:
+            subs = self.subscriptions = Subscriptions()
+        return subs
+
+    def own_inflight(self) -> dict[int, Outbound]:
+        """The messages in flight, to add to (as :meth:`own_subscriptions`)."""
+        inflight = self.inflight
+        if inflight is _UNUSED:
+            inflight = self.inflight = {}
+        return inflight
 
     @property
     def persistent(self) -> bool:
@@ -198,9 +234,15 @@ class Session:
 
     def _start(self, message: Message, qos: int, retain: bool,
                identifiers: tuple[int, ...], share: str | None, seq: int) -> Outbound:
-        pid = self.ids.allocate(self.inflight)
+        inflight = self.inflight
+        if inflight is _UNUSED:
+            inflight = self.inflight = {}
+        ids = self.ids
+        if ids is None:
+            ids = self.ids = PacketIdAllocator()
+        pid = ids.allocate(inflight)
         out = Outbound(message, qos, retain, pid, identifiers, share, seq)
-        self.inflight[pid] = out
+        inflight[pid] = out
         store = self.store
         if store is not None:
             if seq:
@@ -299,7 +341,7 @@ class Session:
         if not q:
             return out
         assert isinstance(q, deque)
-        inflight = self.inflight
+        inflight = self.own_inflight()  # (_start fills it: not the shared empty one)
         while q:
             item = q[0]
             message, qos, retain, identifiers, share, seq = item

@@ -283,7 +283,7 @@ class Registry(Generic[C]):
         session = self.new_session(rec.client_id, self.cap_session_expiry(rec.expiry_interval))
         session.store = self.storage
         for sub in rec.subscriptions:
-            session.subscriptions[sub.topic_filter] = sub
+            session.own_subscriptions()[sub.topic_filter] = sub
             self.router.subscribe(rec.client_id, sub)
         queue: list[Queued] = []
         for item in rec.items:
@@ -291,7 +291,7 @@ class Registry(Generic[C]):
                 out = Outbound(item.message, item.qos, item.retain, item.packet_id,
                                item.identifiers, item.share, item.seq)
                 out.state = OutState(item.state)
-                session.inflight[item.packet_id] = out
+                session.own_inflight()[item.packet_id] = out
             else:
                 queue.append(Queued(item.message, item.qos, item.retain, item.identifiers,
                                     item.share, item.seq))

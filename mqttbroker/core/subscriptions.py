@@ -110,7 +110,7 @@ class Subscriptions(Generic[S]):
             sub.qos = granted
             sub.identifier = identifier
             new = f not in session.subscriptions
-            session.subscriptions[f] = sub  # a repeat replaces [MQTT-3.8.4-3]
+            session.own_subscriptions()[f] = sub  # a repeat replaces [MQTT-3.8.4-3]
             self.router.subscribe(conn.client_id, sub)
             if session.store is not None:
                 session.store.put_subscription(conn.client_id, sub)

@@ -19,21 +19,26 @@ class FrameReader:
     __slots__ = ("_buf", "max_packet_size")
 
     def __init__(self, max_packet_size: int = MAX_PACKET_SIZE) -> None:
-        self._buf = bytearray()
+        # None while nothing is held: an idle connection keeps no buffer (an empty
+        # bytearray is 56 bytes, and one that held a packet keeps its capacity)
+        self._buf: bytearray | None = None
         self.max_packet_size = max_packet_size
 
     def buffered(self) -> int:
         """Bytes held that do not make a complete frame yet."""
-        return len(self._buf)
+        return len(self._buf) if self._buf is not None else 0
 
     def head(self, n: int) -> bytes:
         """The first ``n`` bytes held (of a frame not complete yet)."""
-        return bytes(self._buf[:n])
+        return bytes(self._buf[:n]) if self._buf is not None else b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add ``data``; return every complete frame, in order."""
         buf = self._buf
-        buf += data
+        if buf is None:
+            buf = self._buf = bytearray(data)
+        else:
+            buf += data
         frames: list[tuple[int, bytes]] = []
         pos = 0
         n = len(buf)
@@ -68,6 +73,8 @@ class FrameReader:
                 break
             frames.append((buf[pos], bytes(buf[i:end])))
             pos = end
-        if pos:
+        if pos == n:
+            self._buf = None
+        elif pos:
             del buf[:pos]
         return frames

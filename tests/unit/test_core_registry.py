@@ -101,7 +101,7 @@ def test_resumed_session_is_present_mqtt_3_2_2_2() -> None:
 def test_clean_start_discards_the_session_mqtt_3_1_2_4() -> None:
     f = Fixture()
     first, _, _ = f.attach("c1")
-    first.subscriptions["a/b"] = Subscription("a/b", 1)
+    first.own_subscriptions()["a/b"] = Subscription("a/b", 1)
     f.router.subscribe("c1", first.subscriptions["a/b"])
     f.detach(first, NOW)
     fresh, present, _ = f.attach("c1", clean=True)

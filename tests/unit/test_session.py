@@ -11,7 +11,7 @@ from mqttbroker.errors import ProtocolError
 from mqttbroker.message import Message
 from mqttbroker.metrics import Metrics
 from mqttbroker.protocol.constants import PacketType, ReasonCode
-from mqttbroker.protocol.flows import OutState
+from mqttbroker.protocol.flows import OutState, PacketIdAllocator
 from mqttbroker.session import AckResult, Outbound, Queued, Session
 
 SETTINGS = settings(max_examples=200, deadline=None)
@@ -330,7 +330,7 @@ def test_packet_id_not_reused_while_in_flight() -> None:
 
 def test_packet_ids_wrap_and_skip_in_flight() -> None:
     s = new(max_inflight=2)
-    s.ids.next_id = 65535
+    s.ids = PacketIdAllocator(65535)
     first = s.offer(msg(0), 1, False, online=True)
     second = s.offer(msg(1), 1, False, online=True)
     assert first is not None and second is not None
@@ -363,7 +363,7 @@ def test_resend_in_original_order_with_states_mqtt_4_4_0_1() -> None:
 
 def test_resend_keeps_order_across_packet_id_wrap() -> None:
     s = new(max_inflight=5)
-    s.ids.next_id = 65534
+    s.ids = PacketIdAllocator(65534)
     outs = [s.offer(msg(i), 1, False, online=True) for i in range(4)]
     assert [o.packet_id for o in outs if o is not None] == [65534, 65535, 1, 2]
     assert names(s.resend()) == ["t/0", "t/1", "t/2", "t/3"]
@@ -487,7 +487,8 @@ def test_subscriptions_count_the_shared_ones() -> None:
     from mqttbroker.protocol.packets import Subscription
 
     s = new()
-    subs = s.subscriptions
+    subs = s.own_subscriptions()
+    assert s.subscriptions is subs
     subs["a/#"] = Subscription("a/#", 1)
     subs["$share/g/a/#"] = Subscription("$share/g/a/#", 1)
     subs["$share/g/a/#"] = Subscription("$share/g/a/#", 0)  # a repeat replaces
@@ -584,3 +585,23 @@ def test_take_queued_looks_only_so_deep_into_a_queue() -> None:
     assert item is not None and item.message.topic == f"t/{STEAL_SCAN - 1}"
     assert s.take_queued("$share/g/t", lambda m: True, NOW) is None  # (now at STEAL_SCAN)
     assert len(s.queue) == STEAL_SCAN + 1
+
+
+def test_an_idle_session_shares_its_empty_dicts_and_refuses_filling_them() -> None:
+    """A new session holds no dict of its own for subscriptions or messages in flight (64
+    bytes each per idle device); filling the shared empty one by mistake is refused, and the
+    first message in flight or subscription gives the session its own."""
+    from mqttbroker.protocol.packets import Subscription
+
+    a, b = new(), new()
+    assert a.subscriptions is b.subscriptions and a.inflight is b.inflight and a.ids is None
+    with pytest.raises(TypeError):
+        a.subscriptions["x"] = Subscription("x", 1)
+    with pytest.raises(TypeError):
+        a.inflight[1] = None  # type: ignore[assignment]
+    assert not b.subscriptions and not b.inflight  # nothing leaked into the shared ones
+    out = a.offer(msg(0), 1, False, online=True)
+    assert out is not None and a.inflight == {out.packet_id: out}
+    assert b.inflight == {} and a.inflight is not b.inflight and a.ids is not None
+    a.own_subscriptions()["x"] = Subscription("x", 1)
+    assert list(a.subscriptions) == ["x"] and not b.subscriptions
