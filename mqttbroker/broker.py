@@ -44,6 +44,7 @@ from .retained import RetainedStore
 from .router import Router, parse_share
 from .session import Session
 from .systopics import SysTopics
+from .transports.rawtcp import RawServer
 from .transports.tcp import serve_tcp
 from .transports.tls import ListenerTLS, peer_common_name
 from .transports.websocket import serve_websocket
@@ -129,7 +130,7 @@ class Broker:
         self.addresses: list[tuple[str, str, int]] = []
         self.gateways: list[Gateway] = []  # MQTT-SN listeners (mqttsn/)
         self._records: dict[str, dict[str, bytes]] = {}  # extensions' records, as loaded
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | RawServer] = []
         self._tls: dict[str, ListenerTLS] = {}  # listener name -> its reloadable TLS context
         self.sys_topics = SysTopics(self, self.publish)  # $SYS (systopics.py)
         # bridges to other brokers (bridge/); their backlogs in the store (not a cluster's:

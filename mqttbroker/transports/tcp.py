@@ -6,11 +6,14 @@ import asyncio
 import ssl as _ssl
 from collections.abc import Callable
 
+from . import rawtcp
+
 
 async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                     ssl: _ssl.SSLContext | None = None, backlog: int = 1024,
                     handshake_timeout: float | None = None,
-                    reuse_port: bool = False, start_serving: bool = True) -> asyncio.Server:
+                    reuse_port: bool = False,
+                    start_serving: bool = True) -> asyncio.Server | rawtcp.RawServer:
     """Listen on ``host:port`` (port 0 picks a free one); ``factory`` builds one protocol per
     connection. asyncio and uvloop both set TCP_NODELAY on accepted sockets.
 
@@ -20,8 +23,14 @@ async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol
     kernel spreads new connections over them: ``serve --workers``). ``start_serving=False``
     binds the port but does not listen yet (a connection is refused, not accepted and
     dropped) until ``await server.start_serving()``.
+
+    Plain TCP on Linux uses :mod:`rawtcp` (sockets on one epoll: a fraction of the memory of
+    the loop's transports per connection); TLS, and plain TCP elsewhere, the loop's own.
     """
     loop = asyncio.get_running_loop()
+    if ssl is None and rawtcp.available():
+        return await rawtcp.serve_raw(host, port, factory, backlog=backlog,
+                                      reuse_port=reuse_port, start_serving=start_serving)
     if ssl is None:
         return await loop.create_server(factory, host or None, port, backlog=backlog,
                                         reuse_address=True, reuse_port=reuse_port or None,
