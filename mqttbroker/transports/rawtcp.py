@@ -276,7 +276,8 @@ class RawTransport(asyncio.Transport):
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high = high
         self._low = -1 if low == high // 4 else low
-        self._maybe_pause_protocol()
+        if self._wbuf:
+            self._maybe_pause_protocol()
 
     def _maybe_pause_protocol(self) -> None:
         if self._flags & _PROTO_PAUSED or self.get_write_buffer_size() <= self._high:
@@ -407,7 +408,7 @@ class RawServer:
         self._hub = Hub(self._loop)
         for sock in self.sockets:
             sock.listen(self._backlog)
-            self._loop.add_reader(sock.fileno(), self._accept, sock)
+            self._loop.add_reader(sock.fileno(), self._accept, sock, *_kind(sock))
 
     def close(self) -> None:
         if self._closed:
@@ -430,7 +431,7 @@ class RawServer:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, listener: socket.socket, family: int, kind: int, proto: int) -> None:
         hub = self._hub
         assert hub is not None
         for _ in range(ACCEPT_BATCH):
@@ -455,7 +456,7 @@ class RawServer:
             if self._starved:
                 self._starved = False
                 log.warning("accepting connections on %s again", listener.getsockname())
-            sock = _socket.socket(listener.family, listener.type, listener.proto, fd)
+            sock = _socket.socket(family, kind, proto, fd)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
@@ -478,7 +479,13 @@ class RawServer:
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if self._serving and not self._closed:
-            self._loop.add_reader(listener.fileno(), self._accept, listener)
+            self._loop.add_reader(listener.fileno(), self._accept, listener, *_kind(listener))
+
+
+def _kind(sock: socket.socket) -> tuple[int, int, int]:
+    """A listener's family, type and protocol as plain ints, for the sockets it accepts
+    (``socket.family`` converts to an enum on every read)."""
+    return int(sock.family), int(sock.type), sock.proto
 
 
 def bind(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
