@@ -125,9 +125,7 @@ class Hub:
                 if events & ~_OUT:  # readable, or an error/hang-up that a read reports
                     t.readable()
             except Exception as exc:  # noqa: BLE001 - a protocol bug: that connection goes
-                self.loop.call_exception_handler({
-                    "message": "unexpected error in a TCP connection", "exception": exc,
-                    "transport": t, "protocol": t.protocol})
+                t.report("unexpected error in a TCP connection", exc)
                 t.fail(exc)
 
 
@@ -286,9 +284,7 @@ class RawTransport(asyncio.Transport):
         try:
             self.protocol.pause_writing()
         except Exception as exc:  # noqa: BLE001 - asyncio's rule: reported, not raised
-            self.hub.loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed", "exception": exc,
-                "transport": self, "protocol": self.protocol})
+            self.report("protocol.pause_writing() failed", exc)
 
     def _maybe_resume_protocol(self) -> None:
         if not self._flags & _PROTO_PAUSED or self.get_write_buffer_size() > self._low_water():
@@ -297,9 +293,12 @@ class RawTransport(asyncio.Transport):
         try:
             self.protocol.resume_writing()
         except Exception as exc:  # noqa: BLE001 - asyncio's rule: reported, not raised
-            self.hub.loop.call_exception_handler({
-                "message": "protocol.resume_writing() failed", "exception": exc,
-                "transport": self, "protocol": self.protocol})
+            self.report("protocol.resume_writing() failed", exc)
+
+    def report(self, message: str, exc: BaseException) -> None:
+        """A protocol's callback raised: to the loop's exception handler, as asyncio does."""
+        self.hub.loop.call_exception_handler({"message": message, "exception": exc,
+                                              "transport": self, "protocol": self.protocol})
 
     # -- asyncio.ReadTransport --------------------------------------------------------------
 
@@ -472,9 +471,7 @@ class RawServer:
             try:
                 protocol.connection_made(transport)
             except Exception as exc:  # noqa: BLE001 - that connection goes, not others
-                self._loop.call_exception_handler({
-                    "message": "protocol.connection_made() failed", "exception": exc,
-                    "transport": transport, "protocol": protocol})
+                transport.report("protocol.connection_made() failed", exc)
                 transport.fail(exc)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
