@@ -62,6 +62,11 @@ REPLAY_AGAIN: Final = 2.0  # seconds: a second look at a dead node's inbox (stal
 
 REDIS_CONNECTIONS: Final = 64  # a node's connections to Redis (requests beyond them wait)
 POOL_WAIT: Final = 10.0  # seconds a request may wait for one before Redis counts as down
+# client-id claims under way at once (each a CONNECT waiting): a storm of CONNECTs queues here,
+# in order and without a deadline, instead of filling the pool so that the heartbeat, route
+# and message requests wait past POOL_WAIT and Redis is taken for down (every CONNECT then
+# refused with "unreachable" while it is up, only busy)
+CLAIMS_AT_ONCE: Final = REDIS_CONNECTIONS // 2
 
 
 class ClusterNode:
@@ -109,6 +114,7 @@ class ClusterNode:
         # forwarded to); ghost() forwards only what its new node does not get anyway
         self.current: tuple[str, frozenset[str]] = ("", frozenset())
         self._claims: dict[str, asyncio.Future[None]] = {}
+        self._claim_slots = asyncio.Semaphore(CLAIMS_AT_ONCE)
         # messages forwarded to a session whose claim is still under way here (the node it
         # left forwards them as soon as it has let go): delivered once the session is here
         self._early: dict[str, list[tuple[bytes, Message]]] = {}
@@ -477,7 +483,8 @@ class ClusterNode:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._claims[cid] = fut
         try:
-            rec, dead = await self._take(cid, clean)
+            async with self._claim_slots:
+                rec, dead = await self._take(cid, clean)
         except (RedisError, OSError) as exc:
             self._redis_failed(exc)
             self._early.pop(cid, None)  # (not acknowledged: read again after a restart)
