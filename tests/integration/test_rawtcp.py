@@ -266,6 +266,17 @@ def shrink_send_buffer(t: rawtcp.RawTransport) -> None:
     t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
 
 
+async def slow_reader(env: Env) -> tuple[socket.socket, Rec]:
+    """A served connection whose client reads slowly (16 KiB receive buffer) and whose server
+    side has a small send buffer: what the transport is given to write soon stays in its own
+    buffer. Returns the client socket and the server's protocol."""
+    server = await env.serve()
+    c = await env.connect(server, rcvbuf=16384)
+    p = await env.box.proto(0)
+    shrink_send_buffer(p.t)
+    return c, p
+
+
 def fill(t: rawtcp.RawTransport, p: Rec, stream: bytes, chunk: int = 65_536) -> int:
     """Write ``stream`` in chunks until the protocol is paused (or all of it is written);
     the number of bytes written."""
@@ -503,10 +514,7 @@ async def test_flow_control_pause_and_resume(env: Env) -> None:
 async def test_lowering_high_water_pauses_at_once(env: Env) -> None:
     """set_write_buffer_limits() below what is buffered pauses the protocol there and then;
     once paused, lowering it again does not pause it twice."""
-    server = await env.serve()
-    c = await env.connect(server, rcvbuf=16384)
-    p = await env.box.proto(0)
-    shrink_send_buffer(p.t)
+    c, p = await slow_reader(env)
     p.t.set_write_buffer_limits(high=8 * 1024 * 1024)
     data = payload(1024 * 1024, seed=5)
     p.t.write(data)
@@ -526,10 +534,7 @@ async def test_lowering_high_water_pauses_at_once(env: Env) -> None:
 
 
 async def test_close_flushes_the_buffer_before_the_fin(env: Env) -> None:
-    server = await env.serve()
-    c = await env.connect(server, rcvbuf=16384)
-    p = await env.box.proto(0)
-    shrink_send_buffer(p.t)
+    c, p = await slow_reader(env)
     data = payload(4 * 1024 * 1024, seed=6)
     p.t.write(data)
     buffered = p.t.get_write_buffer_size()
@@ -553,10 +558,7 @@ async def test_close_flushes_the_buffer_before_the_fin(env: Env) -> None:
 async def test_close_with_buffer_then_peer_reset(env: Env) -> None:
     """close() waits for the buffer; the peer resets instead of reading it: connection_lost
     once, with the error."""
-    server = await env.serve()
-    c = await env.connect(server, rcvbuf=16384)
-    p = await env.box.proto(0)
-    shrink_send_buffer(p.t)
+    c, p = await slow_reader(env)
     p.t.write(payload(2 * 1024 * 1024, seed=11))
     assert p.t.get_write_buffer_size() > 0
     p.t.close()
@@ -570,10 +572,7 @@ async def test_close_with_buffer_then_peer_reset(env: Env) -> None:
 
 
 async def test_abort_after_close_drops_the_buffer_once(env: Env) -> None:
-    server = await env.serve()
-    c = await env.connect(server, rcvbuf=16384)
-    p = await env.box.proto(0)
-    shrink_send_buffer(p.t)
+    c, p = await slow_reader(env)
     data = payload(2 * 1024 * 1024, seed=12)
     p.t.write(data)
     p.t.close()
@@ -587,10 +586,7 @@ async def test_abort_after_close_drops_the_buffer_once(env: Env) -> None:
 
 
 async def test_abort_drops_the_buffer(env: Env) -> None:
-    server = await env.serve()
-    c = await env.connect(server, rcvbuf=16384)
-    p = await env.box.proto(0)
-    shrink_send_buffer(p.t)
+    c, p = await slow_reader(env)
     data = payload(4 * 1024 * 1024, seed=7)
     p.t.write(data)
     assert p.t.get_write_buffer_size() > 0
@@ -613,10 +609,7 @@ async def test_write_then_finish_from_resume_writing_loses_nothing(env: Env,
     (or write_eof()s), from inside resume_writing: asyncio checks its buffer again after
     resume_writing() returns, so the last chunk is sent before the FIN. low=0 makes the resume
     come exactly when the buffer has just emptied."""
-    server = await env.serve()
-    c = await env.connect(server, rcvbuf=16384)
-    p = await env.box.proto(0)
-    shrink_send_buffer(p.t)
+    c, p = await slow_reader(env)
     p.t.set_write_buffer_limits(high=100_000, low=0)
     first = payload(1024 * 1024, seed=8)
     last = payload(1024 * 1024, seed=9)
