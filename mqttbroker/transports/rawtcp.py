@@ -52,6 +52,8 @@ _EOF: Final = 4  # write_eof() called: shut the write side once the buffer is ou
 _PROTO_PAUSED: Final = 8  # protocol.pause_writing() called, resume_writing() not yet
 _LOST: Final = 16  # connection_lost scheduled
 _OFF: Final = 32  # waiting for nothing: out of the epoll (see Hub.watch)
+_FIN: Final = 64  # the peer's FIN came: nothing more to read, whatever resume_reading says
+_NOT_READING: Final = _CLOSING | _PAUSED | _FIN
 
 
 def available() -> bool:
@@ -150,7 +152,7 @@ class RawTransport(asyncio.Transport):
     # -- events from the hub --------------------------------------------------------------
 
     def readable(self) -> None:
-        if self._flags & (_CLOSING | _PAUSED):
+        if self._flags & _NOT_READING:
             return
         try:
             data = self.sock.recv(READ_SIZE)
@@ -163,7 +165,7 @@ class RawTransport(asyncio.Transport):
             self.protocol.data_received(data)
             return
         # the peer's FIN: asyncio's rule, the protocol may keep its write side open
-        self._flags |= _PAUSED
+        self._flags |= _FIN
         self._watch()
         if not self.protocol.eof_received():
             self.close()
@@ -208,7 +210,7 @@ class RawTransport(asyncio.Transport):
         flags = self._flags
         if flags & _LOST:
             return
-        mask = 0 if flags & (_PAUSED | _CLOSING) else _IN
+        mask = 0 if flags & _NOT_READING else _IN
         if self._wbuf:
             mask |= _OUT
         off = bool(flags & _OFF)
@@ -303,7 +305,7 @@ class RawTransport(asyncio.Transport):
     # -- asyncio.ReadTransport --------------------------------------------------------------
 
     def is_reading(self) -> bool:
-        return not self._flags & (_PAUSED | _CLOSING)
+        return not self._flags & _NOT_READING
 
     def pause_reading(self) -> None:
         if self._flags & (_PAUSED | _CLOSING):

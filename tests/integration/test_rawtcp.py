@@ -380,6 +380,29 @@ async def test_eof_received_true_keeps_the_write_side_open(env: Env) -> None:
     assert p.events == ["made", "eof", "lost"]
 
 
+async def test_resume_reading_after_a_kept_open_fin_reads_nothing_more(env: Env) -> None:
+    """After the peer's FIN there is nothing more to read: a protocol that kept the write side
+    open and then pauses and resumes reading (the broker's connections do so while a packet
+    is held) gets no second eof_received and the socket is not watched for reading again;
+    as asyncio's transport, which stops reading at the FIN."""
+    server = await env.serve(keep_open=True)
+    c = await env.connect(server)
+    p = await env.box.proto(0)
+    c.shutdown(socket.SHUT_WR)
+    await env.box.until(lambda: "eof" in p.events, "eof_received")
+    assert not p.t.is_reading()
+    p.t.pause_reading()
+    p.t.resume_reading()
+    assert not p.t.is_reading()
+    await settle()
+    assert p.events == ["made", "eof"]
+    p.t.write(b"after")
+    assert await recv_exactly(c, 5) == b"after"
+    p.t.close()
+    await env.box.until(lambda: bool(p.lost), "connection_lost")
+    assert p.events == ["made", "eof", "lost"]
+
+
 # -- 3. the peer's RST -----------------------------------------------------------------------
 
 
