@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-from typing import Final
 
 
 class Metrics:
@@ -92,8 +91,8 @@ def packet_size(body_length: int) -> int:
 
 
 # seconds: from a fraction of a millisecond (no fsync, tmpfs) to a slow disk's seconds
-LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                          1.0, 2.5, 5.0)
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                   1.0, 2.5, 5.0)
 
 
 class Histogram:
@@ -101,7 +100,11 @@ class Histogram:
 
     __slots__ = ("bounds", "count", "counts", "total")
 
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    def __init__(self, bounds: tuple[float, ...] | None = None) -> None:
+        # (None, not LATENCY_BUCKETS as the default, and LATENCY_BUCKETS not Final: the mypyc
+        # build, `make compiled`, never sets a Final tuple of floats: NameError when read)
+        if bounds is None:
+            bounds = LATENCY_BUCKETS
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound
         self.count = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
 
 from .errors import ProtocolError
 from .message import Message
@@ -71,11 +71,21 @@ class _Unused(dict[Any, Any]):
         super().__init__()
         self.shared = 0  # (as Subscriptions)
 
-    def _refuse(self, *_args: Any, **_kw: Any) -> None:
-        raise TypeError("a session's shared empty dict cannot be filled: use "
-                        "Session.own_subscriptions() or Session.own_inflight()")
+    # (each its own method, not aliases of one: the mypyc build, `make compiled`, makes no
+    # slot for an alias, so the refusal would be lost there and the shared dict filled)
+    def __setitem__(self, key: Any, value: Any) -> None:
+        _refuse()
 
-    __setitem__ = setdefault = update = _refuse
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        _refuse()
+
+    def update(self, *args: Any, **kw: Any) -> None:
+        _refuse()
+
+
+def _refuse() -> NoReturn:
+    raise TypeError("a session's shared empty dict cannot be filled: use "
+                    "Session.own_subscriptions() or Session.own_inflight()")
 
 
 _UNUSED: Any = _Unused()
@@ -149,7 +159,7 @@ class Session:
                  "inbound_qos2", "inflight", "max_inflight", "max_queued", "max_queued_bytes",
                  "metrics", "queue", "queue_qos0", "queued_bytes", "store", "subscriptions")
 
-    NEVER = 0xFFFFFFFF  # the Session Expiry Interval that never expires [MQTT 3.1.2.11.2]
+    NEVER: ClassVar[int] = 0xFFFFFFFF  # the Session Expiry Interval that never expires [MQTT 3.1.2.11.2]
 
     def __init__(self, client_id: str, expiry_interval: int, *, max_inflight: int = 20,
                  max_queued: int = 1000, max_queued_bytes: int = 0, drop_oldest: bool = False,

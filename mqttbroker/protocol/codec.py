@@ -365,8 +365,10 @@ def _encode_ack(first: int, pid: int, code: int, props: Properties, level: int) 
     return bytes((first, 2, pid >> 8, pid & 0xFF))
 
 
-def encode(p: Packet, level: int) -> bytes:
-    """Encode any packet for protocol ``level``."""
+def encode(p: Packet | object, level: int) -> bytes:
+    """Encode any packet for protocol ``level``; anything else is an EncodeError (``object``
+    in the signature so that the mypyc build, `make compiled`, which checks argument types on
+    entry, also gets this far and says so instead of raising TypeError)."""
     if isinstance(p, Publish):
         return encode_publish(p, level)
     if isinstance(p, (Puback, Pubrec, Pubcomp)):
