@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
 .PHONY: run test test-stress setup peers browser redis paho-c mosquitto-clients mqttjs dashboard \
-        lint clean dist
+        lint clean dist compiled test-compiled
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -107,7 +107,42 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist compiled *.egg-info
+
+# Optional speed-up (issue 18, docs/performance.md): the modules of the per-message and
+# per-connection paths compiled to C extensions by mypyc, in compiled/mqttbroker (a copy of
+# the package whose listed modules are .so files beside their .py). It needs a C compiler and
+# Python's headers, and nothing else needs it: `make run` and `make test` run the pure-Python
+# package, which stays the fallback and the reference. Run a broker on it with
+# `PYTHONPATH=compiled .venv/bin/mqttbroker serve ...`; `make bench` does when a C compiler is
+# found; `make test-compiled` runs the whole suite on it. Rebuilt when a source changes.
+COMPILED_MODULES := \
+	mqttbroker/message.py mqttbroker/router.py mqttbroker/session.py mqttbroker/metrics.py \
+	mqttbroker/protocol/codec.py mqttbroker/protocol/reader.py mqttbroker/protocol/primitives.py \
+	mqttbroker/protocol/flows.py mqttbroker/protocol/topics.py mqttbroker/protocol/packets.py \
+	mqttbroker/protocol/properties.py mqttbroker/protocol/connection.py \
+	mqttbroker/client/output.py mqttbroker/client/connection.py \
+	mqttbroker/core/delivery.py mqttbroker/core/connect.py mqttbroker/core/registry.py \
+	mqttbroker/core/admission.py mqttbroker/core/deadlines.py mqttbroker/core/subscriptions.py \
+	mqttbroker/transports/rawtcp.py
+PY_SOURCES := $(shell find mqttbroker -name '*.py' -not -path '*/node_modules/*')
+compiled/.built: $(STAMP) $(PY_SOURCES) pyproject.toml Makefile
+	$(BIN)/python -m pip install --quiet 'mypy>=1.10'
+	rm -rf compiled && mkdir -p compiled
+	tar -cf - --exclude=node_modules --exclude=__pycache__ mqttbroker pyproject.toml \
+	    | tar -xf - -C compiled
+	cd compiled && ../$(BIN)/mypyc $(COMPILED_MODULES) >mypyc.log 2>&1 \
+	    || { tail -30 mypyc.log; exit 1; }
+	rm -rf compiled/build
+	touch $@
+
+compiled: compiled/.built
+
+# The whole suite on the compiled build: what `make test` runs, with the in-process brokers
+# and every process the tests start importing compiled/ (tests/conftest.py).
+test-compiled: $(TEST_DEPS) compiled/.built
+	MQTTBROKER_COMPILED=compiled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 \
+	    --dist worksteal
 
 # Fuzzing: every target (tests/fuzz/) until Ctrl-C, or FUZZ_SECONDS seconds each; `make test`
 # runs them for a bounded time. Crashes land in tests/fuzz/crashes/ (see docs/fuzzing.md).
@@ -116,9 +151,18 @@ fuzz: $(STAMP)
 	$(BIN)/python -m tests.fuzz.runner
 
 # Benchmarks: this broker, Mosquitto and amqtt side by side (see benchmarks/README.md).
+# Ours runs compiled by mypyc (compiled/, `make compiled`) when a C compiler is found, else the
+# pure-Python package; the results say which ran. `make bench OURS=pure`: pure Python either way.
+OURS ?= compiled
 .PHONY: bench
 bench: $(STAMP) $(MOSQUITTO)
-	$(BIN)/python -m benchmarks.run
+	@if [ "$(OURS)" = compiled ] && command -v cc >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory compiled \
+	    && $(BIN)/python -m benchmarks.run --ours-source compiled; \
+	else \
+	    echo "benchmarks: ours in pure Python (OURS=$(OURS); C compiler: $$(command -v cc || echo none))"; \
+	    $(BIN)/python -m benchmarks.run; \
+	fi
 
 # Bridge throughput edge -> cloud, Mosquitto's bridge beside ours (see benchmarks/README.md).
 .PHONY: bench-bridge

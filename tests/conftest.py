@@ -13,13 +13,41 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from mqttbroker.broker import Broker
+
+def _use_compiled_build() -> None:
+    """``MQTTBROKER_COMPILED=DIR`` (`make test-compiled`): the suite runs on the mypyc build in
+    DIR (`make compiled`), in this process (DIR goes before the checkout pytest put first on
+    sys.path) and in every broker or client process it starts (DIR first on PYTHONPATH); a
+    build that is missing, or that this process does not import, stops the run. A process
+    the tests start that imported mqttbroker before this file (the fuzz harness, a client
+    script run from the checkout) keeps the package it found."""
+    folder = os.environ.get("MQTTBROKER_COMPILED")
+    if not folder or "mqttbroker" in sys.modules:
+        return
+    root = Path(folder).resolve()
+    sys.path.insert(0, str(root))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    import mqttbroker.session
+
+    if not mqttbroker.session.__file__ or not mqttbroker.session.__file__.endswith(".so"):
+        raise pytest.UsageError(f"MQTTBROKER_COMPILED={folder}: mqttbroker.session is "
+                                f"{mqttbroker.session.__file__}, not a compiled module "
+                                "(`make compiled` builds it)")
+
+
+_use_compiled_build()
+
+from mqttbroker.broker import Broker  # (after the choice of build above)
 
 T = TypeVar("T")
 
