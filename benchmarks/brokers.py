@@ -301,12 +301,9 @@ def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
     tree, see benchmarks/ab.py), run instead of the installed one: it goes first on the
     broker's PYTHONPATH; same interpreter and venv."""
     raise_nofile(nofile)
-    env: dict[str, str] | None = None
-    if source is not None:
-        if name != "ours":
-            raise BrokerError(f"a source folder applies to ours only, not {name!r}")
-        paths = [str(Path(source).resolve()), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    if source is not None and name != "ours":
+        raise BrokerError(f"a source folder applies to ours only, not {name!r}")
+    env = source_env(source)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     last: BrokerError | None = None
     for _ in range(3):  # the free port may be taken between probing and binding
@@ -368,19 +365,49 @@ def running(name: str, *, timeout: float = 20.0, nofile: int | None = None,
         shutil.rmtree(bp.workdir, ignore_errors=True)
 
 
-def versions() -> dict[str, str]:
-    """Each broker's version string, for the results file."""
+def source_env(source: str | os.PathLike[str] | None) -> dict[str, str] | None:
+    """The environment that runs ours from the ``mqttbroker`` package in ``source`` (first on
+    PYTHONPATH), or None for the installed one."""
+    if source is None:
+        return None
+    paths = [str(Path(source).resolve()), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def compiled_modules(source: str | os.PathLike[str] | None) -> int:
+    """How many of ours' modules a broker run from ``source`` imports as compiled extensions
+    (mypyc's .so files: `make compiled`); 0 for the pure-Python package."""
+    probe = ("import importlib, pathlib, mqttbroker; root = pathlib.Path(mqttbroker.__file__)"
+             ".parent; print(sum(1 for so in root.rglob('*.so') if importlib.import_module("
+             "'mqttbroker.' + '.'.join(so.relative_to(root).with_suffix('').with_suffix('')"
+             ".parts)).__file__.endswith('.so')))")
+    # (from "/", as a broker runs from its temporary folder: not from the checkout, whose
+    # own mqttbroker would come first on sys.path)
+    res = subprocess.run([str(VENV_BIN / "python"), "-c", probe], capture_output=True,
+                         text=True, timeout=60, check=False, env=source_env(source), cwd="/")
+    if res.returncode != 0:
+        raise BrokerError(f"cannot import mqttbroker from {source}: {res.stderr.strip()}")
+    return int(res.stdout.strip() or 0)
+
+
+def versions(ours_source: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """Each broker's version string, for the results file; ours says when it runs compiled
+    (``ours_source``: the folder it runs from, see :func:`start`)."""
     out: dict[str, str] = {}
     for name, argv in (("ours", [str(VENV_BIN / "python"), "-m", "mqttbroker", "--version"]),
                        ("mosquitto", [MOSQUITTO, "-h"]),
                        ("amqtt", [str(VENV_BIN / "amqtt"), "--version"])):
         try:
-            res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False,
+                                 env=source_env(ours_source) if name == "ours" else None,
+                                 cwd="/")
             text = (res.stdout or res.stderr).strip().splitlines()
             # "mqttbroker 0.1.0", "mosquitto version 2.0.11", "0.12.1": keep the number
             out[name] = text[0].split()[-1] if text else "?"
         except (OSError, subprocess.TimeoutExpired):
             out[name] = "missing"
+    n = compiled_modules(ours_source)
+    out["ours"] += f" (mypyc: {n} modules compiled)" if n else " (pure Python)"
     return out
 
 

@@ -179,10 +179,12 @@ def _sub_progress(say: Progress, label: str, msg: str) -> None:
 
 
 def run_one(sc: Scenario, broker: str, kwargs: Json, progress: Progress,
-            ours_config: str | None = None) -> Json:
+            ours_config: str | None = None, ours_source: str | None = None) -> Json:
     opts = dict(sc.broker_opts)
     if broker == "ours" and ours_config:
         opts["config"] = ours_config  # with the benchmark's limits laid over it
+    if broker == "ours" and ours_source:
+        opts["source"] = ours_source  # e.g. compiled/, the mypyc build (`make compiled`)
     with brokers.running(broker, **opts) as b:
         probe = loadgen.Probe(b.port, b.pid)
         result = sc.run(probe, progress, **kwargs)
@@ -213,6 +215,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run ours from a copy of this config file (its persistence database "
                         "in a temporary folder; listener, $SYS, log level, in-flight window "
                         "and queue limit set as for every run)")
+    p.add_argument("--ours-source", default=None, metavar="DIR",
+                   help="run ours from the mqttbroker package in DIR instead of the installed "
+                        "one: compiled/, the mypyc build of `make compiled` (`make bench` "
+                        "passes it when a C compiler is found)")
     p.add_argument("--persistent-sub", action="store_true",
                    help="fan-in/fan-out subscribers connect with clean session 0 (a stored "
                         "session: what makes a persistent broker write every message)")
@@ -229,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 3
     if args.ours_config and not Path(args.ours_config).is_file():
         p.error(f"--ours-config: no such file {args.ours_config!r}")
+    if args.ours_source and not (Path(args.ours_source) / "mqttbroker").is_dir():
+        p.error(f"--ours-source: no mqttbroker package in {args.ours_source!r}")
     return args
 
 
@@ -256,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
 
     meta: Json = {
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine(), "versions": brokers.versions(), "rounds": args.rounds,
+        "machine": machine(), "versions": brokers.versions(args.ours_source),
+        "rounds": args.rounds,
         "quick": args.quick, "brokers": args.broker_list, "scenarios": args.scenario_list,
-        "ours_config": args.ours_config, "persistent_sub": args.persistent_sub,
+        "ours_config": args.ours_config, "ours_source": args.ours_source,
+        "persistent_sub": args.persistent_sub,
         "notes": NOTES,
         "counts": {s: {b: kwargs_for(SCENARIOS[s], b, args) for b in args.broker_list}
                    for s in args.scenario_list},
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                                           for k, v in kw.items()}}
                 try:
                     res = run_one(sc, broker, kw, partial(_sub_progress, say, label),
-                                  args.ours_config)
+                                  args.ours_config, args.ours_source)
                     entry["result"] = res
                     say(f"{label}: {headline(key, res)}")
                 except (loadgen.LoadgenError, brokers.BrokerError, OSError) as exc:
