@@ -124,7 +124,9 @@ COMPILED_MODULES := \
 	mqttbroker/client/output.py mqttbroker/client/connection.py \
 	mqttbroker/core/delivery.py mqttbroker/core/connect.py mqttbroker/core/registry.py \
 	mqttbroker/core/admission.py mqttbroker/core/deadlines.py mqttbroker/core/subscriptions.py \
-	mqttbroker/transports/rawtcp.py
+	mqttbroker/transports/rawtcp.py mqttbroker/keepalive.py \
+	mqttbroker/abuse.py mqttbroker/auth.py mqttbroker/acl.py mqttbroker/ratelimit.py \
+	mqttbroker/retained.py mqttbroker/plugins/host.py
 PY_SOURCES := $(shell find mqttbroker -name '*.py' -not -path '*/node_modules/*')
 compiled/.built: $(STAMP) $(PY_SOURCES) pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet 'mypy>=1.10'
