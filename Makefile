@@ -162,7 +162,8 @@ bench: $(STAMP) $(MOSQUITTO)
 	    $(MAKE) --no-print-directory compiled \
 	    && $(BIN)/python -m benchmarks.run --ours-source compiled; \
 	else \
-	    echo "benchmarks: ours in pure Python (OURS=$(OURS); C compiler: $$(command -v cc || echo none))"; \
+	    echo "benchmarks: ours in pure Python (OURS=$(OURS);" \
+	        "C compiler: $$(command -v cc || echo none))"; \
 	    $(BIN)/python -m benchmarks.run; \
 	fi
 

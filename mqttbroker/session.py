@@ -159,7 +159,8 @@ class Session:
                  "inbound_qos2", "inflight", "max_inflight", "max_queued", "max_queued_bytes",
                  "metrics", "queue", "queue_qos0", "queued_bytes", "store", "subscriptions")
 
-    NEVER: ClassVar[int] = 0xFFFFFFFF  # the Session Expiry Interval that never expires [MQTT 3.1.2.11.2]
+    # the Session Expiry Interval that never expires [MQTT 3.1.2.11.2]
+    NEVER: ClassVar[int] = 0xFFFFFFFF
 
     def __init__(self, client_id: str, expiry_interval: int, *, max_inflight: int = 20,
                  max_queued: int = 1000, max_queued_bytes: int = 0, drop_oldest: bool = False,
