@@ -91,8 +91,9 @@ TEST_DEPS := $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(MOSQUITTO_CL
 
 # Two pytest-xdist workers, each taking the next test as it frees up (worksteal): every test
 # starts its own brokers on free ports and its own files under tmp_path, so they do not meet.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 test: $(TEST_DEPS)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
+	$(PYTEST)
 
 # The same suite with one core kept busy by a CPU hog (a Python busy loop) that the recipe
 # starts and stops: the EXIT trap kills it however pytest ends (Ctrl-C too), and the
@@ -143,8 +144,7 @@ compiled: compiled/.built
 # The whole suite on the compiled build: what `make test` runs, with the in-process brokers
 # and every process the tests start importing compiled/ (tests/conftest.py).
 test-compiled: $(TEST_DEPS) compiled/.built
-	MQTTBROKER_COMPILED=compiled $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 \
-	    --dist worksteal
+	MQTTBROKER_COMPILED=compiled $(PYTEST)
 
 # Fuzzing: every target (tests/fuzz/) until Ctrl-C, or FUZZ_SECONDS seconds each; `make test`
 # runs them for a bounded time. Crashes land in tests/fuzz/crashes/ (see docs/fuzzing.md).

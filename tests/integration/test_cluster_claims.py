@@ -19,15 +19,10 @@ from mqttbroker.broker import Broker
 from mqttbroker.cluster import node as cluster_node
 
 from .clusterproc import redis_procs
+from .rawmqtt import connect_bytes
 
 STORM = 300
 TIMEOUT = 30.0
-
-
-def connect_packet(client_id: str) -> bytes:
-    cid = client_id.encode()
-    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(cid).to_bytes(2, "big") + cid
-    return bytes([0x10, len(body)]) + body
 
 
 async def test_a_connect_storm_claims_client_ids_a_bounded_number_at_a_time(
@@ -58,7 +53,7 @@ async def test_a_connect_storm_claims_client_ids_a_bounded_number_at_a_time(
             conns = await asyncio.wait_for(asyncio.gather(
                 *(asyncio.open_connection("127.0.0.1", port) for _ in range(STORM))), TIMEOUT)
             for i, (_, writer) in enumerate(conns):  # every CONNECT out before any is read
-                writer.write(connect_packet(f"storm-{i}"))
+                writer.write(connect_bytes(f"storm-{i}"))
             acks = await asyncio.wait_for(asyncio.gather(
                 *(reader.readexactly(4) for reader, _ in conns)), TIMEOUT)
             for _, writer in conns:
