@@ -15,6 +15,7 @@ Times are exact binary fractions where results are compared with ``==``.
 from __future__ import annotations
 
 import gc
+import ipaddress
 import itertools
 import math
 import sys
@@ -55,6 +56,19 @@ from mqttbroker.router import CACHE_TOPIC_MAX, Router
 ])
 def test_address_key(host: str, key: str) -> None:
     assert address_key(host) == key
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4).map(str),
+                 st.text(alphabet="0123456789.x -", max_size=20)))
+def test_address_key_without_a_colon_is_what_parsing_gives(host: str) -> None:
+    """address_key() takes a host without ':' as is, unparsed: that must be what parsing it
+    would give (the canonical IPv4 address, or the string itself when it is not one)."""
+    try:
+        parsed = str(ipaddress.ip_address(host))
+    except ValueError:
+        parsed = host
+    assert address_key(host) == parsed
 
 
 # -- ConnectionRateLimiter ----------------------------------------------------------------------
