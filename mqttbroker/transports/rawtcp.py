@@ -134,13 +134,17 @@ class Hub:
 class RawTransport(asyncio.Transport):
     """A connected TCP socket on a :class:`Hub` (see the module's docstring)."""
 
-    __slots__ = ("_flags", "_high", "_low", "_wbuf", "hub", "protocol", "sock")
+    __slots__ = ("_flags", "_high", "_low", "_peer", "_wbuf", "hub", "protocol", "sock")
 
-    def __init__(self, sock: _socket.socket, protocol: asyncio.Protocol, hub: Hub) -> None:
+    def __init__(self, sock: _socket.socket, protocol: asyncio.Protocol, hub: Hub,
+                 peer: Any = None) -> None:
         # (every byte counts: an idle connection is this object, its socket and the protocol)
         self.sock = sock
         self.protocol = protocol
         self.hub = hub
+        # the peer's address as accept() gave it, during connection_made only (then None, and
+        # the socket is asked again): a getpeername() call saved without keeping a tuple
+        self._peer = peer
         self._wbuf: bytearray | None = None
         self._flags = 0
         self._high = HIGH_WATER
@@ -363,7 +367,7 @@ class RawTransport(asyncio.Transport):
         sock = self.sock
         try:
             if name == "peername":
-                return sock.getpeername()
+                return self._peer if self._peer is not None else sock.getpeername()
             if name == "sockname":
                 return sock.getsockname()
         except OSError:
@@ -439,7 +443,7 @@ class RawServer:
             try:
                 # (the descriptor alone: a plain _socket.socket is 40 bytes smaller than
                 # the socket.socket that accept() makes, and its peer name is not kept)
-                fd, _addr = listener._accept()  # type: ignore[attr-defined]
+                fd, addr = listener._accept()  # type: ignore[attr-defined]
             except _TRY_AGAIN:
                 return
             except OSError as exc:
@@ -468,13 +472,14 @@ class RawServer:
                     "message": "the connection's protocol could not be made",
                     "exception": exc})
                 continue
-            transport = RawTransport(sock, protocol, hub)
+            transport = RawTransport(sock, protocol, hub, addr)
             hub.add(fd, transport)
             try:
                 protocol.connection_made(transport)
             except Exception as exc:  # noqa: BLE001 - that connection goes, not others
                 transport.report("protocol.connection_made() failed", exc)
                 transport.fail(exc)
+            transport._peer = None
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if self._serving and not self._closed:

@@ -72,6 +72,7 @@ class Rec(asyncio.Protocol):
         self.pause_on_made = pause_on_made
         self.transport: rawtcp.RawTransport | None = None
         self.made_with: list[asyncio.BaseTransport] = []
+        self.peer_when_made: Any = None
         self.events: list[str] = []
         self.data = bytearray()
         self.lost: list[Exception | None] = []
@@ -88,6 +89,7 @@ class Rec(asyncio.Protocol):
         assert isinstance(transport, rawtcp.RawTransport)
         self.transport = transport
         self.made_with.append(transport)
+        self.peer_when_made = transport.get_extra_info("peername")  # (accept()'s address)
         self.events.append("made")
         if self.pause_on_made:
             transport.pause_reading()
@@ -310,7 +312,9 @@ async def test_connection_made_data_and_extra_info(env: Env) -> None:
     assert bytes(p.data) == b"hello" + big
     assert all(e == "data" for e in p.events[1:])
 
-    assert t.get_extra_info("peername") == c.getsockname()
+    assert p.peer_when_made == c.getsockname()
+    assert t._peer is None  # accept()'s address is not kept past connection_made...
+    assert t.get_extra_info("peername") == c.getsockname()  # ... the socket is asked
     assert t.get_extra_info("sockname") == server.sockets[0].getsockname()
     assert t.get_extra_info("sockname") == c.getpeername()
     sock = t.get_extra_info("socket")
