@@ -23,6 +23,7 @@ from .client import ClientConnection
 from .config import Config, ListenerConfig, load_config
 from .core.admission import Admission
 from .core.connect import Connector
+from .core.deadlines import Deadlines
 from .core.delivery import Dispatcher
 from .core.hooks import BridgeStats, GatewayStats
 from .core.registry import Registry, will_message
@@ -138,6 +139,9 @@ class Broker:
         self.bridges = Bridges(self.config.bridges, self,
                                self.storage if self.cluster is None else None)
         self.keepalive: KeepAliveWheel[ClientConnection] = KeepAliveWheel()
+        # connect_timeout: when each connection not yet past CONNECT is closed (checked with
+        # the keep-alive wheel; a timer handle made and cancelled per connection cost 4 us)
+        self.connect_deadlines: Deadlines[ClientConnection] = Deadlines()
         self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
         # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2] are the registry's
@@ -353,10 +357,13 @@ class Broker:
     # -- connections ----------------------------------------------------------------------------
 
     def _keepalive_tick(self) -> None:
-        """Four times a second: close the clients whose keep-alive ran out [MQTT-3.1.2-24]."""
+        """Four times a second: close the clients whose keep-alive ran out [MQTT-3.1.2-24],
+        and the connections that did not complete CONNECT within connect_timeout."""
         now = self.now()
         for conn in self.keepalive.expire(now):
             conn.keepalive_timeout()
+        for conn in self.connect_deadlines.pop_due(now):
+            conn.connect_timeout()
         for conn in list(self.congested):
             conn.check_stalled(now)
         assert self._loop is not None

@@ -107,7 +107,7 @@ class ClientConnection(Output, asyncio.Protocol):
         self.auth_method: str | None = None
         self._auth: AuthExchange | None = None
         self._pending_connect: Connect | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # a delayed CONNECT's resumption
         self._wbuf = None
         # persistence with sync: commit holds what we send until the changes before it are
         # committed (see SqliteStorage.keep_until_committed); None when nothing is kept
@@ -153,8 +153,7 @@ class ClientConnection(Output, asyncio.Protocol):
         # A socket that never completes CONNECT is closed after connect_timeout (one over a
         # connection limit, kept only to be told so, gets less).
         timeout = self.broker.config.mqtt.connect_timeout
-        self._timer = self._loop.call_later(timeout if admitted else min(timeout, 2.0),
-                                            self._connect_timeout)
+        self._await_connect(timeout if admitted else min(timeout, 2.0))
 
     def read_limit(self) -> int:
         """The largest packet read now (small until CONNACK): a WebSocket frame over it is
@@ -238,8 +237,7 @@ class ClientConnection(Output, asyncio.Protocol):
         self._stash = [(first, body), *rest]
         if self.transport is not None:
             self.transport.pause_reading()
-        if self._timer is not None:  # the delay replaces connect_timeout
-            self._timer.cancel()
+        self.broker.connect_deadlines.cancel(self)  # the delay replaces connect_timeout
         self._timer = self._loop.call_later(wait, self._connect_resume)
         return True
 
@@ -270,9 +268,7 @@ class ClientConnection(Output, asyncio.Protocol):
         plugin decides): keep the packets read after it, read no more, until
         :meth:`resume_connect`. connect_timeout stops counting: the CONNECT has come, and
         what the broker waits for is bounded on its side (claim and plugin timeouts)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.broker.connect_deadlines.cancel(self)
         self._stash = []
         if self.transport is not None:
             self.transport.pause_reading()
@@ -325,8 +321,7 @@ class ClientConnection(Output, asyncio.Protocol):
             self._stash = None
             return
         # the client has connect_timeout again to finish (MQTT 5 enhanced authentication)
-        self._timer = self._loop.call_later(self.broker.config.mqtt.connect_timeout,
-                                            self._connect_timeout)
+        self._await_connect(self.broker.config.mqtt.connect_timeout)
         first, body = stash[0]
         self._stash = stash[1:]  # what came after it, handled once it is done
         self.resume_connect(lambda: self._on_connect(cast(Connect, decode(first, body,
@@ -442,10 +437,17 @@ class ClientConnection(Output, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.broker.connect_deadlines.cancel(self)
         self.broker.on_connection_closed(self, publish_will)
 
-    def _connect_timeout(self) -> None:
-        self._timer = None
+    def _await_connect(self, seconds: float) -> None:
+        """Close this connection unless its CONNECT completes within ``seconds``: a deadline
+        the broker checks with its keep-alive wheel, four times a second (no timer handle of
+        its own to make and cancel for every connection)."""
+        self.broker.connect_deadlines.set(self, self._loop.time() + seconds)
+
+    def connect_timeout(self) -> None:
+        """The broker found this connection's connect deadline passed (:meth:`_await_connect`)."""
         if self.before_connack and not self.closed:
             log.warning("closing client %s: no CONNECT completed within %ss", self.name,
                         self.broker.config.mqtt.connect_timeout)
@@ -530,9 +532,7 @@ class ClientConnection(Output, asyncio.Protocol):
                props: dict[int, Any]) -> None:
         """CONNACK 0 (with ``props`` for MQTT 5), then resend what was in flight and what
         queued while away."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.broker.connect_deadlines.cancel(self)
         self.client_id = client_id
         self.session = session
         self.username = p.username

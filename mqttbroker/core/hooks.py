@@ -9,7 +9,7 @@ generic in the connection type, so that this module knows no connection class.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -27,8 +27,14 @@ from ..protocol.packets import Connect, Subscribe, Unsubscribe, Will
 from ..retained import RetainedStore
 from ..router import Router
 from ..session import Session
+from .deadlines import Deadlines
 
-C = TypeVar("C", bound=Watched)
+
+class Held(Watched, Hashable, Protocol):
+    """A connection as the broker holds it: on the keep-alive wheel, in its deadlines."""
+
+
+C = TypeVar("C", bound=Held)
 
 
 @dataclass
@@ -78,6 +84,7 @@ class ConnectionHost(Protocol[C]):
     storage: Storage | None
     running: bool
     keepalive: KeepAliveWheel[C]
+    connect_deadlines: Deadlines[C]  # when each connection still without CONNACK is closed
     congested: set[C]
     enhanced_auth: EnhancedAuth
     login_failures: LoginFailures | None
