@@ -39,6 +39,7 @@ log = logging.getLogger("mqttbroker")
 
 V5 = ProtocolLevel.MQTT_5
 BRIDGE_IDS = "$bridge/"  # the local client ids of the broker's bridges (bridge/link.py)
+_VERSIONS = {3: "3.1", 4: "3.1.1", 5: "5.0"}  # protocol level -> MQTT version (logs)
 # what a PUBLISH adds to its payload at most, bar properties: fixed header (5), the longest
 # topic (2 + 65535), packet id (2), property length (4)
 PUBLISH_OVERHEAD = 5 + 2 + 65535 + 2 + 4
@@ -52,14 +53,21 @@ class Refusal:
     why: str
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Terms:
     """What the first steps settled for a CONNECT: the client id (perhaps assigned), the
-    keep-alive granted, and the CONNACK properties that say so."""
+    keep-alive granted, and the CONNACK properties that say so. (``__init__`` written out,
+    compiled by mypyc, as in protocol/packets.py.)"""
 
     client_id: str
     keep_alive: int
     props: dict[int, Any] = field(default_factory=dict)
+
+    def __init__(self, client_id: str, keep_alive: int,
+                 props: dict[int, Any] | None = None) -> None:
+        self.client_id = client_id
+        self.keep_alive = keep_alive
+        self.props = {} if props is None else props
 
 
 def negotiate(p: Connect, cfg: MqttConfig, new_id: Callable[[], str]) -> Terms | Refusal:
@@ -283,12 +291,8 @@ class Connector(Generic[K]):
         if isinstance(terms, Refusal):
             conn.refuse(terms.code, terms.why)
             return
-
-        def again(answer: bool | None) -> None:  # the CONNECT resumed with the plugins' answer
-            self.connect(conn, p, auth_props, answer, True)
-
         if not self._authenticate(conn, p, terms.client_id, auth_props,
-                                  plugin_decision, plugin_asked, again):
+                                  plugin_decision, plugin_asked):
             return  # refused, or waiting for a plugin
         if auth_props is not None:
             terms.props.update(auth_props)
@@ -313,11 +317,11 @@ class Connector(Generic[K]):
 
     def _authenticate(self, conn: K, p: Connect, client_id: str,
                       auth_props: dict[int, Any] | None, plugin_decision: bool | None,
-                      plugin_asked: bool, again: Callable[[bool | None], None]) -> bool:
+                      plugin_asked: bool) -> bool:
         """Whether the CONNECT's credentials let it in: a TLS certificate
         (use-identity-as-username), an enhanced-authentication exchange that ended well
         (``auth_props``), the plugins in order, then the password file. False: refused, or
-        held until an async plugin answers (``again`` is then called with its answer)."""
+        held until an async plugin answers (the CONNECT then starts again with its answer)."""
         by_certificate = self._certificate_user(conn, p)
         if by_certificate is False:
             return False
@@ -334,7 +338,7 @@ class Connector(Generic[K]):
 
                 def decided(fut: asyncio.Future[bool | None]) -> None:
                     answer = fallback if fut.cancelled() else fut.result()
-                    conn.resume_connect(lambda: again(answer))
+                    conn.resume_connect(lambda: self.connect(conn, p, auth_props, answer, True))
 
                 decision.add_done_callback(decided)
                 return False
@@ -426,8 +430,8 @@ class Connector(Generic[K]):
         m.clients_maximum = max(m.clients_maximum, m.clients_connected)
         level = p.protocol_level
         log.info("client %r connected from %s (MQTT %s, clean=%d, keep-alive=%ds%s)", client_id,
-                 conn.peer, {3: "3.1", 4: "3.1.1", 5: "5.0"}[level], p.clean_session,
-                 terms.keep_alive, ", session resumed" if present else "")
+                 conn.peer, _VERSIONS[level], p.clean_session, terms.keep_alive,
+                 ", session resumed" if present else "")
         conn.accept(client_id, session, present, p, terms.props)
         plugins = self.plugins
         if plugins:

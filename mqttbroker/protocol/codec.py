@@ -96,7 +96,7 @@ def decode_connect(flags: int, body: bytes) -> Connect:
     if name not in ("MQTT", "MQIsdp"):
         # [MQTT-3.1.2-1] an unknown protocol name: close without CONNACK
         raise _protocol(f"unknown protocol name {name!r}")
-    if level not in (3, 4, 5) or PROTOCOL_NAMES[ProtocolLevel(level)] != name:
+    if PROTOCOL_NAMES.get(level) != name:  # (an unknown level too; no enum made per CONNECT)
         # [MQTT-3.1.2-2] answered with CONNACK 0x01 (v5: 0x84) and closed
         raise ProtocolError(ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
                             f"unsupported protocol {name!r} level {level}")

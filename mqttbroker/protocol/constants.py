@@ -33,8 +33,8 @@ class ProtocolLevel(IntEnum):
     MQTT_5 = 5
 
 
-PROTOCOL_NAMES = {ProtocolLevel.MQTT_3_1: "MQIsdp", ProtocolLevel.MQTT_3_1_1: "MQTT",
-                  ProtocolLevel.MQTT_5: "MQTT"}
+PROTOCOL_NAMES: dict[int, str] = {
+    ProtocolLevel.MQTT_3_1: "MQIsdp", ProtocolLevel.MQTT_3_1_1: "MQTT", ProtocolLevel.MQTT_5: "MQTT"}
 
 # Remaining Length is a variable byte integer of at most four bytes [MQTT-1.5.5].
 MAX_REMAINING_LENGTH = 268_435_455
