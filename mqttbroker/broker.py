@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .auth import Authorizer
 from .bridge import Bridges
@@ -25,7 +25,7 @@ from .core.admission import Admission
 from .core.connect import Connector
 from .core.deadlines import Deadlines
 from .core.delivery import Dispatcher
-from .core.hooks import BridgeStats, GatewayStats
+from .core.hooks import Access, BridgeStats, GatewayStats
 from .core.registry import Registry, will_message
 from .core.subscriptions import Subscriptions
 from .enhanced_auth import EnhancedAuth
@@ -58,6 +58,15 @@ log = logging.getLogger("mqttbroker")
 
 V5 = ProtocolLevel.MQTT_5
 KEEPALIVE_TICK = 0.25  # seconds between keep-alive wheel checks
+
+
+class Gatekeeper(Access, Protocol):
+    """The broker's access control as the broker holds it (auth.py's Authorizer): what the
+    core asks (:class:`~mqttbroker.core.hooks.Access`), and a client's grants forgotten when
+    it goes. ``reload()`` (SIGHUP), when it has one, is looked up as it is called."""
+
+    def forget(self, client_id: str) -> None:
+        """``client_id`` is gone: drop what was bound to it."""
 
 
 class Broker:
@@ -93,8 +102,8 @@ class Broker:
             self.retained.storage = self.storage
             self.router.on_route = self.cluster.on_route
         # reads the password and ACL files: ConfigError naming the file and line
-        self.authorizer = Authorizer(self.config.auth, self.config.topic_check,
-                                     self.config.listeners)
+        self.authorizer: Gatekeeper = Authorizer(self.config.auth, self.config.topic_check,
+                                                 self.config.listeners)
         self.enhanced_auth = EnhancedAuth.from_config(self.config.auth.scram_users)
         # plugins (plugins/): imported and their options checked now, built in start()
         self.plugins = PluginHost(self.config.plugins, self.metrics,
