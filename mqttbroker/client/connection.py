@@ -129,6 +129,10 @@ class ClientConnection(Output, asyncio.Protocol):
     def __repr__(self) -> str:
         return f"<client {self.client_id or '-'} {self.peer}>"
 
+    def __str__(self) -> str:
+        # (log lines pass the connection itself: its name is made only if the line is written)
+        return self.name
+
     @property
     def name(self) -> str:
         """How log lines name this client."""
@@ -371,9 +375,9 @@ class ClientConnection(Output, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is not ConnState.CLOSED:
             if exc is not None:
-                log.info("client %s connection lost: %s", self.name, exc)
+                log.info("client %s connection lost: %s", self, exc)
             else:
-                log.info("client %s closed the connection", self.name)
+                log.info("client %s closed the connection", self)
             self._closed(publish_will=True)
         self.transport = None
 
@@ -398,7 +402,7 @@ class ClientConnection(Output, asyncio.Protocol):
         """Close on the broker's initiative (takeover, shutdown), telling a v5 client why."""
         if self.state is ConnState.CLOSED:
             return
-        log.info("closing client %s: %s", self.name, why)
+        log.info("closing client %s: %s", self, why)
         answer = self.server_disconnect(code, why)
         if answer is not None:
             self.send_packet(answer)
@@ -549,8 +553,9 @@ class ClientConnection(Output, asyncio.Protocol):
         if self.keep_alive:
             self.broker.keepalive.add(self)
         # [MQTT-4.4.0-1] unacknowledged PUBLISH (DUP=1) and PUBREL are resent, in order
-        for out in session.resend():
-            self._send_outbound(out, dup=True)
+        if session.inflight:  # (a new session has nothing in flight)
+            for out in session.resend():
+                self._send_outbound(out, dup=True)
         self._pump()
         self.slot_free()  # room left: work queued at other members of its groups
 
@@ -653,7 +658,7 @@ class ClientConnection(Output, asyncio.Protocol):
             self.session.expiry_interval = self.broker.cap_session_expiry(sei)
         if not publish_will:
             self.will = None  # [MQTT-3.14.4-3] a DISCONNECT discards the will
-        log.info("client %s disconnected (reason 0x%02X)", self.name, p.reason_code)
+        log.info("client %s disconnected (reason 0x%02X)", self, p.reason_code)
         self.close(publish_will=publish_will)
 
 
