@@ -246,6 +246,44 @@ def test_workers_log_json_each_with_its_index(cluster_run: Run) -> None:
         assert "received SIGTERM, shutting down" in own, records
 
 
+_SUPERVISE = """
+import sys
+from mqttbroker.workers import RestartPolicy, supervise
+sys.exit(supervise(2, sys.argv[1:], RestartPolicy(delay=0.1, max_delay=0.2, stable_after=30.0,
+                                                  give_up_after=3)))
+"""
+
+
+def test_workers_that_cannot_start_make_the_supervisor_give_up(tmp_path: Path) -> None:
+    """``serve --workers 2`` whose workers die at start (the cluster's Redis is not there):
+    each is restarted after a backoff, and at its third death in a row within
+    stable_after of its start the supervisor stops the other worker and exits with status 1
+    instead of restarting them for ever (workers.RestartPolicy; the defaults give up at 6
+    deaths and back off 1, 2, 4, 8, 16 s; this run is shortened through supervise()'s
+    policy)."""
+    port = free_port()
+    config = write_config(tmp_path, {
+        "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{port}"}},
+        "sys_interval": 0,
+        "cluster": {"redis": f"redis://{HOST}:{free_port()}/0", "node": "nowhere"},
+    })
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _SUPERVISE, "serve", "-c", str(config),
+                           "--workers", "2"], check=False, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    took = time.monotonic() - t0
+    err = proc.stderr
+    assert proc.returncode == 1, err
+    assert err.count("cannot reach Redis") >= 3, err  # the workers' own reason, each time
+    restarts = re.findall(r"worker (\d) \(pid \d+\) exited with status 1; restarting it in "
+                          r"(\d\.\d)s", err)
+    assert {w for w, _ in restarts} <= {"0", "1"} and len(restarts) >= 2, err
+    assert all(float(wait) <= 0.2 for _, wait in restarts), err
+    assert len(re.findall(r"3 deaths in a row, each within 30s of its start; giving up, "
+                          r"stopping the workers", err)) == 1, err
+    assert took < 45, f"gave up after {took:.1f}s"
+
+
 # -- Grafana ------------------------------------------------------------------------------------
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
