@@ -213,7 +213,7 @@ class Broker:
                     self._tls[name] = tls
 
                 def factory(name: str = name) -> ClientConnection:
-                    return ClientConnection(self, name)
+                    return ClientConnection(self, name, self._loop)
 
                 context = None if tls is None else tls.context
                 timeout = self.config.mqtt.connect_timeout

@@ -85,12 +85,15 @@ class ClientConnection(Output, asyncio.Protocol):
         "will",
     )
 
-    def __init__(self, broker: ConnectionHost[ClientConnection], listener: str) -> None:
+    def __init__(self, broker: ConnectionHost[ClientConnection], listener: str,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """``loop``: the running loop, when the caller has it at hand (asking asyncio for it
+        costs a getpid() call per connection)."""
         self.broker = broker
         self.listener = listener
         self.metrics = broker.metrics
         cfg = broker.config.mqtt
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         ServerConnection.__init__(self, broker.limits, self._loop.time())
         self.write_limit = cfg.write_buffer_limit
         self.client_id: str | None = None
