@@ -119,7 +119,8 @@ clean:
 # found; `make test-compiled` runs the whole suite on it. Rebuilt when a source changes.
 COMPILED_MODULES := \
 	mqttbroker/message.py mqttbroker/router.py mqttbroker/session.py mqttbroker/metrics.py \
-	mqttbroker/protocol/codec.py mqttbroker/protocol/reader.py mqttbroker/protocol/primitives.py \
+	mqttbroker/protocol/constants.py mqttbroker/protocol/codec.py mqttbroker/protocol/reader.py \
+	mqttbroker/protocol/primitives.py \
 	mqttbroker/protocol/flows.py mqttbroker/protocol/topics.py mqttbroker/protocol/packets.py \
 	mqttbroker/protocol/properties.py mqttbroker/protocol/connection.py \
 	mqttbroker/client/output.py mqttbroker/client/connection.py \
