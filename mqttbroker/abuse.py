@@ -22,17 +22,18 @@ from __future__ import annotations
 import functools
 import ipaddress
 import math
+from typing import Final
 
 __all__ = ["MAX_ADDRESSES", "ConnectionRateLimiter", "LoginFailures", "address_key"]
 
-MAX_ADDRESSES = 10_000  # entries per table; ~200 bytes each
-FAILURE_MEMORY = 600.0  # seconds after its last failed login an address is forgiven
-_EXPIRE_BATCH = 8  # stale entries dropped from the front per call (amortised O(1))
+MAX_ADDRESSES: Final = 10_000  # entries per table; ~200 bytes each
+FAILURE_MEMORY: Final = 600.0  # seconds after its last failed login an address is forgiven
+_EXPIRE_BATCH: Final = 8  # stale entries dropped from the front per call (amortised O(1))
 # how much earlier than its reserved turn a delayed CONNECT may be handled: event-loop timers
 # fire with millisecond granularity (uvloop rounds the delay down), so at the cap the next
 # sequential guess can find its wait a fraction of a millisecond over max_delay; it is not
 # refused for that
-TIMER_SLACK = 0.005
+TIMER_SLACK: Final = 0.005
 
 
 @functools.lru_cache(maxsize=4096)  # (pure; parsed once per address, not per connection)

@@ -36,7 +36,7 @@ from .protocol.topics import topic_filter_problem
 __all__ = ["READ", "WRITE", "AclFile", "ClientAcl", "filter_covers", "filters_meet",
            "load_acl_file"]
 
-log = logging.getLogger("mqttbroker.auth")
+log: Final = logging.getLogger("mqttbroker.auth")
 
 READ: Final = 1
 WRITE: Final = 2

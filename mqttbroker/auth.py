@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from .acl import AclFile, ClientAcl, load_acl_file
 from .config import AuthConfig, ListenerConfig, TopicCheckConfig
@@ -32,9 +33,9 @@ from .passwd import PasswordFile
 from .protocol.constants import ReasonCode
 from .protocol.topics import topic_matches
 
-ANONYMOUS = "anonymous"
+ANONYMOUS: Final = "anonymous"
 
-log = logging.getLogger("mqttbroker.auth")
+log: Final = logging.getLogger("mqttbroker.auth")
 
 
 def is_loopback(host: str) -> bool:

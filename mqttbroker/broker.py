@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .auth import Authorizer
 from .bridge import Bridges
@@ -54,10 +54,10 @@ if TYPE_CHECKING:
     from .cluster.node import ClusterNode
     from .web.server import HttpServer
 
-log = logging.getLogger("mqttbroker")
+log: Final = logging.getLogger("mqttbroker")
 
-V5 = ProtocolLevel.MQTT_5
-KEEPALIVE_TICK = 0.25  # seconds between keep-alive wheel checks
+V5: Final[int] = ProtocolLevel.MQTT_5
+KEEPALIVE_TICK: Final = 0.25  # seconds between keep-alive wheel checks
 
 
 class Gatekeeper(Access, Protocol):

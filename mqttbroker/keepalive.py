@@ -10,7 +10,7 @@ no per-connection timer object exists. Pure: the caller passes ``now``.
 from __future__ import annotations
 
 import math
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 
 class Watched(Protocol):
@@ -22,7 +22,7 @@ class Watched(Protocol):
 
 W = TypeVar("W", bound=Watched)
 
-SLOTS_PER_SECOND = 4  # bucket width 0.25 s: a timeout is noticed at most that late (+ a tick)
+SLOTS_PER_SECOND: Final = 4  # bucket width 0.25 s: a timeout is noticed at most that late (+ a tick)
 
 
 def deadline(conn: Watched) -> float:

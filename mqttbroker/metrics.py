@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from typing import Final
 
 
 class Metrics:
@@ -91,7 +92,7 @@ def packet_size(body_length: int) -> int:
 
 
 # seconds: from a fraction of a millisecond (no fsync, tmpfs) to a slow disk's seconds
-LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+LATENCY_BUCKETS: Final[tuple[float, ...]] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                       0.25, 0.5, 1.0, 2.5, 5.0)
 
 

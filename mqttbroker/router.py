@@ -5,6 +5,7 @@ member that frees up later takes what waits at the others: core/delivery.py stea
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from .protocol.packets import Subscription
 from .protocol.topics import SHARE_PREFIX, SubscriptionTree
@@ -70,10 +71,10 @@ class SharedGroup:
         return cid, self.members[cid]
 
 
-CACHE_SIZE = 10_000  # topics remembered between subscription changes
+CACHE_SIZE: Final = 10_000  # topics remembered between subscription changes
 # longer topics are matched every time: the cache holds at most CACHE_SIZE x this many
 # characters of topic names (10 MB), not 10,000 topics of 64 KiB a publisher chose (640 MB)
-CACHE_TOPIC_MAX = 1024
+CACHE_TOPIC_MAX: Final = 1024
 
 _Key = str | tuple[str, str]
 _Value = Subscription | SharedGroup

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple, NoReturn
 
 from .errors import ProtocolError
 from .message import Message
@@ -22,12 +22,12 @@ from .protocol.topics import SHARE_PREFIX
 if TYPE_CHECKING:
     from .persistence.base import Storage
 
-log = logging.getLogger("mqttbroker.session")
+log: Final = logging.getLogger("mqttbroker.session")
 
-_NO_IDS: frozenset[int] = frozenset()
+_NO_IDS: Final[frozenset[int]] = frozenset()
 # how far into another member's queue :meth:`Session.take_queued` looks for a message of the
 # group (a queue of 100,000 messages of other subscriptions is not scanned after every PUBACK)
-STEAL_SCAN = 1000
+STEAL_SCAN: Final = 1000
 
 
 class Subscriptions(dict[str, Subscription]):
@@ -88,7 +88,7 @@ def _refuse() -> NoReturn:
                     "Session.own_subscriptions() or Session.own_inflight()")
 
 
-_UNUSED: Any = _Unused()
+_UNUSED: Final[Any] = _Unused()
 
 
 class Outbound:
@@ -132,13 +132,13 @@ class AckResult(NamedTuple):
 
 
 # the four possible answers, made once (ack() runs for every acknowledgement)
-_UNKNOWN = AckResult(False, False, False)
-_FREED = AckResult(True, False, True)
-_PUBREL = AckResult(True, True, False)
-_KEPT = AckResult(True, False, False)
+_UNKNOWN: Final = AckResult(False, False, False)
+_FREED: Final = AckResult(True, False, True)
+_PUBREL: Final = AckResult(True, True, False)
+_KEPT: Final = AckResult(True, False, False)
 
 # what an outbound flow waits for, for the error that names a wrong acknowledgement
-_AWAITS = {OutState.AWAIT_PUBACK: "PUBACK", OutState.AWAIT_PUBREC: "PUBREC",
+_AWAITS: Final = {OutState.AWAIT_PUBACK: "PUBACK", OutState.AWAIT_PUBREC: "PUBREC",
            OutState.AWAIT_PUBCOMP: "PUBCOMP"}
 
 

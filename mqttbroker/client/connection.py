@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..core.hooks import ConnectionHost, HoldPacket
 from ..enhanced_auth import AuthExchange, AuthStatus
@@ -44,16 +44,19 @@ from ..ratelimit import PublishLimiter
 from ..session import Session
 from .output import Output
 
-log = logging.getLogger("mqttbroker.client")
+log: Final = logging.getLogger("mqttbroker.client")
 
-V5 = ProtocolLevel.MQTT_5
-LINGER = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
-_PINGRESP = b"\xd0\x00"
+V5: Final[int] = ProtocolLevel.MQTT_5
+LINGER: Final = 2.0  # seconds a closed connection's socket keeps draining the peer's bytes
+_PINGRESP: Final = b"\xd0\x00"
 # a 3.x CONNACK accepting the connection: four fixed bytes, Session Present set for 3.1.1
 # only (3.1's first byte is reserved, 0) [MQTT-3.2.2]; 5.0's carries properties: encoded
-_CONNACK_3 = b"\x20\x02\x00\x00"
-_CONNACK_3_PRESENT = b"\x20\x02\x01\x00"
+_CONNACK_3: Final = b"\x20\x02\x00\x00"
+_CONNACK_3_PRESENT: Final = b"\x20\x02\x01\x00"
 _P = PacketType
+# the packet types _process compares every frame with, as ints (compiled: machine-int compares)
+_CONNECT: Final[int] = PacketType.CONNECT
+_PUBLISH: Final[int] = PacketType.PUBLISH
 
 
 class ClientConnection(Output, asyncio.Protocol):
@@ -196,22 +199,22 @@ class ClientConnection(Output, asyncio.Protocol):
                 return  # a previous packet in this read closed the connection
             self.metrics.messages_received += 1
             ptype = first >> 4
-            if ptype == _P.CONNECT or ptype not in ALLOWED[self.state]:
+            if ptype == _CONNECT or ptype not in ALLOWED[self.state]:
                 self.check_type(first, body)  # refuses, or reads a CONNECT's level
-            if ptype == _P.CONNECT and self.broker.login_failures is not None \
+            if ptype == _CONNECT and self.broker.login_failures is not None \
                     and self._delay_connect(first, body, it):
                 break
             try:
-                if ptype == _P.PUBLISH:  # the hot path, with the frame for reuse
+                if ptype == _PUBLISH:  # the hot path, with the frame for reuse
                     self._on_publish(cast(Publish, decode(first, body, self.level)), body)
                     if self._limiter is not None and self._rate_limit(len(body)):
                         self._stash = list(it)
                         break
                 elif first == 0x40 and len(body) == 2:  # a plain PUBACK: no packet object
-                    self._ack(int.from_bytes(body, "big"), _P.PUBACK, 0)
+                    self._ack(int.from_bytes(body, "big"), PacketType.PUBACK, 0)
                 else:
                     _HANDLERS[ptype](self, decode(first, body, self.level))
-                    if self._stash is not None and ptype == _P.CONNECT:
+                    if self._stash is not None and ptype == _CONNECT:
                         self._stash.extend(it)  # the broker suspended the CONNECT: keep the rest
                         break
             except HoldPacket as hold:  # a plugin's decision is on its way (nothing done yet)
@@ -667,7 +670,7 @@ class ClientConnection(Output, asyncio.Protocol):
 
 # Packet type -> handler: one table for every connection (bound methods per connection would
 # cost ~3 KB each).
-_HANDLERS: dict[int, Callable[[ClientConnection, Any], None]] = {
+_HANDLERS: Final[dict[int, Callable[[ClientConnection, Any], None]]] = {
     _P.CONNECT: ClientConnection._on_connect,
     _P.PUBLISH: ClientConnection._on_publish,
     _P.PUBACK: ClientConnection._on_ack,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Final
 
 from ..core.hooks import Blockable, ConnectionHost
 from ..errors import ProtocolError
@@ -23,14 +23,14 @@ from ..protocol.flows import OutState
 from ..protocol.packets import Packet, Pubrel
 from ..session import Outbound, Queued, Session
 
-log = logging.getLogger("mqttbroker.client")
+log: Final = logging.getLogger("mqttbroker.client")
 
-V5 = ProtocolLevel.MQTT_5
-SLOW_CONSUMER_GRACE = 5.0  # seconds a congested client may hold publishers back
-PUMP_BATCH = 256  # queued messages sent between checks of the socket's buffer
-WRITE_BATCH = 256  # packets gathered into one transport write at most
-_PUBREL_HEAD = b"\x62\x02"
-_P = PacketType
+V5: Final[int] = ProtocolLevel.MQTT_5
+SLOW_CONSUMER_GRACE: Final = 5.0  # seconds a congested client may hold publishers back
+PUMP_BATCH: Final = 256  # queued messages sent between checks of the socket's buffer
+WRITE_BATCH: Final = 256  # packets gathered into one transport write at most
+_PUBREL_HEAD: Final = b"\x62\x02"
+_PUBREC: Final[int] = PacketType.PUBREC  # (an int: compared with every ack's type)
 
 
 class Output(ServerConnection):
@@ -351,10 +351,10 @@ class Output(ServerConnection):
         session = self.session
         assert session is not None
         # a PUBREC with a failure code: the client refused it, the flow ends here [MQTT-4.3.3]
-        result = session.ack(pid, ptype, ptype == _P.PUBREC and reason_code >= 0x80)
+        result = session.ack(pid, ptype, ptype == _PUBREC and reason_code >= 0x80)
         if not result.known:
             log.debug("client %s: %s for unknown packet id %d", self.name, ptype.name, pid)
-            if ptype == _P.PUBREC and reason_code < 0x80:
+            if ptype == _PUBREC and reason_code < 0x80:
                 # we hold no state for it: release the client's state all the same
                 self.send_packet(Pubrel(pid, ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
                                         if self.level == V5 else 0))

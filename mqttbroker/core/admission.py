@@ -8,15 +8,15 @@ only asks. No I/O and no clock of its own: ``now`` is an argument.
 from __future__ import annotations
 
 import logging
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from ..abuse import ConnectionRateLimiter, LoginFailures, address_key
 from ..config import Config
 from ..metrics import Metrics
 
-log = logging.getLogger("mqttbroker")
+log: Final = logging.getLogger("mqttbroker")
 
-MAX_PENDING_REFUSALS = 64  # sockets over a connection limit kept open to be told why
+MAX_PENDING_REFUSALS: Final = 64  # sockets over a connection limit kept open to be told why
 
 
 class Candidate(Protocol):

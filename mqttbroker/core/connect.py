@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from ..config import Config, MqttConfig
 from ..errors import ProtocolError
@@ -35,14 +35,14 @@ from .admission import Admission
 from .hooks import Access
 from .registry import Registry
 
-log = logging.getLogger("mqttbroker")
+log: Final = logging.getLogger("mqttbroker")
 
-V5 = ProtocolLevel.MQTT_5
-BRIDGE_IDS = "$bridge/"  # the local client ids of the broker's bridges (bridge/link.py)
-_VERSIONS = {3: "3.1", 4: "3.1.1", 5: "5.0"}  # protocol level -> MQTT version (logs)
+V5: Final[int] = ProtocolLevel.MQTT_5
+BRIDGE_IDS: Final = "$bridge/"  # the local client ids of the broker's bridges (bridge/link.py)
+_VERSIONS: Final = {3: "3.1", 4: "3.1.1", 5: "5.0"}  # protocol level -> MQTT version (logs)
 # what a PUBLISH adds to its payload at most, bar properties: fixed header (5), the longest
 # topic (2 + 65535), packet id (2), property length (4)
-PUBLISH_OVERHEAD = 5 + 2 + 65535 + 2 + 4
+PUBLISH_OVERHEAD: Final = 5 + 2 + 65535 + 2 + 4
 
 
 @dataclass(frozen=True, slots=True)

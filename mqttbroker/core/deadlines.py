@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
-_COMPACT_MIN = 64  # a heap this small is never rebuilt
+_COMPACT_MIN: Final = 64  # a heap this small is never rebuilt
 
 
 class Deadlines(Generic[K]):

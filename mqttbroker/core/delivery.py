@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from ..acl import ClientAcl
 from ..config import Config
@@ -33,9 +33,9 @@ from ..session import Queued, Session
 from .hooks import Access, Blockable
 from .registry import Registry
 
-log = logging.getLogger("mqttbroker")
+log: Final = logging.getLogger("mqttbroker")
 
-V5 = ProtocolLevel.MQTT_5
+V5: Final[int] = ProtocolLevel.MQTT_5
 
 
 class Recipient(Blockable, Protocol):

@@ -14,7 +14,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 
 from ..config import Config
 from ..message import Message
@@ -28,10 +28,10 @@ from ..router import Router
 from ..session import Outbound, Queued, Session
 from .deadlines import Deadlines
 
-log = logging.getLogger("mqttbroker")
+log: Final = logging.getLogger("mqttbroker")
 
 EXPIRE, WILL = "expire", "will"  # the kinds of deadline
-_WILL_ONLY = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
+_WILL_ONLY: Final = (Prop.WILL_DELAY_INTERVAL, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
 class Attached(Protocol):

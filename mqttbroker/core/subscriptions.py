@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from ..config import Config
 from ..errors import ProtocolError
@@ -30,9 +30,9 @@ from ..session import Session
 from .delivery import Dispatcher, Recipient
 from .hooks import Access, HoldPacket
 
-log = logging.getLogger("mqttbroker")
+log: Final = logging.getLogger("mqttbroker")
 
-V5 = ProtocolLevel.MQTT_5
+V5: Final[int] = ProtocolLevel.MQTT_5
 
 
 class Subscriber(Recipient, Protocol):

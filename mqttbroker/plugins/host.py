@@ -26,7 +26,7 @@ from ..protocol.topics import SHARE_PREFIX, topic_filter_problem, validate_topic
 from .amqtt import AmqttPlugin, adapter_for, link
 from .api import Action, Client, Decision, Message, Plugin, PluginContext
 
-log = logging.getLogger("mqttbroker.plugins")
+log: Final = logging.getLogger("mqttbroker.plugins")
 
 CACHE_PER_CLIENT: Final = 1024  # authorization answers kept per connected client
 _MISS: Final = object()

@@ -8,6 +8,7 @@ returns the bytes to send.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from ..errors import EncodeError, ProtocolError
 from .constants import PROTOCOL_NAMES, PacketType, ProtocolLevel, ReasonCode
@@ -43,7 +44,7 @@ from .primitives import (
 )
 from .properties import WILL, encode_properties, read_properties
 
-V5 = ProtocolLevel.MQTT_5
+V5: Final[int] = ProtocolLevel.MQTT_5
 
 
 def _malformed(msg: str) -> ProtocolError:
@@ -277,7 +278,7 @@ def _decode_unsuback(flags: int, body: bytes, level: int) -> Unsuback:
     return Unsuback(pid, list(buf.rest()), props)
 
 
-_DECODERS: dict[int, Callable[[int, bytes, int], Packet]] = {
+_DECODERS: Final[dict[int, Callable[[int, bytes, int], Packet]]] = {
     PacketType.CONNECT: lambda f, b, lv: decode_connect(f, b),
     PacketType.CONNACK: _decode_connack,
     PacketType.PUBLISH: _decode_publish,
@@ -296,7 +297,7 @@ _DECODERS: dict[int, Callable[[int, bytes, int], Packet]] = {
 }
 
 # [MQTT-2.2.2-1] fixed-header flags that every packet but PUBLISH must carry
-_REQUIRED_FLAGS: dict[int, int] = {t: (0x02 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE,
+_REQUIRED_FLAGS: Final[dict[int, int]] = {t: (0x02 if t in (PacketType.PUBREL, PacketType.SUBSCRIBE,
                                      PacketType.UNSUBSCRIBE) else 0x00)
                    for t in PacketType if t != PacketType.PUBLISH}
 
@@ -305,7 +306,7 @@ _REQUIRED_FLAGS: dict[int, int] = {t: (0x02 if t in (PacketType.PUBREL, PacketTy
 # UNSUBSCRIBE are QoS 1 (0x02) and a client sets DUP (0x08) when it sends one again [MQTT 3.1,
 # 2.1 and 3.6/3.8/3.10]. 3.1.1 fixed the flags [MQTT-2.2.2-1]; 3.1 clients (and their resent
 # PUBREL after a reconnect) must still be understood.
-_V31_DUP_ALLOWED = frozenset({PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE})
+_V31_DUP_ALLOWED: Final = frozenset({PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE})
 
 
 def decode(first_byte: int, body: bytes, level: int) -> Packet:

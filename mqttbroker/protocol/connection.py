@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from ..errors import MQTTBrokerError, ProtocolError
 from .codec import decode, encode, encode_publish_parts, peek_protocol_level
@@ -45,8 +45,9 @@ __all__ = [
     "StateError",
 ]
 
-V5 = ProtocolLevel.MQTT_5
+V5: Final[int] = ProtocolLevel.MQTT_5
 _P = PacketType
+_CONNECT: Final[int] = PacketType.CONNECT  # (an int: compared with every frame's type)
 
 
 class ConnState(IntEnum):
@@ -64,9 +65,9 @@ class ConnState(IntEnum):
 # only a server sends (CONNACK, SUBACK, ...) are never accepted from a client. A client may
 # send packets after CONNECT without waiting for CONNACK [MQTT 3.1.4]: while CONNECTING they
 # are read (the caller holds them until the CONNECT is decided).
-_SESSION_PACKETS = frozenset({_P.PUBLISH, _P.PUBACK, _P.PUBREC, _P.PUBREL, _P.PUBCOMP,
+_SESSION_PACKETS: Final = frozenset({_P.PUBLISH, _P.PUBACK, _P.PUBREC, _P.PUBREL, _P.PUBCOMP,
                               _P.SUBSCRIBE, _P.UNSUBSCRIBE, _P.PINGREQ, _P.DISCONNECT, _P.AUTH})
-ALLOWED: dict[ConnState, frozenset[int]] = {
+ALLOWED: Final[dict[ConnState, frozenset[int]]] = {
     ConnState.AWAIT_CONNECT: frozenset({_P.CONNECT}),
     ConnState.CONNECTING: _SESSION_PACKETS,
     ConnState.AUTHENTICATING: frozenset({_P.AUTH, _P.DISCONNECT}),
@@ -78,7 +79,7 @@ ALLOWED: dict[ConnState, frozenset[int]] = {
 # "challenge": the server sent AUTH 0x18 before CONNACK [MQTT 4.12]; "accept": CONNACK 0x00
 # went out; "close": either side ended it (from every state, CLOSED included: closing twice is
 # harmless). Nothing else moves it.
-TRANSITIONS: dict[tuple[ConnState, str], ConnState] = {
+TRANSITIONS: Final[dict[tuple[ConnState, str], ConnState]] = {
     (ConnState.AWAIT_CONNECT, "connect"): ConnState.CONNECTING,
     (ConnState.CONNECTING, "challenge"): ConnState.AUTHENTICATING,
     (ConnState.AUTHENTICATING, "challenge"): ConnState.AUTHENTICATING,
@@ -108,7 +109,7 @@ class Limits:
 
 # 3.1.1 rule numbers cited in messages common to both versions -> the same rule in 5.0 (only
 # numbers 5.0 does not use for another rule; code that knows the level cites it itself)
-_V5_RULES: dict[str, str] = {
+_V5_RULES: Final[dict[str, str]] = {
     "[MQTT-1.5.3-1]": "[MQTT-1.5.4-1]",  # well-formed UTF-8
     "[MQTT-1.5.3-2]": "[MQTT-1.5.4-2]",  # no U+0000
     "[MQTT-1.5.3-1/2]": "[MQTT-1.5.4-1/2]",
@@ -116,10 +117,10 @@ _V5_RULES: dict[str, str] = {
     "[MQTT-3.1.2-14]": "[MQTT-3.1.2-12]",  # will QoS 3
     "[MQTT-3.1.2-11/13/15]": "[MQTT-3.1.2-11/13]",  # will QoS/retain without the will flag
 }
-_V5_RULE = re.compile("|".join(re.escape(k) for k in _V5_RULES))
+_V5_RULE: Final = re.compile("|".join(re.escape(k) for k in _V5_RULES))
 
 # Properties of an incoming PUBLISH that are per hop, not forwarded [MQTT-3.3.2-*]
-_HOP_PROPS = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL)
+_HOP_PROPS: Final = (Prop.TOPIC_ALIAS, Prop.MESSAGE_EXPIRY_INTERVAL)
 
 
 def _connect_level(data: bytes) -> int | None:
@@ -231,7 +232,7 @@ class ServerConnection:
         CONNACK."""
         ptype = first >> 4
         if ptype not in ALLOWED[self.state]:
-            if ptype == _P.CONNECT:
+            if ptype == _CONNECT:
                 raise ProtocolError(ReasonCode.PROTOCOL_ERROR, "second CONNECT [MQTT-3.1.0-2]")
             if self.state is ConnState.AWAIT_CONNECT:
                 raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
@@ -240,7 +241,7 @@ class ServerConnection:
                 raise ProtocolError(ReasonCode.MALFORMED_PACKET, "reserved packet type 0")
             raise ProtocolError(ReasonCode.PROTOCOL_ERROR,
                                 f"{PacketType(ptype).name} may not be sent by a client now")
-        if ptype == _P.CONNECT:
+        if ptype == _CONNECT:
             self.level = peek_protocol_level(body) or self.level
             self.transition("connect")
         return ptype

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 
 class PacketType(IntEnum):
@@ -33,13 +34,13 @@ class ProtocolLevel(IntEnum):
     MQTT_5 = 5
 
 
-PROTOCOL_NAMES: dict[int, str] = {
+PROTOCOL_NAMES: Final[dict[int, str]] = {
     ProtocolLevel.MQTT_3_1: "MQIsdp", ProtocolLevel.MQTT_3_1_1: "MQTT", ProtocolLevel.MQTT_5: "MQTT"}
 
 # Remaining Length is a variable byte integer of at most four bytes [MQTT-1.5.5].
-MAX_REMAINING_LENGTH = 268_435_455
+MAX_REMAINING_LENGTH: Final = 268_435_455
 # The largest whole packet: one type byte, four length bytes, and the body.
-MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
+MAX_PACKET_SIZE: Final = MAX_REMAINING_LENGTH + 5
 
 
 class ReasonCode(IntEnum):
@@ -102,7 +103,7 @@ class ConnackCode(IntEnum):
 
 
 # How an MQTT 5 reason code is said to a 3.1 / 3.1.1 client in CONNACK.
-V3_CONNACK_FOR_REASON: dict[int, ConnackCode] = {
+V3_CONNACK_FOR_REASON: Final[dict[int, ConnackCode]] = {
     ReasonCode.SUCCESS: ConnackCode.ACCEPTED,
     ReasonCode.UNSUPPORTED_PROTOCOL_VERSION: ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION,
     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID: ConnackCode.IDENTIFIER_REJECTED,
@@ -114,4 +115,4 @@ V3_CONNACK_FOR_REASON: dict[int, ConnackCode] = {
     ReasonCode.BANNED: ConnackCode.NOT_AUTHORIZED,
 }
 
-SUBACK_FAILURE = 0x80  # MQTT 3.1.1 SUBACK return code for a refused filter [MQTT-3.9.3]
+SUBACK_FAILURE: Final = 0x80  # MQTT 3.1.1 SUBACK return code for a refused filter [MQTT-3.9.3]

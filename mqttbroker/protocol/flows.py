@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from enum import IntEnum
+from typing import Final
 
 from ..errors import PacketIdsExhausted
 from .constants import PacketType
@@ -24,7 +25,7 @@ class OutState(IntEnum):
 
 # Everything that moves an outbound flow lives here (h11 style): (state, packet) -> next state.
 # A pair that is not in the table is an acknowledgement the flow does not expect.
-OUT_TRANSITIONS: dict[tuple[OutState, PacketType], OutState] = {
+OUT_TRANSITIONS: Final[dict[tuple[OutState, PacketType], OutState]] = {
     (OutState.AWAIT_PUBACK, PacketType.PUBACK): OutState.DONE,
     (OutState.AWAIT_PUBREC, PacketType.PUBREC): OutState.AWAIT_PUBCOMP,
     # a repeated PUBREC (after a reconnect) is answered with PUBREL again

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
 from ..errors import ProtocolError
 from .constants import PacketType, ReasonCode
@@ -51,15 +51,15 @@ class PropertyId(IntEnum):
 
 
 # The will properties of CONNECT are checked as if they were a packet of their own.
-WILL = 0
+WILL: Final = 0
 
 _P = PacketType
-_ALL = frozenset(list(_P) + [WILL])
-_ACKS = frozenset({_P.CONNACK, _P.PUBACK, _P.PUBREC, _P.PUBREL, _P.PUBCOMP, _P.SUBACK,
+_ALL: Final = frozenset(list(_P) + [WILL])
+_ACKS: Final = frozenset({_P.CONNACK, _P.PUBACK, _P.PUBREC, _P.PUBREL, _P.PUBCOMP, _P.SUBACK,
                    _P.UNSUBACK, _P.DISCONNECT, _P.AUTH})
 
 # id -> (wire type, packets that may carry it)
-_TABLE: dict[int, tuple[str, frozenset[int]]] = {
+_TABLE: Final[dict[int, tuple[str, frozenset[int]]]] = {
     0x01: ("byte", frozenset({_P.PUBLISH, WILL})),
     0x02: ("int4", frozenset({_P.PUBLISH, WILL})),
     0x03: ("str", frozenset({_P.PUBLISH, WILL})),
@@ -92,10 +92,10 @@ _TABLE: dict[int, tuple[str, frozenset[int]]] = {
 # Properties that decode to a list. User Property may repeat anywhere [MQTT-2.2.2-2];
 # Subscription Identifier only in PUBLISH (one per matching subscription) [MQTT-3.3.4-4] and at
 # most once in SUBSCRIBE [MQTT 3.8.2.1.2].
-_REPEATABLE = frozenset({PropertyId.USER_PROPERTY, PropertyId.SUBSCRIPTION_IDENTIFIER})
+_REPEATABLE: Final = frozenset({PropertyId.USER_PROPERTY, PropertyId.SUBSCRIPTION_IDENTIFIER})
 
 # Values the specification forbids: each is a protocol error [MQTT 3.1.2.11, 3.2.2.3, 3.8.2.1].
-_VALUE_RULES: dict[int, tuple[int, int]] = {
+_VALUE_RULES: Final[dict[int, tuple[int, int]]] = {
     PropertyId.PAYLOAD_FORMAT_INDICATOR: (0, 1),
     PropertyId.SUBSCRIPTION_IDENTIFIER: (1, 268_435_455),
     PropertyId.REQUEST_PROBLEM_INFORMATION: (0, 1),

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from ..errors import ProtocolError
 from .constants import ReasonCode
@@ -18,7 +18,7 @@ from .constants import ReasonCode
 V = TypeVar("V")
 K = TypeVar("K")
 
-SHARE_PREFIX = "$share/"
+SHARE_PREFIX: Final = "$share/"
 
 
 def validate_topic_name(topic: str, max_levels: int = 0) -> None:

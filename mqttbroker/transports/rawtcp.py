@@ -28,7 +28,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Final, Self
 
-log = logging.getLogger("mqttbroker.transports")
+log: Final = logging.getLogger("mqttbroker.transports")
 
 READ_SIZE: Final = 65_536  # bytes read at most per readiness: below glibc's mmap threshold (128 KiB),
 # since a larger recv() buffer is mapped and unmapped on every call (34 us instead of 5)
@@ -36,13 +36,13 @@ ACCEPT_BATCH: Final = 128  # connections accepted per readiness of a listening s
 HIGH_WATER: Final = 65_536  # asyncio's default write buffer limits
 _IN: Final = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 _OUT: Final = select.EPOLLOUT if hasattr(select, "EPOLLOUT") else 4
-_TRY_AGAIN = (BlockingIOError, InterruptedError)
+_TRY_AGAIN: Final = (BlockingIOError, InterruptedError)
 # accept() errors that concern one connection (it was reset before we took it) or are
 # transient (out of descriptors or memory): the listener keeps serving
-_ACCEPT_GONE = frozenset(getattr(errno, name) for name in (
+_ACCEPT_GONE: Final = frozenset(getattr(errno, name) for name in (
     "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET", "EHOSTUNREACH",
     "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
-_ACCEPT_LATER = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPT_LATER: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 ACCEPT_PAUSE: Final = 0.1  # seconds a listener out of descriptors waits before trying again
 
 # RawTransport._flags
