@@ -128,7 +128,8 @@ COMPILED_MODULES := \
 	mqttbroker/core/admission.py mqttbroker/core/deadlines.py mqttbroker/core/subscriptions.py \
 	mqttbroker/transports/rawtcp.py mqttbroker/keepalive.py \
 	mqttbroker/abuse.py mqttbroker/auth.py mqttbroker/acl.py mqttbroker/ratelimit.py \
-	mqttbroker/retained.py mqttbroker/plugins/host.py mqttbroker/broker.py
+	mqttbroker/retained.py mqttbroker/plugins/host.py mqttbroker/config/model.py \
+	mqttbroker/broker.py
 PY_SOURCES := $(shell find mqttbroker -name '*.py' -not -path '*/node_modules/*')
 compiled/.built: $(STAMP) $(PY_SOURCES) pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet 'mypy>=1.10'
