@@ -44,6 +44,15 @@ _ACCEPT_GONE: Final = frozenset(getattr(errno, name) for name in (
     "EOPNOTSUPP", "ENETUNREACH") if hasattr(errno, name))
 _ACCEPT_LATER: Final = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 ACCEPT_PAUSE: Final = 0.1  # seconds a listener out of descriptors waits before trying again
+# An accepted descriptor is blocking (accept4 is called with SOCK_CLOEXEC only). Rather than
+# an ioctl() per connection to change that, its socket object is made with SOCK_NONBLOCK in
+# its type, which only sets the object's timeout to 0 (no system call), and every recv and
+# send here passes MSG_DONTWAIT, non-blocking for that call. get_extra_info("socket") makes
+# the descriptor itself non-blocking before handing the socket out.
+_NONBLOCK: Final = getattr(socket, "SOCK_NONBLOCK", 0)
+_DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
+_TCP: Final = socket.IPPROTO_TCP
+_NODELAY: Final = socket.TCP_NODELAY
 
 # RawTransport._flags
 _CLOSING: Final = 1  # close() or abort() called, or the connection failed
@@ -53,6 +62,7 @@ _PROTO_PAUSED: Final = 8  # protocol.pause_writing() called, resume_writing() no
 _LOST: Final = 16  # connection_lost scheduled
 _OFF: Final = 32  # waiting for nothing: out of the epoll (see Hub.watch)
 _FIN: Final = 64  # the peer's FIN came: nothing more to read, whatever resume_reading says
+_SHARED: Final = 128  # get_extra_info("socket") handed the socket out (made non-blocking then)
 _NOT_READING: Final = _CLOSING | _PAUSED | _FIN
 
 
@@ -91,8 +101,11 @@ class Hub:
         else:
             self._epoll.modify(fd, mask)
 
-    def remove(self, fd: int) -> None:
-        if self._handlers.pop(fd, None) is not None:
+    def remove(self, fd: int, watched: bool = True) -> None:
+        """``fd`` is done with; ``watched``: it is in the epoll still (not taken out by
+        :meth:`watch`, which would make its unregistering fail: a system call and an
+        exception for nothing)."""
+        if self._handlers.pop(fd, None) is not None and watched:
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):  # (out of it already: _OFF; or the epoll is closed)
@@ -159,7 +172,7 @@ class RawTransport(asyncio.Transport):
         if self._flags & _NOT_READING:
             return
         try:
-            data = self.sock.recv(READ_SIZE)
+            data = self.sock.recv(READ_SIZE, _DONTWAIT)
         except _TRY_AGAIN:
             return
         except OSError as exc:
@@ -180,7 +193,7 @@ class RawTransport(asyncio.Transport):
             self._watch()
             return
         try:
-            n = self.sock.send(buf)
+            n = self.sock.send(buf, _DONTWAIT)
         except _TRY_AGAIN:
             return
         except OSError as exc:
@@ -235,7 +248,7 @@ class RawTransport(asyncio.Transport):
             buf += data
         else:
             try:
-                n = self.sock.send(data)
+                n = self.sock.send(data, _DONTWAIT)
             except _TRY_AGAIN:
                 n = 0
             except OSError as exc:
@@ -354,7 +367,8 @@ class RawTransport(asyncio.Transport):
         if self._flags & _LOST:
             return
         self._flags |= _LOST
-        self.hub.remove(self.sock.fileno())  # no more events: then the descriptor may be reused
+        # no more events: then the descriptor may be reused
+        self.hub.remove(self.sock.fileno(), not self._flags & _OFF)
         self.hub.loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
@@ -373,6 +387,9 @@ class RawTransport(asyncio.Transport):
         except OSError:
             return default
         if name == "socket":
+            if not self._flags & _SHARED:  # (see _NONBLOCK)
+                self._flags |= _SHARED
+                sock.setblocking(False)
             return sock
         return default
 
@@ -412,6 +429,9 @@ class RawServer:
         self._serving = True
         self._hub = Hub(self._loop)
         for sock in self.sockets:
+            # accepted sockets inherit TCP_NODELAY from their listener on Linux (the only
+            # platform with epoll): set once here, not per connection (as asyncio and uvloop do)
+            sock.setsockopt(_TCP, _NODELAY, 1)
             sock.listen(self._backlog)
             self._loop.add_reader(sock.fileno(), self._accept, sock, *_kind(sock))
 
@@ -461,9 +481,7 @@ class RawServer:
             if self._starved:
                 self._starved = False
                 log.warning("accepting connections on %s again", listener.getsockname())
-            sock = _socket.socket(family, kind, proto, fd)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock = _socket.socket(family, kind | _NONBLOCK, proto, fd)  # (see _NONBLOCK)
             try:
                 protocol = self._factory()
             except Exception as exc:  # noqa: BLE001 - that connection is refused, not others

@@ -312,6 +312,12 @@ async def test_connection_made_data_and_extra_info(env: Env) -> None:
     assert bytes(p.data) == b"hello" + big
     assert all(e == "data" for e in p.events[1:])
 
+    # a readiness with nothing to read (level-triggered, or reported before another read
+    # took it) returns at once: the descriptor is blocking until handed out, its reads are not
+    assert t.get_write_buffer_size() == 0
+    t.readable()
+    assert p.events[-1] == "data" and not t.is_closing()
+
     assert p.peer_when_made == c.getsockname()
     assert t._peer is None  # accept()'s address is not kept past connection_made...
     assert t.get_extra_info("peername") == c.getsockname()  # ... the socket is asked
@@ -322,7 +328,8 @@ async def test_connection_made_data_and_extra_info(env: Env) -> None:
     fd = sock.fileno()
     assert fd >= 0 and fd != c.fileno()
     assert sock.getpeername() == c.getsockname()
-    assert sock.gettimeout() == 0.0  # non-blocking
+    assert sock.gettimeout() == 0.0  # non-blocking, the object...
+    assert not os.get_blocking(fd)  # ... and the descriptor, once handed out
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # as asyncio and uvloop
     hub = server._hub
     assert hub is not None and hub._handlers[fd] is t  # the fd the hub watches for it
