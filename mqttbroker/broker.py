@@ -225,9 +225,11 @@ class Broker:
                                                    start_serving=False)
                     kind = f"MQTT over WebSocket at {lc.path}"
                 else:
+                    # (an MQTT client speaks first: accepted once its CONNECT is in)
                     server = await serve_tcp(lc.host, lc.port, factory, ssl=context,
                                              handshake_timeout=timeout,
-                                             reuse_port=self.reuse_port, start_serving=False)
+                                             reuse_port=self.reuse_port, start_serving=False,
+                                             defer_accept=True)
                     kind = "tcp"
                 self._servers.append(server)
                 for sock in server.sockets:

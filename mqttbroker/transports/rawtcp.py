@@ -53,6 +53,9 @@ _NONBLOCK: Final = getattr(socket, "SOCK_NONBLOCK", 0)
 _DONTWAIT: Final = getattr(socket, "MSG_DONTWAIT", 0)
 _TCP: Final = socket.IPPROTO_TCP
 _NODELAY: Final = socket.TCP_NODELAY
+# RawServer(defer_accept=True): the kernel hands over a connection only once its first bytes
+# have come (TCP_DEFER_ACCEPT), or after about this many seconds without any
+DEFER_ACCEPT_S: Final = 1
 
 # RawTransport._flags
 _CLOSING: Final = 1  # close() or abort() called, or the connection failed
@@ -407,8 +410,16 @@ class RawServer:
     already made stay until they close (as asyncio's ``Server.close`` before 3.13)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
-                 factory: Callable[[], asyncio.Protocol], backlog: int) -> None:
+                 factory: Callable[[], asyncio.Protocol], backlog: int,
+                 defer_accept: bool = False) -> None:
+        """``defer_accept``: for a protocol whose client speaks first (MQTT's CONNECT), a
+        connection is accepted once its first bytes are in (Linux's TCP_DEFER_ACCEPT): one
+        wake-up of this process per connection instead of two (its handshake, then its
+        data), and a peer that connects and says nothing costs the kernel a request socket
+        for :data:`DEFER_ACCEPT_S` seconds, not this process a descriptor; after that it is
+        accepted all the same."""
         self._loop = loop
+        self._defer = defer_accept
         self.sockets = sockets
         self._factory = factory
         self._backlog = backlog
@@ -432,6 +443,8 @@ class RawServer:
             # accepted sockets inherit TCP_NODELAY from their listener on Linux (the only
             # platform with epoll): set once here, not per connection (as asyncio and uvloop do)
             sock.setsockopt(_TCP, _NODELAY, 1)
+            if self._defer:
+                sock.setsockopt(_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_S)
             sock.listen(self._backlog)
             self._loop.add_reader(sock.fileno(), self._accept, sock, *_kind(sock))
 
@@ -544,10 +557,11 @@ def bind(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
 
 async def serve_raw(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                     backlog: int = 1024, reuse_port: bool = False,
-                    start_serving: bool = True) -> RawServer:
-    """Like ``loop.create_server`` for plain TCP, with :class:`RawTransport` connections."""
+                    start_serving: bool = True, defer_accept: bool = False) -> RawServer:
+    """Like ``loop.create_server`` for plain TCP, with :class:`RawTransport` connections
+    (``defer_accept``: see :class:`RawServer`)."""
     loop = asyncio.get_running_loop()
-    server = RawServer(loop, bind(host, port, reuse_port), factory, backlog)
+    server = RawServer(loop, bind(host, port, reuse_port), factory, backlog, defer_accept)
     if start_serving:
         await server.start_serving()
     return server

@@ -27,6 +27,7 @@ import pytest
 from mqttbroker.broker import Broker
 from mqttbroker.protocol.packets import Publish, Will
 from mqttbroker.protocol.primitives import encode_varint
+from mqttbroker.transports.rawtcp import DEFER_ACCEPT_S
 from tests.conftest import base_config
 from tests.integration.rawmqtt import RawClient, connect_bytes, frame, mqtt_string
 
@@ -304,9 +305,12 @@ async def test_silent_socket_closed_after_connect_timeout(
     healthy = await healthy_subscriber(broker)
     silent = await RawClient.open(broker.port)
     started = time.monotonic()
-    assert await silent.expect_closed(3.0), "a socket that never sent CONNECT stayed open"
+    # the kernel hands a socket that says nothing to the broker after the listener's
+    # deferral (TCP_DEFER_ACCEPT, transports/rawtcp.py); connect_timeout runs from there
+    limit = DEFER_ACCEPT_S + 0.5 + 1.0
+    assert await silent.expect_closed(limit + 1.0), "a socket that never sent CONNECT stayed open"
     took = time.monotonic() - started
-    assert 0.4 <= took < 2.0, f"closed after {took:.2f}s, connect_timeout is 0.5s"
+    assert 0.4 <= took < limit, f"closed after {took:.2f}s, connect_timeout is 0.5s"
     assert silent.received == b""
     assert any(silent.local_address in m for m in warnings_for(caplog)), warnings_for(caplog)
     await assert_still_served(broker, healthy, "silent")

@@ -165,9 +165,11 @@ class Env:
         self.clients: list[socket.socket] = []
 
     async def serve(self, *, port: int = 0, reuse_port: bool = False,
-                    start_serving: bool = True, **proto: Any) -> rawtcp.RawServer:
+                    start_serving: bool = True, defer_accept: bool = False,
+                    **proto: Any) -> rawtcp.RawServer:
         server = await rawtcp.serve_raw(HOST, port, lambda: Rec(self.box, **proto),
-                                        reuse_port=reuse_port, start_serving=start_serving)
+                                        reuse_port=reuse_port, start_serving=start_serving,
+                                        defer_accept=defer_accept)
         self.servers.append(server)
         return server
 
@@ -913,6 +915,29 @@ async def test_server_close_with_no_connections_closes_the_epoll(env: Env) -> No
         pass
     assert hub._epoll.closed
     assert not server.is_serving()
+
+
+async def test_defer_accept_hands_over_a_connection_with_its_first_bytes(env: Env) -> None:
+    """defer_accept (the broker's MQTT listeners): a connection is made once its first bytes
+    are in, so connection_made and data_received come in one go; one that says nothing is
+    made all the same after about DEFER_ACCEPT_S (connect_timeout then closes it)."""
+    server = await env.serve(defer_accept=True)
+    assert server.sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+    talker = await env.connect(server)  # the handshake is done: the client may send
+    silent = await env.connect(server)
+    t0 = time.monotonic()
+    await asyncio.sleep(0.3)
+    assert env.box.protos == []  # neither is handed over yet
+    await send(talker, b"\x10hi")
+    p = await env.box.proto(0)
+    await env.box.until(lambda: bytes(p.data) == b"\x10hi", "the first bytes")
+    assert p.events == ["made", "data"]
+    assert p.peer_when_made == talker.getsockname()
+    assert len(env.box.protos) == 1  # the silent one is still the kernel's
+    q = await env.box.proto(1)  # ... until the deferral ends
+    waited = time.monotonic() - t0
+    assert q.peer_when_made == silent.getsockname() and q.events == ["made"]
+    assert rawtcp.DEFER_ACCEPT_S - 0.2 <= waited < rawtcp.DEFER_ACCEPT_S + 3.0, waited
 
 
 def test_bind_every_interface() -> None:
