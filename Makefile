@@ -126,6 +126,7 @@ COMPILED_MODULES := \
 	mqttbroker/client/output.py mqttbroker/client/connection.py \
 	mqttbroker/core/delivery.py mqttbroker/core/connect.py mqttbroker/core/registry.py \
 	mqttbroker/core/admission.py mqttbroker/core/deadlines.py mqttbroker/core/subscriptions.py \
+	mqttbroker/core/turns.py \
 	mqttbroker/transports/rawtcp.py mqttbroker/keepalive.py \
 	mqttbroker/abuse.py mqttbroker/auth.py mqttbroker/acl.py mqttbroker/ratelimit.py \
 	mqttbroker/retained.py mqttbroker/plugins/host.py mqttbroker/config/model.py \

@@ -28,6 +28,7 @@ from .core.delivery import Dispatcher
 from .core.hooks import Access, BridgeStats, GatewayStats
 from .core.registry import Registry, will_message
 from .core.subscriptions import Subscriptions
+from .core.turns import EndOfTurn
 from .enhanced_auth import EnhancedAuth
 from .errors import ConfigError, ProtocolError
 from .keepalive import KeepAliveWheel
@@ -151,6 +152,7 @@ class Broker:
         # connect_timeout: when each connection not yet past CONNECT is closed (checked with
         # the keep-alive wheel; a timer handle made and cancelled per connection cost 4 us)
         self.connect_deadlines: Deadlines[ClientConnection] = Deadlines()
+        self.end_of_turn: EndOfTurn[ClientConnection] = EndOfTurn()  # (its loop: at start)
         self.congested: set[ClientConnection] = set()  # clients whose socket buffer is full
         self._keepalive_timer: asyncio.TimerHandle | None = None
         # session expiry and delayed wills [MQTT 3.1.2.11.2, 3.1.3.2.2] are the registry's
@@ -195,6 +197,7 @@ class Broker:
         "the broker is ready"."""
         self._started = time.monotonic()
         self._loop = asyncio.get_running_loop()
+        self.end_of_turn.loop = self._loop
         if self.cluster is not None:
             self._restore(await self.cluster.open())
         elif self.storage is not None:

@@ -95,7 +95,8 @@ class ClientConnection(Output, asyncio.Protocol):
         self.broker = broker
         self.listener = listener
         self.metrics = broker.metrics
-        cfg = broker.config.mqtt
+        config = broker.config
+        cfg = config.mqtt
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         ServerConnection.__init__(self, broker.limits, self._loop.time())
         self.write_limit = cfg.write_buffer_limit
@@ -128,7 +129,7 @@ class ClientConnection(Output, asyncio.Protocol):
             cfg.max_publish_bytes_rate else None
         self.rate_paused = False
         self._held_by: asyncio.Future[Any] | None = None  # a plugin decision it waits for
-        self._plugins = bool(broker.config.plugins)
+        self._plugins = bool(config.plugins)
         self._stash: list[tuple[int, bytes]] | None = None  # packets read, held by the rate
         self.connected_at: float | None = None  # wall clock at CONNACK (the admin API's)
 
@@ -226,7 +227,7 @@ class ClientConnection(Output, asyncio.Protocol):
         if self._wbuf:
             # our own answers (acks, the next messages a PUBACK let through) go now, not
             # after every other connection's work in this loop turn
-            self._flush()
+            self.flush()
 
     def _delay_connect(self, first: int, body: bytes,
                       rest: Iterator[tuple[int, bytes]]) -> bool:
@@ -270,7 +271,7 @@ class ClientConnection(Output, asyncio.Protocol):
         if stash and not self._guarded(lambda: self._process(stash)):
             return
         if self._wbuf:
-            self._flush()
+            self.flush()
         self._read_again()
 
     def suspend_connect(self) -> None:
@@ -298,7 +299,7 @@ class ClientConnection(Output, asyncio.Protocol):
 
         if self._guarded(go_on):
             if self._wbuf:
-                self._flush()
+                self.flush()
             self._read_again()
 
     def _guarded(self, work: Callable[[], None]) -> bool:
@@ -425,7 +426,7 @@ class ClientConnection(Output, asyncio.Protocol):
         if self.state is ConnState.CLOSED:
             return
         self.ended()
-        self._flush()
+        self.flush()
         t = self.transport
         if t is not None:
             lingering = self.broker.running and t.can_write_eof()

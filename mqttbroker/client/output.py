@@ -103,7 +103,7 @@ class Output(ServerConnection):
         buf = self._wbuf
         if buf is None:
             self._wbuf = []
-            self._loop.call_soon(self._flush)
+            self.broker.end_of_turn.add(self)  # (flush() then)
             self._write([data])
         else:
             buf.append(data)
@@ -135,7 +135,8 @@ class Output(ServerConnection):
         if session is not None and session.queue and self.state is ConnState.CONNECTED:
             self._pump()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what this turn gathered (the broker's end_of_turn calls it)."""
         buf = self._wbuf
         self._wbuf = None
         if buf:
@@ -345,7 +346,7 @@ class Output(ServerConnection):
             if len(session.inflight) >= session.max_inflight and \
                     (not session.queue or session.queue[0].qos):
                 return
-            self._flush()  # lets the transport say it is congested
+            self.flush()  # lets the transport say it is congested
 
     def _ack(self, pid: int, ptype: PacketType, reason_code: int) -> None:
         session = self.session

@@ -28,10 +28,12 @@ from ..retained import RetainedStore
 from ..router import Router
 from ..session import Session
 from .deadlines import Deadlines
+from .turns import EndOfTurn, Gathers
 
 
-class Held(Watched, Hashable, Protocol):
-    """A connection as the broker holds it: on the keep-alive wheel, in its deadlines."""
+class Held(Watched, Gathers, Hashable, Protocol):
+    """A connection as the broker holds it: on the keep-alive wheel, in its deadlines, and
+    flushed at the end of a turn in which it wrote."""
 
 
 C = TypeVar("C", bound=Held)
@@ -85,6 +87,7 @@ class ConnectionHost(Protocol[C]):
     running: bool
     keepalive: KeepAliveWheel[C]
     connect_deadlines: Deadlines[C]  # when each connection still without CONNACK is closed
+    end_of_turn: EndOfTurn[C]  # the connections that wrote in this turn of the loop
     congested: set[C]
     enhanced_auth: EnhancedAuth
     login_failures: LoginFailures | None
