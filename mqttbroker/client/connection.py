@@ -154,7 +154,7 @@ class ClientConnection(Output, asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
         # (last_received: the loop's time when this connection was made, from __init__)
-        self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
+        self.transport.set_write_buffer_limits(self.write_limit, self.write_limit // 4)
         admitted = self.broker.admit(self)
         if admitted is None:
             self.ended()
