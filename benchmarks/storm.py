@@ -138,9 +138,10 @@ async def _queue_messages(port: int, ids: list[str]) -> None:
     w.close()
 
 
-def one_run(name: str, n: int) -> Json:
+def one_run(name: str, n: int, ours_source: str | None = None) -> Json:
     ids = [f"storm-{i:06d}" for i in range(n)]
-    with brokers.running(name, nofile=n + 1024) as b:
+    opts: dict[str, Any] = {"source": ours_source} if name == "ours" and ours_source else {}
+    with brokers.running(name, nofile=n + 1024, **opts) as b:
         ctx = mp.get_context("spawn")
         pipes, procs = [], []
         for i in range(PROCS):
@@ -187,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--brokers", default="ours,mosquitto")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--ours-source", default=None,
+                   help="run ours from this folder's mqttbroker (e.g. compiled/, `make compiled`)")
     args = p.parse_args(argv)
     names = [s.strip() for s in args.brokers.split(",") if s.strip()]
     runs = []
     for rnd in range(args.rounds):
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
-            res = one_run(name, args.clients)
+            res = one_run(name, args.clients, args.ours_source)
             res["round"] = rnd + 1
             runs.append(res)
             print(f"round {rnd + 1} {name}: {res['reconnected']:,}/{args.clients:,} back "
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["reconnected"] == r["clients"] == r["session_present"] == r["delivered"]
              and not r["wrong"] for r in runs)
     out = {"clients": args.clients, "rounds": args.rounds, "runs": runs, "ok": ok,
-           "versions": brokers.versions(), "machine": machine()}
+           "versions": brokers.versions(args.ours_source), "machine": machine()}
     path = Path(args.out) / "storm.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
