@@ -126,7 +126,7 @@ class Admission(Generic[A]):
         because its address keeps failing to log in; None: refuse it at once, unread
         (its address already has CONNECTs delayed for auth_failure_max_delay)."""
         guard = self.login_failures
-        if guard is None or not guard:  # (no address has failed lately)
+        if not guard:  # none configured, or no address has failed lately
             return 0.0
         wait = guard.connect_delay(address(conn), now)
         if wait != 0.0:
