@@ -270,9 +270,10 @@ def test_message_wire_is_cached_per_wire_form() -> None:
     b = m.wire(4, 1, True)
     c = m.wire(4, 2, False)
     d = m.wire(5, 1, False)
-    e = m.wire(3, 1, False)
-    assert len({id(x) for x in (a, b, c, d, e)}) == 5
+    assert len({id(x[0]) for x in (a, b, c, d)}) == 4
     assert _same(m.wire(4, 1, True), b) and _same(m.wire(5, 1, False), d)
+    # MQTT 3.1 and 3.1.1 encode a PUBLISH alike: one form, encoded once for both
+    assert _same(m.wire(3, 1, False), a) and _same(m.wire(3, 2, False), c)
     assert a[0][0] == 0x32 and b[0][0] == 0x33 and c[0][0] == 0x34
 
 
@@ -296,3 +297,23 @@ def test_message_wire_property(topic: str, payload: bytes, level: int, qos: int,
     pkt = Publish(topic, payload, qos, retain, False, pid if qos else None)
     wire = head + (pid.to_bytes(2, "big") if qos else b"") + tail
     assert wire == encode_publish(pkt, level)
+
+
+def test_preset_wire_is_the_forwarded_form_for_3_1_and_3_1_1() -> None:
+    """A 3.1/3.1.1 PUBLISH body reused as the delivery: byte for byte what encoding the
+    message gives, for either level, at its own QoS; other forms are encoded as usual."""
+    for qos in (0, 1, 2):
+        m = Message("a/b", b"payload", qos)
+        fresh = Message("a/b", b"payload", qos)
+        pid = b"\x12\x34" if qos else b""
+        m.preset_wire(b"\x00\x03a/b" + pid + b"payload", qos)
+        for level in (3, 4):
+            assert _packet(m, level, qos, pid) == _packet(fresh, level, qos, pid)
+        assert _packet(m, 4, qos, pid, True) == _packet(fresh, 4, qos, pid, True)
+        # (v5: with a properties length)
+        assert _packet(m, 5, qos, pid) == _packet(fresh, 5, qos, pid) != _packet(m, 4, qos, pid)
+
+
+def _packet(m: Message, level: int, qos: int, pid: bytes, retain: bool = False) -> bytes:
+    head, tail = m.wire(level, qos, retain)
+    return head + pid + tail
