@@ -35,46 +35,56 @@ class FrameReader:
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add ``data``; return every complete frame, in order."""
         buf = self._buf
-        if buf is None:
-            buf = self._buf = bytearray(data)
-        else:
+        if buf is not None:  # a frame began in an earlier read
             buf += data
+            i, length = _remaining_length(bytes(buf[:5]), 0, min(len(buf), 5))
+            if 0 < i + length <= self.max_packet_size and len(buf) < i + length:
+                return []  # (still incomplete: nothing copied, however large it grows)
+            data = bytes(buf)
+            self._buf = None
+        # frames are cut from ``data`` itself: one copy per frame (its bytes slice)
         frames: list[tuple[int, bytes]] = []
         pos = 0
-        n = len(buf)
+        n = len(data)
         limit = self.max_packet_size
         while n - pos >= 2:
-            # Remaining Length: at most four bytes [MQTT-1.5.5]
-            length = 0
-            shift = 0
-            i = pos + 1
-            while True:
-                if i >= n:
-                    break
-                b = buf[i]
-                length |= (b & 0x7F) << shift
-                i += 1
-                if not b & 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    raise ProtocolError(ReasonCode.MALFORMED_PACKET,
-                                        "remaining length longer than four bytes")
-            else:  # pragma: no cover - the loop only leaves by break
-                pass
-            if i > n or (i == n and buf[i - 1] & 0x80):
+            try:
+                i, length = _remaining_length(data, pos, n)
+            except ProtocolError:
+                self._buf = bytearray(data[pos:])  # (what head() reads after a refusal)
+                raise
+            if i < 0:
                 break  # the length itself is not complete yet
             total = i - pos + length
             if total > limit:
+                self._buf = bytearray(data[pos:])
                 raise ProtocolError(ReasonCode.PACKET_TOO_LARGE,
                                     f"packet of {total} bytes exceeds the maximum of {limit}")
             end = i + length
             if end > n:
                 break
-            frames.append((buf[pos], bytes(buf[i:end])))
+            frames.append((data[pos], data[i:end]))
             pos = end
-        if pos == n:
-            self._buf = None
-        elif pos:
-            del buf[:pos]
+        if pos < n:
+            self._buf = bytearray(data[pos:])
         return frames
+
+
+def _remaining_length(data: bytes, pos: int, n: int) -> tuple[int, int]:
+    """The Remaining Length of the frame at ``pos`` (``data[:n]`` held): ``(where its body
+    begins, its value)``, or ``(-1, 0)`` while its bytes are not all in. At most four bytes
+    [MQTT-1.5.5]: a fifth is malformed."""
+    length = 0
+    shift = 0
+    i = pos + 1
+    while i < n:
+        b = data[i]
+        length |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            return i, length
+        shift += 7
+        if shift > 21:
+            raise ProtocolError(ReasonCode.MALFORMED_PACKET,
+                                "remaining length longer than four bytes")
+    return -1, 0

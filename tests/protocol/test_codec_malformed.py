@@ -22,6 +22,7 @@ from mqttbroker.protocol.packets import (
     Unsubscribe,
     Will,
 )
+from mqttbroker.protocol.primitives import encode_varint
 from mqttbroker.protocol.reader import FrameReader
 
 MALFORMED = ReasonCode.MALFORMED_PACKET
@@ -512,6 +513,23 @@ def test_frames_fed_one_byte_at_a_time() -> None:
         frames += r.feed(data[i:i + 1])
     assert frames == expected
     assert r.buffered() == 0
+
+
+def test_large_frame_in_many_reads_comes_out_whole_once_complete() -> None:
+    """A frame bigger than a read is held until its last byte, then cut with what follows
+    it in that read (a PINGREQ here); the bytes of the next frame stay held."""
+    body = b"\x00\x01t" + bytes(range(256)) * 4096  # ~1 MiB
+    frame = b"\x30" + encode_varint(len(body)) + body
+    data = frame + b"\xc0\x00" + b"\x30"
+    r = FrameReader()
+    got: list[tuple[int, bytes]] = []
+    for start in range(0, len(data), 4096):
+        out = r.feed(data[start:start + 4096])
+        if start + 4096 < len(frame):
+            assert out == [] and r.buffered() == start + 4096
+        got += out
+    assert got == [(0x30, body), (0xC0, b"")]
+    assert r.buffered() == 1 and r.head(1) == b"\x30"
 
 
 def test_frames_split_at_every_pair_of_boundaries() -> None:
