@@ -47,26 +47,24 @@ class FrameReader:
         pos = 0
         n = len(data)
         limit = self.max_packet_size
-        while n - pos >= 2:
-            try:
+        try:
+            while n - pos >= 2:
                 i, length = _remaining_length(data, pos, n)
-            except ProtocolError:
-                self._buf = bytearray(data[pos:])  # (what head() reads after a refusal)
-                raise
-            if i < 0:
-                break  # the length itself is not complete yet
-            total = i - pos + length
-            if total > limit:
+                if i < 0:
+                    break  # the length itself is not complete yet
+                total = i - pos + length
+                if total > limit:
+                    raise ProtocolError(ReasonCode.PACKET_TOO_LARGE,
+                                        f"packet of {total} bytes exceeds the maximum of "
+                                        f"{limit}")
+                end = i + length
+                if end > n:
+                    break
+                frames.append((data[pos], data[i:end]))
+                pos = end
+        finally:
+            if pos < n:  # the unfinished rest is held (after a refusal: what head() reads)
                 self._buf = bytearray(data[pos:])
-                raise ProtocolError(ReasonCode.PACKET_TOO_LARGE,
-                                    f"packet of {total} bytes exceeds the maximum of {limit}")
-            end = i + length
-            if end > n:
-                break
-            frames.append((data[pos], data[i:end]))
-            pos = end
-        if pos < n:
-            self._buf = bytearray(data[pos:])
         return frames
 
 
