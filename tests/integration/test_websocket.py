@@ -36,6 +36,7 @@ import contextlib
 import faulthandler
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from collections import deque
@@ -230,7 +231,20 @@ def open_ws(uri: str, subprotocols: Sequence[str] | None = ("mqtt",),
     except TimeoutError:
         print(f"opening {uri} timed out; every thread now:", file=sys.stderr, flush=True)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        _dump_sockets(uri)
         raise
+
+
+def _dump_sockets(uri: str) -> None:
+    """The kernel's view of the port's sockets (``ss``: state, and bytes queued each way, or
+    in the listener's accept queue), to tell a server that did not read from a client that
+    did not, or a connection never accepted."""
+    port = uri.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["ss", "-tanoi", f"( sport = :{port} or dport = :{port} )"],
+                             capture_output=True, text=True, timeout=5, check=False)
+        print(f"sockets of port {port}:\n{out.stdout}{out.stderr}", file=sys.stderr,
+              flush=True)
 
 
 class WsRaw:
