@@ -225,14 +225,14 @@ class Broker:
                                                    ssl=context, handshake_timeout=timeout,
                                                    reuse_port=self.reuse_port,
                                                    pack_packets=lc.ws_pack_packets,
-                                                   start_serving=False)
+                                                   start_serving=False, turn=self.end_of_turn)
                     kind = f"MQTT over WebSocket at {lc.path}"
                 else:
                     # (an MQTT client speaks first: accepted once its CONNECT is in)
                     server = await serve_tcp(lc.host, lc.port, factory, ssl=context,
                                              handshake_timeout=timeout,
                                              reuse_port=self.reuse_port, start_serving=False,
-                                             defer_accept=True)
+                                             defer_accept=True, turn=self.end_of_turn)
                     kind = "tcp"
                 self._servers.append(server)
                 for sock in server.sockets:

@@ -26,11 +26,12 @@ G = TypeVar("G", bound=Gathers)
 class EndOfTurn(Generic[G]):
     """The writers to flush once this turn of the loop is over, in the order they asked."""
 
-    __slots__ = ("_pending", "loop")
+    __slots__ = ("_held", "_pending", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.loop = loop  # (a broker's is set when it starts)
         self._pending: list[G] = []
+        self._held = False
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -38,11 +39,22 @@ class EndOfTurn(Generic[G]):
     def add(self, writer: G) -> None:
         """Flush ``writer`` at the end of this turn (one loop callback for all of them)."""
         pending = self._pending
-        if not pending:
+        if not pending and not self._held:
             loop = self.loop
             assert loop is not None, "EndOfTurn used before its loop was set"
             loop.call_soon(self._run)
         pending.append(writer)
+
+    def hold(self) -> None:
+        """Until :meth:`release`, writers added wait for it rather than for a loop callback
+        (one already asked for still comes, and finds nothing left)."""
+        self._held = True
+
+    def release(self) -> None:
+        """Flush the writers added so far, now; later ones wait for the end of the turn."""
+        self._held = False
+        if self._pending:
+            self._run()
 
     def _run(self) -> None:
         pending = self._pending

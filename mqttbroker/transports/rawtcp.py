@@ -26,7 +26,7 @@ import logging
 import select
 import socket
 from collections.abc import Callable
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 log: Final = logging.getLogger("mqttbroker.transports")
 
@@ -68,6 +68,24 @@ _FIN: Final = 64  # the peer's FIN came: nothing more to read, whatever resume_r
 _SHARED: Final = 128  # get_extra_info("socket") handed the socket out (made non-blocking then)
 _NOT_READING: Final = _CLOSING | _PAUSED | _FIN
 
+# The socket and epoll methods of the per-message path, looked up once: called through their
+# class, a call skips looking the method up on the object's type every time (the object is
+# always of that class: see RawServer._accept).
+_RECV: Final = _socket.socket.recv
+_SEND: Final = _socket.socket.send
+_POLL: Final = select.epoll.poll
+
+
+class Turn(Protocol):
+    """Work around each :meth:`Hub.poll` (the broker's writers gathered during it: they go
+    out when it ends, core/turns.py)."""
+
+    def hold(self) -> None:
+        """A poll begins."""
+
+    def release(self) -> None:
+        """It is over."""
+
 
 def available() -> bool:
     """Whether this platform has epoll (Linux); elsewhere listeners use the loop's TCP."""
@@ -77,10 +95,11 @@ def available() -> bool:
 class Hub:
     """One epoll for many sockets, watched by the event loop as one reader."""
 
-    __slots__ = ("_closing", "_epoll", "_handlers", "loop")
+    __slots__ = ("_closing", "_epoll", "_handlers", "loop", "turn")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, turn: Turn | None = None) -> None:
         self.loop = loop
+        self.turn = turn
         self._epoll = select.epoll()
         self._handlers: dict[int, RawTransport] = {}
         self._closing = False
@@ -133,18 +152,25 @@ class Hub:
         """The epoll is readable: serve every socket that is ready. Level-triggered, so what
         is left unread is reported again on the loop's next turn."""
         handlers = self._handlers
-        for fd, events in self._epoll.poll(0):
-            t = handlers.get(fd)
-            if t is None:
-                continue
-            try:
-                if events & _OUT:
-                    t.writable()
-                if events & ~_OUT:  # readable, or an error/hang-up that a read reports
-                    t.readable()
-            except Exception as exc:  # noqa: BLE001 - a protocol bug: that connection goes
-                t.report("unexpected error in a TCP connection", exc)
-                t.fail(exc)
+        turn = self.turn
+        if turn is not None:
+            turn.hold()
+        try:
+            for fd, events in _POLL(self._epoll, 0):
+                t = handlers.get(fd)
+                if t is None:
+                    continue
+                try:
+                    if events & _OUT:
+                        t.writable()
+                    if events & ~_OUT:  # readable, or an error/hang-up that a read reports
+                        t.readable()
+                except Exception as exc:  # noqa: BLE001 - a protocol bug: that connection goes
+                    t.report("unexpected error in a TCP connection", exc)
+                    t.fail(exc)
+        finally:
+            if turn is not None:
+                turn.release()
 
 
 class RawTransport(asyncio.Transport):
@@ -175,7 +201,7 @@ class RawTransport(asyncio.Transport):
         if self._flags & _NOT_READING:
             return
         try:
-            data = self.sock.recv(READ_SIZE, _DONTWAIT)
+            data = _RECV(self.sock, READ_SIZE, _DONTWAIT)
         except _TRY_AGAIN:
             return
         except OSError as exc:
@@ -196,7 +222,7 @@ class RawTransport(asyncio.Transport):
             self._watch()
             return
         try:
-            n = self.sock.send(buf, _DONTWAIT)
+            n = _SEND(self.sock, buf, _DONTWAIT)
         except _TRY_AGAIN:
             return
         except OSError as exc:
@@ -251,7 +277,7 @@ class RawTransport(asyncio.Transport):
             buf += data
         else:
             try:
-                n = self.sock.send(data, _DONTWAIT)
+                n = _SEND(self.sock, data, _DONTWAIT)
             except _TRY_AGAIN:
                 n = 0
             except OSError as exc:
@@ -411,14 +437,15 @@ class RawServer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  factory: Callable[[], asyncio.Protocol], backlog: int,
-                 defer_accept: bool = False) -> None:
+                 defer_accept: bool = False, turn: Turn | None = None) -> None:
         """``defer_accept``: for a protocol whose client speaks first (MQTT's CONNECT), a
         connection is accepted once its first bytes are in (Linux's TCP_DEFER_ACCEPT): one
         wake-up of this process per connection instead of two (its handshake, then its
         data), and a peer that connects and says nothing costs the kernel a request socket
         for :data:`DEFER_ACCEPT_S` seconds, not this process a descriptor; after that it is
-        accepted all the same."""
+        accepted all the same. ``turn``: see :class:`Turn`."""
         self._loop = loop
+        self._turn = turn
         self._defer = defer_accept
         self.sockets = sockets
         self._factory = factory
@@ -438,7 +465,7 @@ class RawServer:
         if self._serving or self._closed:
             return
         self._serving = True
-        self._hub = Hub(self._loop)
+        self._hub = Hub(self._loop, self._turn)
         for sock in self.sockets:
             # accepted sockets inherit TCP_NODELAY from their listener on Linux (the only
             # platform with epoll): set once here, not per connection (as asyncio and uvloop do)
@@ -557,11 +584,13 @@ def bind(host: str, port: int, reuse_port: bool) -> list[socket.socket]:
 
 async def serve_raw(host: str, port: int, factory: Callable[[], asyncio.Protocol], *,
                     backlog: int = 1024, reuse_port: bool = False,
-                    start_serving: bool = True, defer_accept: bool = False) -> RawServer:
+                    start_serving: bool = True, defer_accept: bool = False,
+                    turn: Turn | None = None) -> RawServer:
     """Like ``loop.create_server`` for plain TCP, with :class:`RawTransport` connections
-    (``defer_accept``: see :class:`RawServer`)."""
+    (``defer_accept``: see :class:`RawServer`; ``turn``: :class:`Turn`)."""
     loop = asyncio.get_running_loop()
-    server = RawServer(loop, bind(host, port, reuse_port), factory, backlog, defer_accept)
+    server = RawServer(loop, bind(host, port, reuse_port), factory, backlog, defer_accept,
+                       turn)
     if start_serving:
         await server.start_serving()
     return server

@@ -13,7 +13,8 @@ async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol
                     ssl: _ssl.SSLContext | None = None, backlog: int = 1024,
                     handshake_timeout: float | None = None,
                     reuse_port: bool = False, start_serving: bool = True,
-                    defer_accept: bool = False) -> asyncio.Server | rawtcp.RawServer:
+                    defer_accept: bool = False,
+                    turn: rawtcp.Turn | None = None) -> asyncio.Server | rawtcp.RawServer:
     """Listen on ``host:port`` (port 0 picks a free one); ``factory`` builds one protocol per
     connection. asyncio and uvloop both set TCP_NODELAY on accepted sockets.
 
@@ -27,13 +28,14 @@ async def serve_tcp(host: str, port: int, factory: Callable[[], asyncio.Protocol
     Plain TCP on Linux uses :mod:`rawtcp` (sockets on one epoll: a fraction of the memory of
     the loop's transports per connection); TLS, and plain TCP elsewhere, the loop's own.
     ``defer_accept`` (rawtcp only): the client speaks first, so a connection is accepted once
-    its first bytes are in (:class:`rawtcp.RawServer`).
+    its first bytes are in (:class:`rawtcp.RawServer`); ``turn`` (rawtcp only) is told when
+    each batch of ready sockets begins and ends (:class:`rawtcp.Turn`).
     """
     loop = asyncio.get_running_loop()
     if ssl is None and rawtcp.available():
         return await rawtcp.serve_raw(host, port, factory, backlog=backlog,
                                       reuse_port=reuse_port, start_serving=start_serving,
-                                      defer_accept=defer_accept)
+                                      defer_accept=defer_accept, turn=turn)
     if ssl is None:
         return await loop.create_server(factory, host or None, port, backlog=backlog,
                                         reuse_address=True, reuse_port=reuse_port or None,

@@ -43,7 +43,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from .rawtcp import RawServer
+from .rawtcp import RawServer, Turn
 from .tcp import serve_tcp
 
 __all__ = ["SUBPROTOCOLS", "WebSocketProtocol", "WebSocketTransport", "serve_websocket",
@@ -379,7 +379,8 @@ async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Pr
                           path: str = "/mqtt", ssl: _ssl.SSLContext | None = None,
                           backlog: int = 1024, handshake_timeout: float | None = None,
                           reuse_port: bool = False, pack_packets: bool = False,
-                          start_serving: bool = True) -> asyncio.Server | RawServer:
+                          start_serving: bool = True,
+                          turn: Turn | None = None) -> asyncio.Server | RawServer:
     """Listen for MQTT over WebSocket on ``host:port`` (``wss`` with ``ssl``); ``factory``
     builds the MQTT protocol of each connection, exactly as for :func:`serve_tcp`.
     ``pack_packets``: see :class:`WebSocketProtocol` (the listener's ``ws-pack-packets``)."""
@@ -389,4 +390,4 @@ async def serve_websocket(host: str, port: int, factory: Callable[[], asyncio.Pr
 
     return await serve_tcp(host, port, outer, ssl=ssl, backlog=backlog,
                            handshake_timeout=handshake_timeout, reuse_port=reuse_port,
-                           start_serving=start_serving)
+                           start_serving=start_serving, turn=turn)

@@ -166,10 +166,10 @@ class Env:
 
     async def serve(self, *, port: int = 0, reuse_port: bool = False,
                     start_serving: bool = True, defer_accept: bool = False,
-                    **proto: Any) -> rawtcp.RawServer:
+                    turn: rawtcp.Turn | None = None, **proto: Any) -> rawtcp.RawServer:
         server = await rawtcp.serve_raw(HOST, port, lambda: Rec(self.box, **proto),
                                         reuse_port=reuse_port, start_serving=start_serving,
-                                        defer_accept=defer_accept)
+                                        defer_accept=defer_accept, turn=turn)
         self.servers.append(server)
         return server
 
@@ -799,6 +799,54 @@ async def test_data_received_raising_drops_only_that_connection(env: Env) -> Non
         await settle()
         assert pg.lost == [None] and pb.lost == [ctx["exception"]]
         assert len(reported) == 1
+    finally:
+        loop.set_exception_handler(None)
+
+
+class TurnLog:
+    """A :class:`rawtcp.Turn` that writes ``hold``/``release`` into the protocols' log."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def hold(self) -> None:
+        self.log.append("hold")
+
+    def release(self) -> None:
+        self.log.append("release")
+
+
+async def test_turn_is_held_around_every_poll_even_when_a_protocol_raises(env: Env) -> None:
+    """A server given a turn: every data_received happens between its hold() and its
+    release(), and a protocol that raises does not skip the release (the broker's writers
+    gathered in that poll would otherwise wait for a turn that never ends)."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+    try:
+        log: list[str] = []
+        server = await env.serve(turn=TurnLog(log), echo=True)
+        good = await env.connect(server)
+        pg = await env.box.proto(0)
+        pg.events = log  # (the protocol's own events go into the same log)
+        await send(good, b"one")
+        assert await recv_exactly(good, 3) == b"one"
+        bad = await env.connect(server)
+        pb = await env.box.proto(1)
+        pb.events = log
+        await send(bad, b"boom")
+        await env.box.until(lambda: bool(pb.lost), "connection_lost of the failing one")
+        await settle()
+        assert len(reported) == 1
+        polls = [e for e in log if e in ("hold", "data", "release")]
+        assert polls.count("data") == 2
+        depth = 0
+        for e in polls:  # properly nested: hold, (data...), release, each time
+            depth += {"hold": 1, "release": -1}.get(e, 0)
+            assert depth in (0, 1), polls
+            if e == "data":
+                assert depth == 1, polls
+        assert depth == 0 and polls[-1] == "release"
     finally:
         loop.set_exception_handler(None)
 

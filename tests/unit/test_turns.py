@@ -91,6 +91,44 @@ def test_without_a_loop_it_says_so() -> None:
         turns.add(Writer("a", []))
 
 
+def test_held_writers_go_at_release_without_a_loop_callback() -> None:
+    """hold(): what is added waits for release() (the rawtcp hub's poll), which flushes it
+    at once, in order; no callback of the loop is asked for meanwhile. After release, a
+    writer waits for the end of the turn again."""
+    loop = CountingLoop()
+    turns: EndOfTurn[Writer] = EndOfTurn(loop)  # type: ignore[arg-type]
+    log: list[str] = []
+    a, b = Writer("a", log), Writer("b", log)
+    turns.hold()
+    turns.add(a)
+    turns.add(b)
+    assert loop.soon == [] and log == []
+    turns.release()
+    assert log == ["a", "b"] and len(turns) == 0 and loop.soon == []
+    turns.add(a)
+    assert len(loop.soon) == 1  # released: back to the loop's callback
+    loop.turn()
+    assert log == ["a", "b", "a"]
+    turns.hold()
+    turns.release()  # nothing added: nothing flushed
+    assert log == ["a", "b", "a"]
+
+
+def test_a_callback_asked_before_hold_finds_nothing_left() -> None:
+    """A writer added before hold() asked the loop for a callback; release() flushes it with
+    the held ones, and that callback, when it comes, flushes nothing twice."""
+    loop = CountingLoop()
+    turns: EndOfTurn[Writer] = EndOfTurn(loop)  # type: ignore[arg-type]
+    log: list[str] = []
+    turns.add(Writer("early", log))
+    turns.hold()
+    turns.add(Writer("held", log))
+    turns.release()
+    assert log == ["early", "held"] and len(loop.soon) == 1
+    loop.turn()
+    assert log == ["early", "held"]
+
+
 async def test_on_a_real_loop_the_flush_comes_after_the_current_callback() -> None:
     turns: EndOfTurn[Writer] = EndOfTurn(asyncio.get_running_loop())
     log: list[str] = []
