@@ -2,6 +2,7 @@
 
     python -m benchmarks.inproc [--qos 0] [--count 50000] [--reps 9]
     python -m benchmarks.inproc --connect [--count 10000]   # connection set-up instead
+    python -m benchmarks.inproc --pingpong [--count 20000]  # one message per read, acknowledged
     PYTHONPATH=/path/to/other/checkout python -m benchmarks.inproc   # another revision
 
 A broker is started in this process (its listener is never used); two connections are made
@@ -12,6 +13,15 @@ decode, checks, routing, encoding and the write to the subscriber's transport. T
 over ``--reps`` passes is the least disturbed one. ``--connect``: the CPU time per connection
 of ``--count`` connections made, sent a 3.1.1 CONNECT (CONNACK written) and closed.
 
+``--pingpong``: the path of the latency scenario (one QoS 1 message at a time), hot. On uvloop,
+with the broker's own socket transport (transports/rawtcp.py) over socket pairs: one PUBLISH per
+read of the publisher, the delivery read from the subscriber's socket, one PUBACK per read of
+the subscriber, the broker's end of turn held and released around each read as its hub does.
+The figure (CPU per message, this process: the broker's work, its two sends, and the two
+reads standing in for the clients) leaves out only the event loop's wake-ups; set beside the
+live broker's CPU per message in the latency scenario, it says how much of that is the
+cold path rather than the work.
+
 On a shared machine the end-to-end benchmarks (benchmarks/run.py, ab.py) move by +-10-20%
 between runs; this one by about +-3%, so it is the one that can tell a 2% change in the
 per-message path from noise (run it alternately against two checkouts, several times).
@@ -19,15 +29,20 @@ per-message path from noise (run it alternately against two checkouts, several t
 
 from __future__ import annotations
 
+import _socket
 import argparse
 import asyncio
 import gc
+import socket
 import time
 from typing import Any
+
+import uvloop
 
 import mqttbroker
 from mqttbroker.broker import Broker
 from mqttbroker.client import ClientConnection
+from mqttbroker.transports import rawtcp
 
 
 class CountingTransport:
@@ -162,14 +177,90 @@ async def measure_connect(count: int, reps: int) -> list[float]:
         await broker.shutdown()
 
 
+def _socket_pair() -> tuple[_socket.socket, socket.socket]:
+    """The broker's end as rawtcp.RawServer makes it (a plain non-blocking _socket.socket),
+    and the client's end."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    family, kind, proto = int(ours.family), int(ours.type), ours.proto
+    return _socket.socket(family, kind | socket.SOCK_NONBLOCK, proto, ours.detach()), theirs
+
+
+async def measure_pingpong(count: int, reps: int) -> list[float]:
+    """CPU microseconds per QoS 1 message, one read per packet (see the module's docstring),
+    one figure per pass."""
+    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+                     "sys_interval": 0, "log_level": "WARNING",
+                     "mqtt": {"max_connection_rate_per_address": 0}})
+    await broker.start()
+    turn = broker.end_of_turn
+    hub = rawtcp.Hub(asyncio.get_running_loop(), turn)
+    ends: list[socket.socket] = []
+    try:
+        conns = []
+        for i, first in enumerate((_connect("pingpong-sub") + _subscribe("b/in/#", 1),
+                                   _connect("pingpong-pub"))):
+            sock, theirs = _socket_pair()
+            ends.append(theirs)
+            conn = ClientConnection(broker, "default")
+            t = rawtcp.RawTransport(sock, conn, hub, ("127.0.0.1", 40000 + i))
+            hub.add(sock.fileno(), t)
+            conn.connection_made(t)
+            conn.data_received(first)
+            conns.append(conn)
+        sub, pub = conns
+        await asyncio.sleep(0.05)  # (CONNACKs, SUBACK: written at the end of this turn)
+        for theirs in ends:
+            theirs.recv(65536)
+        sub_end, pub_end = ends
+        reads = [_publish("b/in/x", b"p" * 64, 1, (i % 60000) + 1) for i in range(count)]
+        figures = []
+        for _ in range(reps):
+            gc.collect()
+            gc.disable()
+            t0 = time.process_time()
+            for data in reads:
+                turn.hold()
+                pub.data_received(data)
+                turn.release()
+                delivery = sub_end.recv(65536)  # a PUBLISH: its packet id follows the topic
+                end = 6 + int.from_bytes(delivery[2:4], "big")
+                turn.hold()
+                sub.data_received(b"\x40\x02" + delivery[end - 2:end])  # its PUBACK
+                turn.release()
+                pub_end.recv(65536)  # the publisher's PUBACK
+            figures.append((time.process_time() - t0) / count * 1e6)
+            gc.enable()
+            await asyncio.sleep(0)
+        session = sub.session
+        if session is None or session.inflight:
+            raise RuntimeError("the subscriber's deliveries were not all acknowledged")
+        return figures
+    finally:
+        await broker.shutdown()
+        hub.close()
+        for theirs in ends:
+            theirs.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qos", type=int, choices=(0, 1), default=0)
     ap.add_argument("--count", type=int, default=50_000)
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--connect", action="store_true", help="connection set-up instead")
+    ap.add_argument("--pingpong", action="store_true",
+                    help="QoS 1, one message per read and its PUBACK, over sockets on uvloop")
     args = ap.parse_args()
     where = mqttbroker.__file__.rsplit("/mqttbroker/", 1)[0]
+    if args.pingpong:
+        if not rawtcp.available():
+            ap.error("--pingpong needs epoll (Linux)")
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            figures = sorted(runner.run(measure_pingpong(args.count, args.reps)))
+        print(f"{where}: QoS 1 one per read, {args.count:,} messages x {args.reps}: min "
+              f"{figures[0]:.2f}, median {figures[len(figures) // 2]:.2f} us CPU per message")
+        return
     if args.connect:
         count = min(args.count, 10_000)  # (a CONNECT is one loop turn: no need for more)
         figures = sorted(asyncio.run(measure_connect(count, args.reps)))
