@@ -111,8 +111,16 @@ class ClusterNode:
         # for them go on to their new node (see ghost())
         self.moved: dict[str, tuple[str, list[str], asyncio.TimerHandle]] = {}
         # the message being delivered now: (the node it was published on, the nodes it was
-        # forwarded to); ghost() forwards only what its new node does not get anyway
-        self.current: tuple[str, frozenset[str]] = ("", frozenset())
+        # forwarded to, its number there); ghost() forwards only what its new node does not
+        # get anyway
+        self.current: tuple[str, frozenset[str], int | None] = ("", frozenset(), None)
+        # every message this node forwards is numbered (its envelope's last field). A session
+        # taken over here: client id -> the number the next forward was to get then (and the
+        # timer that forgets it). A message of ours that its old node sends back for it was
+        # delivered here already if its number is that or higher (the session was here when
+        # it was published), and not if lower (it was published before: see _ours_delivered)
+        self.sequence = 0
+        self.adopted: dict[str, tuple[int, asyncio.TimerHandle]] = {}
         self._claims: dict[str, asyncio.Future[None]] = {}
         self._claim_slots = asyncio.Semaphore(CLAIMS_AT_ONCE)
         # messages forwarded to a session whose claim is still under way here (the node it
@@ -285,33 +293,50 @@ class ClusterNode:
         elif self._dropping and self.store.backlog < MAX_BACKLOG // 2:
             self._dropping = False
             log.info("cluster: Redis caught up; forwarding QoS 0 again")
-        self.current = (self.me, targets)
+        self.current = (self.me, targets, None)
         if targets:
             assert self._loop is not None
             packed = pack_message(message, self._loop)
             listed = sorted(targets)
+            seq = self.sequence
+            self.sequence = seq + 1
             for node in targets:
                 self.store.forward(node, msgpack.packb([packed, node in direct,
                                                         to.get(node, []), self.me, listed,
-                                                        None]))
+                                                        None, seq]))
                 self.forwarded += 1
         return mine
 
     def ghost(self, client_id: str, message: Message) -> bool:
         """A delivery to a session that moved to another node a moment ago: forward it there,
-        unless that node gets the message anyway (it was forwarded there too, or published
-        there). True when ``client_id`` is such a session."""
+        unless that node gets the message anyway (it was forwarded there too). One published
+        on that node goes back to it with its number there, which tells it whether the
+        session was there to take it then (see :meth:`_ours_delivered`): a message published
+        there before the session moved, and still in this node's inbox when it let the
+        session go, is not lost. True when ``client_id`` is such a session."""
         moved = self.moved.get(client_id)
         if moved is None:
             return False
         node = moved[0]
-        origin, targets = self.current
-        if node != origin and node not in targets:
+        origin, targets, seq = self.current
+        if node == origin and seq is None:
+            return True  # (from a node that does not number its messages: it had it)
+        if node == origin or node not in targets:
             assert self._loop is not None
             self.store.forward(node, msgpack.packb([pack_message(message, self._loop), False,
-                                                    [], origin, [node], client_id]))
+                                                    [], origin, [node], client_id, seq]))
             self.forwarded += 1
         return True
+
+    def _ours_delivered(self, client_id: str, seq: int | None) -> bool:
+        """A message this node published (number ``seq``) comes back for session
+        ``client_id`` from the node the session left: whether it was delivered here already,
+        that is, whether the session had been taken over here when it was published."""
+        adopted = self.adopted.get(client_id)
+        return adopted is not None and seq is not None and seq >= adopted[0]
+
+    def _forget_adopted(self, client_id: str) -> None:
+        self.adopted.pop(client_id, None)
 
     def moved_away(self, client_id: str, node: str, filters: list[str]) -> None:
         """``client_id``'s session went to ``node``; its ``filters`` stay routed here (as a
@@ -366,20 +391,23 @@ class ClusterNode:
             held = 0
             for envelope in _envelopes(entry_id, fields):
                 try:
-                    packed, direct, groups, origin, targets, to = msgpack.unpackb(envelope)
+                    packed, direct, groups, origin, targets, to, *rest = msgpack.unpackb(
+                        envelope)
                     message = unpack_message(packed, self._loop)
                 except Exception:  # a bad message must not stop the inbox
                     log.exception("cluster: unreadable message in inbox entry %r dropped",
                                   entry_id)
                     continue
                 self.received += 1
-                self.current = (origin, frozenset(targets))
+                seq = rest[0] if rest else None  # (none from a node of an earlier version)
+                self.current = (origin, frozenset(targets), seq)
                 if to is not None:  # for one session, forwarded by the node it left
                     if to in self._claims:  # not here yet: it is being taken over
                         self._early.setdefault(to, []).append((entry_id, message))
                         held += 1
                         continue
-                    self.broker.deliver_forwarded_to(to, message)
+                    if origin != self.me or not self._ours_delivered(to, seq):
+                        self.broker.deliver_forwarded_to(to, message)
                 else:
                     self.broker.deliver_forwarded(message, direct, set(groups))
             if held:  # acknowledged once those are delivered too
@@ -498,6 +526,13 @@ class ClusterNode:
         if cid in self.moved:  # it comes back here: no forwarding address any more
             self.moved[cid][2].cancel()
             self._forget_moved(cid)
+        old = self.adopted.pop(cid, None)
+        if old is not None:
+            old[1].cancel()
+        assert self._loop is not None
+        # (as long as the node it left keeps a forwarding address for it: moved_away)
+        self.adopted[cid] = (self.sequence, self._loop.call_later(
+            2 * self.config.node_timeout + REPLAY_AGAIN, self._forget_adopted, cid))
         if rec is not None and cid not in self.broker.sessions:
             self.broker.adopt_session(rec)
         then()
@@ -528,8 +563,8 @@ class ClusterNode:
                 seen.add(entry_id)
                 for envelope in _envelopes(entry_id, fields):
                     try:
-                        packed, direct, _groups, _origin, _targets, to = msgpack.unpackb(
-                            envelope)
+                        packed, direct, _groups, _origin, _targets, to, *_seq = (
+                            msgpack.unpackb(envelope))
                     except (ValueError, msgpack.UnpackException):
                         log.warning("cluster: unreadable message in %r's inbox", dead)
                         continue

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
 import subprocess
 import threading
 import time
@@ -45,7 +46,7 @@ import redis
 from mqttbroker.protocol.packets import Pubcomp, Publish, Pubrec, Pubrel
 
 from .clusterproc import PREFIX, NodeProc, RedisProc, node_procs, redis_procs
-from .helpers import V311, Collector, Msg, Paho, RawClient, unique_id, wait_until
+from .helpers import TIMEOUT, V311, Collector, Msg, Paho, RawClient, unique_id, wait_until
 from .test_crash import PahoStreamer, RawQos2Streamer, RawSubscriber, describe, wait_for_all
 from .v5helpers import P, Paho5, RawV5
 
@@ -445,6 +446,50 @@ def test_offline_session_picked_up_on_another_node(
     x2.messages.wait_until(lambda ms: len([m for m in ms if m.topic.endswith("/after")]) >= 5,
                            10, "5 messages published on the old node")
     assert numbers(on(x2, f"tk/{cid}/after")) == list(range(5))
+
+
+def test_session_moves_while_its_old_node_still_reads_its_inbox(
+        cluster_nodes: Callable[..., list[NodeProc]], redis_server: RedisProc,
+        conns: Conns) -> None:
+    """X (3.1.1, CleanSession 0) subscribed at QoS 1 on node A goes away. A is stopped
+    (SIGSTOP) while 300 QoS 1 messages are published on node B: each is PUBACKed once B has
+    written it to A's inbox, where they wait. A goes on (SIGCONT) as X connects to B, so A is
+    asked to hand X's session over while most of them are still in its inbox. A hands over
+    what it had read; what it reads after that it forwards to the session's new node, B,
+    although B is where they were published (B did not deliver them itself: the session was
+    not there yet). All 300 arrive, once each, in order; and what B publishes once the session
+    is there, B delivers, once."""
+    a, b = cluster_nodes(2)
+    cid = "tk-inbox"
+    x = conns.paho(a, cid, "3.1.1", clean=False)
+    assert x.subscribe(("tk/inbox/#", 1)) == [1]
+    pub_b = conns.paho(b, "tk-pub-inbox")
+    wait_route(pub_b, "tk/inbox/probe", x)
+    x.disconnect()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        infos = [pub_b.publish("tk/inbox/data", b"%d" % i, 1, wait=False) for i in range(300)]
+        for info in infos:
+            info.wait_for_publish(TIMEOUT)
+            assert info.is_published()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    x2 = conns.paho(b, cid, "3.1.1", clean=False)
+    assert x2.session_present is True, logs(a, b)
+    x2.messages.wait_until(lambda ms: len([m for m in ms if m.topic.endswith("/data")]) >= 300,
+                           15, "the 300 messages")
+    time.sleep(0.3)  # (and no more)
+    assert numbers(on(x2, "tk/inbox/data")) == list(range(300)), logs(a, b)
+    # published on B now, with the session there: B delivers them; A, still a forwarding
+    # address for X's filters (B's routes still name it), sends them back, and B, seeing
+    # them numbered after the takeover, does not deliver them twice
+    for i in range(20):
+        pub_b.publish("tk/inbox/after", b"%d" % i, 1)
+    x2.messages.wait_until(lambda ms: len([m for m in ms if m.topic.endswith("/after")]) >= 20,
+                           10, "the 20 published after")
+    time.sleep(0.5)
+    assert numbers(on(x2, "tk/inbox/after")) == list(range(20)), logs(a, b)
 
 
 def test_live_takeover_across_nodes_mqtt5(cluster_nodes: Callable[..., list[NodeProc]],
