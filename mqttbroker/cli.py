@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -107,11 +108,22 @@ def serve(config_file: str | None, host: str | None, port: int | None,
                     port, config.listeners[0].name)
     log.info("mqttbroker %s starting (config: %s)", __version__,
              config_file or "built-in defaults")
+    supervisor = _supervisor_pid() if worker_index is not None else None
     try:
-        code = _run(_serve(config, report, reuse_port=worker_index is not None))
+        code = _run(_serve(config, report, reuse_port=worker_index is not None,
+                           supervisor=supervisor))
     except KeyboardInterrupt:  # a second Ctrl-C while shutting down
         code = 130
     sys.exit(code)
+
+
+def _supervisor_pid() -> int | None:
+    """The PID of the ``serve --workers`` process that started this worker (None for a
+    worker started some other way: nothing to watch)."""
+    from .workers import SUPERVISOR_ENV
+
+    value = os.environ.get(SUPERVISOR_ENV, "")
+    return int(value) if value.isdigit() else None
 
 
 def _workers_problem(config: Config) -> str | None:
@@ -182,9 +194,12 @@ def _run(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def _serve(config: Config, report: _Report, reuse_port: bool = False) -> int:
+async def _serve(config: Config, report: _Report, reuse_port: bool = False,
+                 supervisor: int | None = None) -> int:
     """Start the broker, wait for SIGINT/SIGTERM (reloading on SIGHUP), shut down; return the
-    exit code. A failure to start goes to ``report``."""
+    exit code. A failure to start goes to ``report``. ``supervisor``: the PID of this
+    worker's supervisor (``serve --workers``); once it is no longer this process's parent
+    (it died without stopping us), shut down as on SIGTERM."""
     from .broker import Broker  # imported late: config errors are reported without it
 
     try:
@@ -244,10 +259,25 @@ async def _serve(config: Config, report: _Report, reuse_port: bool = False) -> i
     _tune_gc()
     if hangup_during_start:
         reload()
+    watch: asyncio.TimerHandle | None = None
+
+    def check_supervisor() -> None:
+        nonlocal watch
+        if os.getppid() == supervisor:
+            watch = loop.call_later(SUPERVISOR_CHECK_S, check_supervisor)
+            return
+        log.warning("the supervisor (pid %d) is gone: shutting down", supervisor)
+        stop.set()
+
+    if supervisor is not None:
+        check_supervisor()  # (gone already, before this worker got here: stops at once)
     try:
         await stop.wait()
-        log.info("received %s, shutting down", received[0])
+        if received:  # (else the supervisor's absence, logged)
+            log.info("received %s, shutting down", received[0])
     finally:
+        if watch is not None:
+            watch.cancel()
         for sig in signals:  # a second Ctrl-C now interrupts a stuck shutdown
             loop.remove_signal_handler(sig)
         await broker.shutdown()
@@ -261,6 +291,7 @@ async def _serve(config: Config, report: _Report, reuse_port: bool = False) -> i
 # of the process traversed) every ~12,000 (benchmarks.inproc, 50,000 messages: 448 young, 40
 # middle, 4 full collections); docs/performance.md has the before/after figures.
 GC_YOUNG: Final = 50_000
+SUPERVISOR_CHECK_S: Final = 0.5  # how often a worker looks whether its supervisor is there
 
 
 def _tune_gc() -> None:

@@ -7,12 +7,16 @@ retained messages through Redis exactly as nodes on several machines do. Worker 
 the HTTP listener. The parent forwards SIGTERM/SIGINT (stop) and SIGHUP (reload) to the
 workers, restarts a worker that dies (:class:`RestartPolicy`: a second later, backing off when
 it keeps dying soon after its start, giving up after a few such deaths in a row), and exits
-once they have all stopped.
+once they have all stopped. A worker whose supervisor is gone without stopping it (killed with
+SIGKILL, or by the OOM killer) shuts down by itself: each is told its supervisor's PID
+(:data:`SUPERVISOR_ENV`) and watches it (cli.py), so no orphan keeps serving the ports, or
+its node's name, beside the workers of a supervisor started again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +30,7 @@ MAX_RESTART_DELAY: Final = 30.0  # ... doubling per quick death in a row, up to 
 STABLE_AFTER: Final = 30.0  # seconds a worker must have run for its death not to count as quick
 GIVE_UP_AFTER: Final = 6  # quick deaths in a row of one worker: the supervisor stops, status 1
 STOP_TIMEOUT: Final = 15.0  # seconds the workers have to stop before they are killed
+SUPERVISOR_ENV: Final = "MQTTBROKER_SUPERVISOR"  # a worker's environment: its supervisor's PID
 
 
 class RestartPolicy:
@@ -70,9 +75,11 @@ def supervise(workers: int, argv: list[str], policy: RestartPolicy | None = None
         i = argv.index("--workers")
         args = argv[:i] + argv[i + 2:]
 
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+
     def start(index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "mqttbroker", *args,
-                                 "--worker-index", str(index)])
+                                 "--worker-index", str(index)], env=env)
 
     procs = {i: start(i) for i in range(workers)}
     started = dict.fromkeys(procs, time.monotonic())

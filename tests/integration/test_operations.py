@@ -40,6 +40,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mqttbroker.passwd import set_password
+from mqttbroker.protocol.constants import ReasonCode
+from mqttbroker.protocol.packets import Disconnect
 
 from .brokerproc import HOST, ROOT, START_TIMEOUT, free_port, port_open
 from .clusterproc import RedisProc
@@ -282,6 +284,63 @@ def test_workers_that_cannot_start_make_the_supervisor_give_up(tmp_path: Path) -
     assert len(re.findall(r"3 deaths in a row, each within 30s of its start; giving up, "
                           r"stopping the workers", err)) == 1, err
     assert took < 45, f"gave up after {took:.1f}s"
+
+
+def _exited(pid: int) -> bool:
+    """``pid`` has exited: gone, or a zombie nobody has reaped yet (an orphan's new parent
+    may be a PID 1 that does not reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    """``serve --workers 2`` whose supervisor gets SIGKILL (so it cannot stop its workers):
+    each worker sees within a second that its supervisor is gone, says so, and shuts down in
+    order (sessions stored, clients told), leaving the port free. Orphans would otherwise go
+    on serving it, under their node names, beside the workers of a supervisor started
+    again."""
+    with RedisProc(tmp_path / "redis") as redis:
+        port = free_port()
+        config = write_config(tmp_path, {
+            "listeners": {"default": {"type": "tcp", "bind": f"{HOST}:{port}"}},
+            "sys_interval": 0,
+            "cluster": {"redis": redis.url, "node": "orphans"},
+            "log_format": "json",
+        })
+        serve = Serve([sys.executable, "-m", "mqttbroker", "serve", "-c", str(config),
+                       "--workers", "2"], tmp_path / "stderr.log")
+        try:
+            serve.wait_listening(port)
+            for index in (0, 1):
+                serve.wait_line(rf'"msg": "listener default: listening.*"worker": {index}\}}')
+            started = serve.wait_line(r"started 2 workers: pids \d+, \d+")
+            pids = [int(p) for p in re.findall(r"\d+", started.split("pids", 1)[1])]
+            client = RawClient(port, level=5)  # a client of one worker: told when it goes
+            client.connect(unique_id("orphan"))
+            serve.proc.kill()
+            serve.proc.wait(5)
+            t0 = time.monotonic()
+            wait_until(lambda: all(_exited(pid) for pid in pids), 10,
+                       what="both workers exit")
+            took = time.monotonic() - t0
+            assert not port_open(port)
+            told = [p for p in client.wait_closed(5) if isinstance(p, Disconnect)]
+            assert [d.reason_code for d in told] == [ReasonCode.SERVER_SHUTTING_DOWN], told
+            gone = f"the supervisor (pid {serve.proc.pid}) is gone: shutting down"
+            records = _records(serve.lines())
+            for index in (0, 1):
+                own = [r["msg"] for r in records if r.get("worker") == index]
+                assert gone in own, own
+                assert "broker stopped" in own[own.index(gone):], own
+            assert took < 5, f"the workers took {took:.1f}s to exit"
+        finally:
+            serve.close()
+            for pid in locals().get("pids", []):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 # -- Grafana ------------------------------------------------------------------------------------
