@@ -38,6 +38,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -219,20 +220,27 @@ def open_ws(uri: str, subprotocols: Sequence[str] | None = ("mqtt",),
     """The websockets sync client, with no proxy, no compression (frames on the wire are the
     frames sent) and no automatic keep-alive pings; every wait bounded.
 
-    A handshake that times out prints every thread's stack first (in the test's captured
-    stderr): a wss handshake answered by nothing for 5 s, seen a few times in full runs and
-    never alone, is an open question of the stop notes, and the next one should say where
-    the broker's thread was."""
+    A wss handshake answered by nothing for 5 s, seen a few times in full runs and never
+    alone, is an open question of the stop notes. So a handshake still open a second before
+    its timeout prints, in the test's captured stderr, every thread's stack and the port's
+    sockets: taken while it hangs, since once the timeout fires the client has closed its
+    socket and joined its reader thread (a dump then shows neither)."""
+    def while_it_hangs() -> None:
+        print(f"opening {uri}: no handshake response after {timeout - 1:g}s; every thread "
+              "now:", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        _dump_sockets(uri)
+
+    watchdog = threading.Timer(timeout - 1.0, while_it_hangs)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         return ws_connect(uri, subprotocols=None if subprotocols is None else
                           [Subprotocol(s) for s in subprotocols],
                           ssl=ssl_context, proxy=None, compression=None, open_timeout=timeout,
                           close_timeout=2.0, ping_interval=None, max_size=4 * 1024 * 1024)
-    except TimeoutError:
-        print(f"opening {uri} timed out; every thread now:", file=sys.stderr, flush=True)
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-        _dump_sockets(uri)
-        raise
+    finally:
+        watchdog.cancel()
 
 
 def _dump_sockets(uri: str) -> None:
