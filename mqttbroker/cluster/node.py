@@ -118,8 +118,11 @@ class ClusterNode:
         # taken over here: client id -> the number the next forward was to get then (and the
         # timer that forgets it). A message of ours that its old node sends back for it was
         # delivered here already if its number is that or higher (the session was here when
-        # it was published), and not if lower (it was published before: see _ours_delivered)
-        self.sequence = 0
+        # it was published), and not if lower (it was published before: see _ours_delivered).
+        # Numbers start at the wall clock in nanoseconds, so that a node restarted meanwhile
+        # numbers above its earlier run: a message of that run coming back is delivered
+        # (at least once), not taken for one of this run's, delivered already
+        self.sequence = time.time_ns()
         self.adopted: dict[str, tuple[int, asyncio.TimerHandle]] = {}
         self._claims: dict[str, asyncio.Future[None]] = {}
         self._claim_slots = asyncio.Semaphore(CLAIMS_AT_ONCE)
