@@ -312,12 +312,13 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
         })
         serve = Serve([sys.executable, "-m", "mqttbroker", "serve", "-c", str(config),
                        "--workers", "2"], tmp_path / "stderr.log")
+        pids: list[int] = []
         try:
             serve.wait_listening(port)
             for index in (0, 1):
                 serve.wait_line(rf'"msg": "listener default: listening.*"worker": {index}\}}')
             started = serve.wait_line(r"started 2 workers: pids \d+, \d+")
-            pids = [int(p) for p in re.findall(r"\d+", started.split("pids", 1)[1])]
+            pids += [int(p) for p in re.findall(r"\d+", started.split("pids", 1)[1])]
             client = RawClient(port, level=5)  # a client of one worker: told when it goes
             client.connect(unique_id("orphan"))
             serve.proc.kill()
@@ -338,7 +339,7 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
             assert took < 5, f"the workers took {took:.1f}s to exit"
         finally:
             serve.close()
-            for pid in locals().get("pids", []):
+            for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
