@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= configs/default.yaml
 
 .PHONY: run test test-stress setup peers browser redis paho-c mosquitto-clients mqttjs dashboard \
-        lint clean dist compiled test-compiled
+        valgrind lint clean dist compiled test-compiled footprint
 
 # Peers the tests run beside ours (Debian packages; CI and developers run as root).
 MOSQUITTO := /usr/sbin/mosquitto
@@ -86,8 +86,16 @@ $(MQTTJS)/node_modules/.installed: $(MQTTJS)/package.json $(MQTTJS)/package-lock
 
 mqttjs: $(MQTTJS)/node_modules/.installed
 
+# valgrind (callgrind, callgrind_control) for benchmarks/footprint.py and its smoke test
+# (tests/integration/test_bench_footprint.py; Debian package)
+VALGRIND := /usr/bin/valgrind
+$(VALGRIND):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind
+
+valgrind: $(VALGRIND)
+
 TEST_DEPS := $(STAMP) $(MOSQUITTO) $(CHROMIUM) $(REDIS) $(PAHO_C) $(MOSQUITTO_CLIENTS) \
-             $(MQTTJS)/node_modules/.installed $(DASH)/dist/.built
+             $(MQTTJS)/node_modules/.installed $(DASH)/dist/.built $(VALGRIND)
 
 # Two pytest-xdist workers, each taking the next test as it frees up (worksteal): every test
 # starts its own brokers on free ports and its own files under tmp_path, so they do not meet.
@@ -168,6 +176,17 @@ bench: $(STAMP) $(MOSQUITTO)
 	    echo "benchmarks: ours in pure Python (OURS=$(OURS);" \
 	        "C compiler: $$(command -v cc || echo none))"; \
 	    $(BIN)/python -m benchmarks.run; \
+	fi
+
+# What each broker executes per message of the latency scenario, counted under valgrind's
+# callgrind (instructions, hot code lines): figures the machine's noise does not move, ours
+# compiled when a C compiler is found, as in `make bench` (see benchmarks/README.md). ~1 min.
+footprint: $(STAMP) $(MOSQUITTO) $(VALGRIND)
+	@if [ "$(OURS)" = compiled ] && command -v cc >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory compiled \
+	    && $(BIN)/python -m benchmarks.footprint --ours-source compiled; \
+	else \
+	    $(BIN)/python -m benchmarks.footprint; \
 	fi
 
 # Bridge throughput edge -> cloud, Mosquitto's bridge beside ours (see benchmarks/README.md).
