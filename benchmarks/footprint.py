@@ -96,7 +96,7 @@ def parse(lines: Iterable[str], messages: float, hot: float = 0.9) -> Footprint:
                 line_ob[key] = ob
             if after_call:  # (inclusive: the callee's instructions, counted where they ran)
                 after_call = False
-                count[key] = max(count[key], 0)
+                count.setdefault(key, 0)
                 continue
             runs = int(fields[npos]) if len(fields) > npos else 0
             total += runs
@@ -122,7 +122,8 @@ def parse(lines: Iterable[str], messages: float, hot: float = 0.9) -> Footprint:
     by_object: dict[str, int] = defaultdict(int)
     for k in hot_keys:
         by_object[_label(line_ob[k])] += 1
-    return Footprint(summary if summary >= 0 else total, messages, len(hot_keys), len({k >> 6 for k in hot_keys}),
+    pages = {k >> 6 for k in hot_keys}
+    return Footprint(summary if summary >= 0 else total, messages, len(hot_keys), len(pages),
                      len(count), dict(sorted(by_object.items(), key=lambda kv: -kv[1])))
 
 
