@@ -189,15 +189,23 @@ def measure(name: str, rate: float, seconds: float, hot: float,
             except (subprocess.SubprocessError, OSError) as exc:
                 failed.append(exc)
 
-        timer = threading.Thread(target=counters, daemon=True)
-        t0 = time.monotonic()
-        timer.start()
-        res = loadgen.latency(loadgen.Probe(port, proc.pid), rate=rate,
-                              duration_s=WARMUP_S + seconds + TAIL_S, warmup=0)
+        # the latency scenario's client (loadgen.latency's steps): it sends from "go" on, so
+        # the counters' times are taken from then, however long its start took
+        sending = WARMUP_S + seconds + TAIL_S
+        w = loadgen.Worker("latency", loadgen.latency_worker, port, rate, sending, 0)
+        try:
+            w.recv("ready", 60)
+            timer = threading.Thread(target=counters, daemon=True)
+            w.send("go")
+            t0 = time.monotonic()
+            timer.start()
+            res = w.recv("result", sending + 40)[1]
+        finally:
+            w.stop()
         timer.join(60)
         if failed or len(window) != 2:
             raise SystemExit(f"callgrind_control failed for {name}: {failed}")
-        if window[1] - t0 > WARMUP_S + seconds + TAIL_S:
+        if window[1] - t0 > sending:
             raise SystemExit(f"{name}: the dump came after the client stopped sending")
         if res["loss"]:
             raise SystemExit(f"{name} lost {res['loss']} messages under valgrind")
