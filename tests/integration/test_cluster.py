@@ -492,6 +492,43 @@ def test_session_moves_while_its_old_node_still_reads_its_inbox(
     assert numbers(on(x2, "tk/inbox/after")) == list(range(20)), logs(a, b)
 
 
+def test_clean_start_on_another_node_gets_nothing_of_the_old_session(
+        cluster_nodes: Callable[..., list[NodeProc]], redis_server: RedisProc,
+        conns: Conns) -> None:
+    """As above (A stopped while 300 messages for X are published on B, going on as X
+    connects to B), but X comes back with CleanSession 1 and subscribes to another filter:
+    the old session is discarded [MQTT-3.1.2-6], so none of the messages queued for it reach
+    the new connection, neither with the session (there is none) nor forwarded by A from its
+    inbox afterwards (the new session is not subscribed to their topic); a message on its new
+    filter does."""
+    a, b = cluster_nodes(2)
+    cid = "tk-clean"
+    x = conns.paho(a, cid, "3.1.1", clean=False)
+    assert x.subscribe(("tk/clean/old/#", 1)) == [1]
+    pub_b = conns.paho(b, "tk-pub-clean")
+    wait_route(pub_b, "tk/clean/old/probe", x)
+    x.disconnect()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        infos = [pub_b.publish("tk/clean/old/data", b"%d" % i, 1, wait=False)
+                 for i in range(300)]
+        for info in infos:
+            info.wait_for_publish(TIMEOUT)
+            assert info.is_published()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    x2 = conns.paho(b, cid, "3.1.1", clean=True)
+    assert x2.session_present is False, logs(a, b)
+    assert x2.subscribe(("tk/clean/new/#", 1)) == [1]
+    pub_b.publish("tk/clean/new/data", b"new", 1)
+    assert x2.messages.wait_topic("tk/clean/new/data").payload == b"new"
+    time.sleep(1.0)  # (A has read its inbox by now: what it forwards has come)
+    old = on(x2, "tk/clean/old/data")
+    assert old == [], f"{len(old)} of the old session's messages reached the clean one\n" \
+        + logs(a, b)
+
+
 def test_live_takeover_across_nodes_mqtt5(cluster_nodes: Callable[..., list[NodeProc]],
                                           redis_server: RedisProc, conns: Conns) -> None:
     """[MQTT-3.1.4-3]: X is connected on node A (MQTT 5, Session Expiry 300, a QoS 1
