@@ -448,6 +448,31 @@ def test_offline_session_picked_up_on_another_node(
     assert numbers(on(x2, f"tk/{cid}/after")) == list(range(5))
 
 
+def queued_while_stopped(conns: Conns, a: NodeProc, b: NodeProc, cid: str, root: str,
+                         count: int) -> Client:
+    """Client ``cid`` (3.1.1, CleanSession 0) subscribes at QoS 1 to ``root``/# on node
+    ``a`` and goes away; ``a`` is stopped (SIGSTOP) while ``count`` QoS 1 messages
+    (payloads 0, 1, ...) are published on ``root``/data on node ``b``, each PUBACKed once
+    ``b`` has written it to ``a``'s inbox, where they wait; ``a`` goes on (SIGCONT) right
+    after the last PUBACK. Returns the publisher on ``b``."""
+    x = conns.paho(a, cid, "3.1.1", clean=False)
+    assert x.subscribe((f"{root}/#", 1)) == [1]
+    pub_b = conns.paho(b, f"{cid}-pub")
+    wait_route(pub_b, f"{root}/probe", x)
+    x.disconnect()
+    assert a.proc is not None
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        infos = [pub_b.publish(f"{root}/data", b"%d" % i, 1, wait=False)
+                 for i in range(count)]
+        for info in infos:
+            info.wait_for_publish(TIMEOUT)
+            assert info.is_published()
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    return pub_b
+
+
 def test_session_moves_while_its_old_node_still_reads_its_inbox(
         cluster_nodes: Callable[..., list[NodeProc]], redis_server: RedisProc,
         conns: Conns) -> None:
@@ -461,20 +486,7 @@ def test_session_moves_while_its_old_node_still_reads_its_inbox(
     is there, B delivers, once."""
     a, b = cluster_nodes(2)
     cid = "tk-inbox"
-    x = conns.paho(a, cid, "3.1.1", clean=False)
-    assert x.subscribe(("tk/inbox/#", 1)) == [1]
-    pub_b = conns.paho(b, "tk-pub-inbox")
-    wait_route(pub_b, "tk/inbox/probe", x)
-    x.disconnect()
-    assert a.proc is not None
-    a.proc.send_signal(signal.SIGSTOP)
-    try:
-        infos = [pub_b.publish("tk/inbox/data", b"%d" % i, 1, wait=False) for i in range(300)]
-        for info in infos:
-            info.wait_for_publish(TIMEOUT)
-            assert info.is_published()
-    finally:
-        a.proc.send_signal(signal.SIGCONT)
+    pub_b = queued_while_stopped(conns, a, b, cid, "tk/inbox", 300)
     x2 = conns.paho(b, cid, "3.1.1", clean=False)
     assert x2.session_present is True, logs(a, b)
     x2.messages.wait_until(lambda ms: len([m for m in ms if m.topic.endswith("/data")]) >= 300,
@@ -503,21 +515,7 @@ def test_clean_start_on_another_node_gets_nothing_of_the_old_session(
     filter does."""
     a, b = cluster_nodes(2)
     cid = "tk-clean"
-    x = conns.paho(a, cid, "3.1.1", clean=False)
-    assert x.subscribe(("tk/clean/old/#", 1)) == [1]
-    pub_b = conns.paho(b, "tk-pub-clean")
-    wait_route(pub_b, "tk/clean/old/probe", x)
-    x.disconnect()
-    assert a.proc is not None
-    a.proc.send_signal(signal.SIGSTOP)
-    try:
-        infos = [pub_b.publish("tk/clean/old/data", b"%d" % i, 1, wait=False)
-                 for i in range(300)]
-        for info in infos:
-            info.wait_for_publish(TIMEOUT)
-            assert info.is_published()
-    finally:
-        a.proc.send_signal(signal.SIGCONT)
+    pub_b = queued_while_stopped(conns, a, b, cid, "tk/clean/old", 300)
     x2 = conns.paho(b, cid, "3.1.1", clean=True)
     assert x2.session_present is False, logs(a, b)
     assert x2.subscribe(("tk/clean/new/#", 1)) == [1]
