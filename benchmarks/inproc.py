@@ -35,6 +35,7 @@ import asyncio
 import gc
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
@@ -103,13 +104,30 @@ def _publish(topic: str, payload: bytes, qos: int, pid: int) -> bytes:
     return bytes((0x30 | qos << 1, len(body))) + body
 
 
+def _broker(**mqtt: int) -> Broker:
+    """A broker for this process only (its listener is never used): no $SYS, no per-address
+    connection rate limit, ``mqtt`` settings on top."""
+    return Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+                   "sys_interval": 0, "log_level": "WARNING",
+                   "mqtt": {"max_connection_rate_per_address": 0, **mqtt}})
+
+
+def _cpu_us_per(count: int, one_pass: Callable[[], object]) -> float:
+    """CPU microseconds per item of ``one_pass`` (``count`` items), run with the cyclic
+    collector off after a full collection, so that no pass pays for another's garbage."""
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.process_time()
+        one_pass()
+        return (time.process_time() - t) / count * 1e6
+    finally:
+        gc.enable()
+
+
 async def measure(qos: int, count: int, reps: int) -> list[float]:
     """CPU microseconds per message, one figure per pass."""
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-                     "sys_interval": 0, "log_level": "WARNING",
-                     "mqtt": {"max_connection_rate_per_address": 0,
-                              "max_queued_messages": 10_000_000,
-                              "max_inflight_messages": 65535}})
+    broker = _broker(max_queued_messages=10_000_000, max_inflight_messages=65535)
     await broker.start()
     try:
         sub = ClientConnection(broker, "default")
@@ -121,15 +139,14 @@ async def measure(qos: int, count: int, reps: int) -> list[float]:
         pub.data_received(_connect("inproc-pub"))
         reads = [b"".join(_publish("b/in/x", b"p" * 64, qos, (i % 60000) + 1)
                           for i in range(j, min(j + 200, count))) for j in range(0, count, 200)]
-        figures = []
-        for _ in range(reps):
-            gc.collect()
-            gc.disable()
-            t = time.process_time()
+
+        def one_pass() -> None:
             for data in reads:
                 pub.data_received(data)
-            figures.append((time.process_time() - t) / count * 1e6)
-            gc.enable()
+
+        figures = []
+        for _ in range(reps):
+            figures.append(_cpu_us_per(count, one_pass))
             # the loop turns between passes, as it does between reads in a live broker: the
             # end-of-turn flushes run (core/turns.py) and what the pass made can be freed
             await asyncio.sleep(0)
@@ -148,17 +165,12 @@ async def measure(qos: int, count: int, reps: int) -> list[float]:
 async def measure_connect(count: int, reps: int) -> list[float]:
     """CPU microseconds per connection (made, CONNECT, CONNACK, closed), one figure per
     pass."""
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-                     "sys_interval": 0, "log_level": "WARNING",
-                     "mqtt": {"max_connection_rate_per_address": 0}})
+    broker = _broker()
     await broker.start()
     try:
         frames = [_connect(f"inproc-{i:06d}") for i in range(count)]
-        figures = []
-        for _ in range(reps):
-            gc.collect()
-            gc.disable()
-            t = time.process_time()
+
+        def one_pass() -> None:
             made = []
             for data in frames:
                 c = ClientConnection(broker, "default")
@@ -167,8 +179,10 @@ async def measure_connect(count: int, reps: int) -> list[float]:
                 made.append(c)
             for c in made:
                 c.connection_lost(None)
-            figures.append((time.process_time() - t) / count * 1e6)
-            gc.enable()
+
+        figures = []
+        for _ in range(reps):
+            figures.append(_cpu_us_per(count, one_pass))
             await asyncio.sleep(0)  # (the end-of-turn flushes run, as between reads)
             if len(broker.connections):
                 raise RuntimeError("connections left after closing them all")
@@ -189,9 +203,7 @@ def _socket_pair() -> tuple[_socket.socket, socket.socket]:
 async def measure_pingpong(count: int, reps: int) -> list[float]:
     """CPU microseconds per QoS 1 message, one read per packet (see the module's docstring),
     one figure per pass."""
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-                     "sys_interval": 0, "log_level": "WARNING",
-                     "mqtt": {"max_connection_rate_per_address": 0}})
+    broker = _broker()
     await broker.start()
     turn = broker.end_of_turn
     hub = rawtcp.Hub(asyncio.get_running_loop(), turn)
@@ -214,11 +226,8 @@ async def measure_pingpong(count: int, reps: int) -> list[float]:
             theirs.recv(65536)
         sub_end, pub_end = ends
         reads = [_publish("b/in/x", b"p" * 64, 1, (i % 60000) + 1) for i in range(count)]
-        figures = []
-        for _ in range(reps):
-            gc.collect()
-            gc.disable()
-            t0 = time.process_time()
+
+        def one_pass() -> None:
             for data in reads:
                 turn.hold()
                 pub.data_received(data)
@@ -229,8 +238,10 @@ async def measure_pingpong(count: int, reps: int) -> list[float]:
                 sub.data_received(b"\x40\x02" + delivery[end - 2:end])  # its PUBACK
                 turn.release()
                 pub_end.recv(65536)  # the publisher's PUBACK
-            figures.append((time.process_time() - t0) / count * 1e6)
-            gc.enable()
+
+        figures = []
+        for _ in range(reps):
+            figures.append(_cpu_us_per(count, one_pass))
             await asyncio.sleep(0)
         session = sub.session
         if session is None or session.inflight:
