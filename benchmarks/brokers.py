@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,7 +214,8 @@ def ours_config(source: str | os.PathLike[str], workdir: Path, *, port: int | No
 
 
 def command(name: str, port: int, workdir: Path, *, max_queued: int = MAX_QUEUED,
-            max_inflight: int = MAX_INFLIGHT, config: OursConfig | None = None) -> list[str]:
+            max_inflight: int = MAX_INFLIGHT, config: OursConfig | None = None,
+            mosquitto_user: str | None = None) -> list[str]:
     """Write the broker's config into ``workdir``; return the command line that runs it.
 
     ``max_inflight`` 0 means unbounded: Mosquitto's own 0, our broker's maximum (65535).
@@ -255,7 +256,9 @@ def command(name: str, port: int, workdir: Path, *, max_queued: int = MAX_QUEUED
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\n"
-            "log_type warning\n")
+            "log_type warning\n"
+            # (started as root it changes to this user, "mosquitto" unless given)
+            + (f"user {mosquitto_user}\n" if mosquitto_user else ""))
         return [MOSQUITTO, "-c", str(conf)]
     if name == "amqtt":
         exe = VENV_BIN / "amqtt"
@@ -292,14 +295,17 @@ def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
           max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
           config: str | os.PathLike[str] | None = None, bench_limits: bool = True,
           persistence: str = "keep",
-          source: str | os.PathLike[str] | None = None) -> BrokerProcess:
+          source: str | os.PathLike[str] | None = None, wrap: Sequence[str] = (),
+          mosquitto_user: str | None = None) -> BrokerProcess:
     """Start a fresh broker ``name`` on a free port and wait until that port accepts.
 
     ``config`` (ours only): start from a copy of that config file (see :func:`ours_config`
     for ``bench_limits`` and ``persistence``; its database lives in the temporary folder).
     ``source`` (ours only): a folder holding an ``mqttbroker`` package (e.g. another revision's
     tree, see benchmarks/ab.py), run instead of the installed one: it goes first on the
-    broker's PYTHONPATH; same interpreter and venv."""
+    broker's PYTHONPATH; same interpreter and venv. ``wrap``: a command line the broker's is
+    appended to (a profiler, valgrind), run in the broker's folder. ``mosquitto_user``: see
+    :func:`command`."""
     raise_nofile(nofile)
     if source is not None and name != "ours":
         raise BrokerError(f"a source folder applies to ours only, not {name!r}")
@@ -313,8 +319,9 @@ def start(name: str, *, timeout: float = 20.0, nofile: int | None = None,
             prepared = ours_config(config, workdir, port=port, bench_limits=bench_limits,
                                    persistence=persistence, max_queued=max_queued,
                                    max_inflight=max_inflight)
-        argv = command(name, port, workdir, max_queued=max_queued, max_inflight=max_inflight,
-                       config=prepared)
+        argv = [*wrap, *command(name, port, workdir, max_queued=max_queued,
+                                max_inflight=max_inflight, config=prepared,
+                                mosquitto_user=mosquitto_user)]
         log = workdir / "broker.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
@@ -352,12 +359,14 @@ def running(name: str, *, timeout: float = 20.0, nofile: int | None = None,
             max_queued: int = MAX_QUEUED, max_inflight: int = MAX_INFLIGHT,
             config: str | os.PathLike[str] | None = None, bench_limits: bool = True,
             persistence: str = "keep",
-            source: str | os.PathLike[str] | None = None) -> Iterator[BrokerProcess]:
+            source: str | os.PathLike[str] | None = None, wrap: Sequence[str] = (),
+            mosquitto_user: str | None = None) -> Iterator[BrokerProcess]:
     """``with running("ours") as b: ... b.port, b.pid``: started fresh, stopped and cleaned
     up afterwards."""
     bp = start(name, timeout=timeout, nofile=nofile, max_queued=max_queued,
                max_inflight=max_inflight, config=config, bench_limits=bench_limits,
-               persistence=persistence, source=source)
+               persistence=persistence, source=source, wrap=wrap,
+               mosquitto_user=mosquitto_user)
     try:
         yield bp
     finally:

@@ -28,7 +28,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -149,29 +148,13 @@ def measure(name: str, rate: float, seconds: float, hot: float,
     WARMUP_S + ``seconds`` + TAIL_S, dump the ``seconds`` in between and read it."""
     if shutil.which(VALGRIND) is None or shutil.which("callgrind_control") is None:
         raise SystemExit("valgrind is missing: `make footprint` installs Debian's valgrind")
-    workdir = Path(tempfile.mkdtemp(prefix=f"footprint-{name}-"))
-    port = brokers.free_port()
-    argv = brokers.command(name, port, workdir)
-    if name == "mosquitto" and os.geteuid() == 0:
-        # run as root, Mosquitto changes to its own user, which callgrind_control (root)
-        # then cannot reach; stay root
-        conf = workdir / "mosquitto.conf"
-        conf.write_text(conf.read_text() + "user root\n")
-    out = workdir / "callgrind.out"
-    argv = [VALGRIND, "--tool=callgrind", "--dump-instr=yes",
-            f"--callgrind-out-file={out}", *argv]
-    log = workdir / "broker.log"
-    with open(log, "wb") as out_log:
-        proc = subprocess.Popen(argv, stdout=out_log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=workdir,
-                                env=brokers.source_env(source))
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not brokers.accepts(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{name} under valgrind did not listen on {port}:\n"
-                                 + log.read_text(errors="replace")[-2000:])
-            time.sleep(0.2)
+    wrap = [VALGRIND, "--tool=callgrind", "--dump-instr=yes",
+            "--callgrind-out-file=callgrind.out"]  # (in the broker's folder)
+    # started as root, Mosquitto changes to its own user, which callgrind_control (root)
+    # then cannot reach: it stays root
+    user = "root" if name == "mosquitto" and os.geteuid() == 0 else None
+    with brokers.running(name, timeout=START_TIMEOUT_S, source=source, wrap=wrap,
+                         mosquitto_user=user) as b:
         window: list[float] = []
         failed: list[BaseException] = []
 
@@ -183,7 +166,7 @@ def measure(name: str, rate: float, seconds: float, hot: float,
                 time.sleep(WARMUP_S)
                 for flag, wait in (("-z", seconds), ("-d", 0.0)):
                     before = time.monotonic()
-                    _control(proc.pid, flag)
+                    _control(b.pid, flag)
                     window.append((before + time.monotonic()) / 2)
                     time.sleep(wait)
             except (subprocess.SubprocessError, OSError) as exc:
@@ -192,7 +175,7 @@ def measure(name: str, rate: float, seconds: float, hot: float,
         # the latency scenario's client (loadgen.latency's steps): it sends from "go" on, so
         # the counters' times are taken from then, however long its start took
         sending = WARMUP_S + seconds + TAIL_S
-        w = loadgen.Worker("latency", loadgen.latency_worker, port, rate, sending, 0)
+        w = loadgen.Worker("latency", loadgen.latency_worker, b.port, rate, sending, 0)
         try:
             w.recv("ready", 60)
             timer = threading.Thread(target=counters, daemon=True)
@@ -209,14 +192,11 @@ def measure(name: str, rate: float, seconds: float, hot: float,
             raise SystemExit(f"{name}: the dump came after the client stopped sending")
         if res["loss"]:
             raise SystemExit(f"{name} lost {res['loss']} messages under valgrind")
-        dumps = sorted(workdir.glob("callgrind.out.*"))
+        dumps = sorted(b.workdir.glob("callgrind.out.*"))
         if not dumps:
-            raise SystemExit(f"no callgrind dump for {name} in {workdir}")
+            raise SystemExit(f"no callgrind dump for {name} in {b.workdir}")
         with open(dumps[0], encoding="utf-8", errors="replace") as dump:
             return parse(dump, rate * (window[1] - window[0]), hot)
-    finally:
-        brokers.terminate(proc, 30)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
